@@ -1,0 +1,275 @@
+//! Socket syscalls of the targets: accept, the read and write families, close.
+//!
+//! Syscall tracepoint records are ABI: arguments at 16 + 8*i, the return value at 16.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use tracer_common::{
+    conn::{is_status_line, Step},
+    ConnKey, ConnState, Counter, EndReason, RequestRecord, REQ_PREFIX, RESP_PREFIX,
+};
+
+use crate::maps::{count, is_target, kind, SyscallArgs, ARGS, CONNS, EVENTS, SCRATCH};
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+
+#[inline(always)]
+fn arg(ctx: &TracePointContext, i: usize) -> u64 {
+    unsafe { ctx.read_at::<u64>(16 + 8 * i) }.unwrap_or(0)
+}
+
+#[inline(always)]
+fn emit(r: &RequestRecord) {
+    match EVENTS.output::<RequestRecord>(r, 0) {
+        Ok(()) => count(Counter::Events),
+        Err(_) => count(Counter::RingFull),
+    }
+}
+
+/// Common sys_enter path: only targets, and for I/O only fds that are tracked connections.
+#[inline(always)]
+fn enter(ctx: &TracePointContext, k: u8) {
+    let id = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((id >> 32) as u32, id as u32);
+    if !is_target(tgid) {
+        return;
+    }
+    let fd = arg(ctx, 0) as i32;
+    let ptr = match k {
+        kind::SENDFILE => 0,
+        _ => arg(ctx, 1),
+    };
+    if k != kind::ACCEPT {
+        let key = ConnKey { tgid, fd: fd as u32 };
+        let Some(conn) = CONNS.get_ptr_mut(&key) else {
+            return;
+        };
+        if k >= kind::WRITE {
+            unsafe { (*conn).writing = 1 };
+        }
+    }
+    let a = SyscallArgs { kind: k, _pad: [0; 3], fd, ptr };
+    if ARGS.insert(&tid, &a, 0).is_err() {
+        count(Counter::ArgsMapFull);
+    }
+}
+
+#[tracepoint]
+pub fn enter_accept(ctx: TracePointContext) -> u32 {
+    enter(&ctx, kind::ACCEPT);
+    0
+}
+
+#[tracepoint]
+pub fn enter_read(ctx: TracePointContext) -> u32 {
+    enter(&ctx, kind::READ);
+    0
+}
+
+#[tracepoint]
+pub fn enter_readv(ctx: TracePointContext) -> u32 {
+    enter(&ctx, kind::READV);
+    0
+}
+
+#[tracepoint]
+pub fn enter_recvmsg(ctx: TracePointContext) -> u32 {
+    enter(&ctx, kind::RECVMSG);
+    0
+}
+
+#[tracepoint]
+pub fn enter_write(ctx: TracePointContext) -> u32 {
+    enter(&ctx, kind::WRITE);
+    0
+}
+
+#[tracepoint]
+pub fn enter_writev(ctx: TracePointContext) -> u32 {
+    enter(&ctx, kind::WRITEV);
+    0
+}
+
+#[tracepoint]
+pub fn enter_sendmsg(ctx: TracePointContext) -> u32 {
+    enter(&ctx, kind::SENDMSG);
+    0
+}
+
+#[tracepoint]
+pub fn enter_sendfile(ctx: TracePointContext) -> u32 {
+    enter(&ctx, kind::SENDFILE);
+    0
+}
+
+/// close(2): finish the connection's open request, forget the connection.
+#[tracepoint]
+pub fn enter_close(ctx: TracePointContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    let tgid = (id >> 32) as u32;
+    if !is_target(tgid) {
+        return 0;
+    }
+    let key = ConnKey { tgid, fd: arg(&ctx, 0) as u32 };
+    if let Some(conn) = CONNS.get_ptr_mut(&key) {
+        let conn = unsafe { &mut *conn };
+        conn.close(unsafe { bpf_ktime_get_ns() }, EndReason::Close, emit);
+        let _ = CONNS.remove(&key);
+    }
+    0
+}
+
+/// Every traced sys_exit: finish what the matching sys_enter stashed.
+#[tracepoint]
+pub fn sys_exit_io(ctx: TracePointContext) -> u32 {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let Some(a) = (unsafe { ARGS.get(&tid) }).copied() else {
+        return 0;
+    };
+    let _ = ARGS.remove(&tid);
+    let ret = unsafe { ctx.read_at::<i64>(16) }.unwrap_or(-1);
+    match a.kind {
+        kind::ACCEPT => accepted(&a, ret),
+        kind::READ | kind::READV | kind::RECVMSG => read_done(&a, tid, ret),
+        _ => write_done(&a, ret),
+    }
+    0
+}
+
+fn accepted(a: &SyscallArgs, ret: i64) {
+    if ret < 0 {
+        return;
+    }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let now = unsafe { bpf_ktime_get_ns() };
+    let key = ConnKey { tgid, fd: ret as u32 };
+    // A close we never saw (close_range, dup2 onto it, attach mid-way): the old request ends here.
+    if let Some(old) = CONNS.get_ptr_mut(&key) {
+        unsafe { &mut *old }.close(now, EndReason::FdReused, emit);
+    }
+    let Some(s) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    let s = unsafe { &mut *s };
+    *s = ConnState::accepted(tgid, ret as u32, a.fd, now);
+    if a.ptr != 0 {
+        read_peer(a.ptr as *const u8, &mut s.rec);
+    }
+    if CONNS.insert(&key, s, 0).is_err() {
+        count(Counter::ConnMapFull);
+    }
+}
+
+/// The peer address accept(2) wrote into the caller's sockaddr.
+#[inline(always)]
+fn read_peer(sa: *const u8, r: &mut RequestRecord) {
+    let Ok(family) = (unsafe { aya_ebpf::helpers::bpf_probe_read_user(sa as *const u16) }) else {
+        return;
+    };
+    let Ok(port) = (unsafe { aya_ebpf::helpers::bpf_probe_read_user(sa.add(2) as *const u16) })
+    else {
+        return;
+    };
+    r.peer_family = family;
+    r.peer_port = u16::from_be(port);
+    let (off, len) = match family {
+        AF_INET => (4, 4),
+        AF_INET6 => (8, 16),
+        _ => return,
+    };
+    let _ = unsafe {
+        aya_ebpf::helpers::bpf_probe_read_user_buf(sa.add(off), &mut r.peer_addr[..len])
+    };
+}
+
+/// First data pointer and its length for the buffer shapes of the read/write families.
+#[inline(always)]
+fn data_ptr(a: &SyscallArgs) -> Option<(*const u8, u64)> {
+    use aya_ebpf::helpers::bpf_probe_read_user;
+    let iov = match a.kind {
+        kind::READ | kind::WRITE => return Some((a.ptr as *const u8, u64::MAX)),
+        kind::READV | kind::WRITEV => a.ptr as *const u64,
+        kind::RECVMSG | kind::SENDMSG => {
+            // struct msghdr { void *msg_name; int msg_namelen; struct iovec *msg_iov; ... }
+            let p = unsafe { bpf_probe_read_user((a.ptr + 16) as *const u64) }.ok()?;
+            p as *const u64
+        }
+        _ => return None,
+    };
+    let base = unsafe { bpf_probe_read_user(iov) }.ok()?;
+    let len = unsafe { bpf_probe_read_user(iov.add(1)) }.ok()?;
+    Some((base as *const u8, len))
+}
+
+/// Copy up to `max` (≤ dst's size) bytes from user memory; returns the count copied.
+#[inline(always)]
+fn copy_prefix(dst: *mut u8, max: usize, src: *const u8, avail: u64) -> u16 {
+    let mut n = avail;
+    if n > max as u64 {
+        n = max as u64;
+    }
+    if n == 0 {
+        return 0;
+    }
+    let rc = unsafe { generated::bpf_probe_read_user(dst.cast(), n as u32, src.cast()) };
+    if rc < 0 {
+        count(Counter::PrefixFault);
+        0
+    } else {
+        n as u16
+    }
+}
+
+fn read_done(a: &SyscallArgs, tid: u32, ret: i64) {
+    if ret <= 0 {
+        return;
+    }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let key = ConnKey { tgid, fd: a.fd as u32 };
+    let Some(conn) = CONNS.get_ptr_mut(&key) else {
+        return;
+    };
+    let conn = unsafe { &mut *conn };
+    let now = unsafe { bpf_ktime_get_ns() };
+    if conn.inbound(now, ret as u64, emit) != Step::RequestStarted {
+        return;
+    }
+    conn.rec.tid = tid;
+    if let Ok(comm) = bpf_get_current_comm() {
+        conn.rec.comm = comm;
+    }
+    if let Some((p, len)) = data_ptr(a) {
+        let avail = if len < ret as u64 { len } else { ret as u64 };
+        conn.rec.req_len = copy_prefix(conn.rec.req.as_mut_ptr(), REQ_PREFIX, p, avail);
+    }
+}
+
+fn write_done(a: &SyscallArgs, ret: i64) {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let key = ConnKey { tgid, fd: a.fd as u32 };
+    let Some(conn) = CONNS.get_ptr_mut(&key) else {
+        return;
+    };
+    let conn = unsafe { &mut *conn };
+    conn.writing = 0;
+    if ret <= 0 || conn.phase == tracer_common::Phase::Idle as u8 {
+        return;
+    }
+    let data = data_ptr(a);
+    let mut head = [0u8; 8];
+    if let Some((p, _)) = data {
+        let _ = unsafe { aya_ebpf::helpers::bpf_probe_read_user_buf(p, &mut head) };
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    if conn.outbound(now, ret as u64, is_status_line(&head), emit) != Step::ResponseStarted {
+        return;
+    }
+    if let Some((p, len)) = data {
+        let avail = if len < ret as u64 { len } else { ret as u64 };
+        conn.rec.resp_len = copy_prefix(conn.rec.resp.as_mut_ptr(), RESP_PREFIX, p, avail);
+    }
+}

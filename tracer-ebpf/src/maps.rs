@@ -1,0 +1,71 @@
+//! Maps shared with user space. Sizes are defaults; user space may override max_entries at load.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, PerCpuArray, RingBuf},
+};
+use tracer_common::{ConnKey, ConnState, Counter};
+
+/// tgid (or tid of a forked child) → why it is traced (`tracer_common::target`).
+#[map]
+pub static TARGETS: HashMap<u32, u8> = HashMap::with_max_entries(65536, 0);
+
+/// TCP ports whose binder becomes a target (`--port`), host byte order → 1.
+#[map]
+pub static WATCH_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(64, 0);
+
+/// Served connections of the targets.
+#[map]
+pub static CONNS: HashMap<ConnKey, ConnState> = HashMap::with_max_entries(16384, 0);
+
+/// Syscall arguments between sys_enter and sys_exit, per thread.
+#[map]
+pub static ARGS: HashMap<u32, SyscallArgs> = HashMap::with_max_entries(16384, 0);
+
+/// One `RequestRecord` per finished request.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
+
+/// Drops and errors, per CPU (`tracer_common::Counter`).
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+
+/// Scratch space to build a `ConnState` off the 512-byte BPF stack.
+#[map]
+pub static SCRATCH: PerCpuArray<ConnState> = PerCpuArray::with_max_entries(1, 0);
+
+/// What a sys_enter program saw, for its sys_exit.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SyscallArgs {
+    pub kind: u8,
+    pub _pad: [u8; 3],
+    pub fd: i32,
+    /// Buffer, iovec array, msghdr or sockaddr pointer, depending on `kind`.
+    pub ptr: u64,
+}
+
+/// `SyscallArgs::kind`.
+pub mod kind {
+    pub const ACCEPT: u8 = 1;
+    pub const READ: u8 = 2;
+    pub const READV: u8 = 3;
+    pub const RECVMSG: u8 = 4;
+    pub const WRITE: u8 = 5;
+    pub const WRITEV: u8 = 6;
+    pub const SENDMSG: u8 = 7;
+    pub const SENDFILE: u8 = 8;
+}
+
+#[inline(always)]
+pub fn count(c: Counter) {
+    if let Some(p) = COUNTERS.get_ptr_mut(c as u32) {
+        // Per-CPU slot: no other writer, a plain add is enough.
+        unsafe { *p += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn is_target(tgid: u32) -> bool {
+    unsafe { TARGETS.get(&tgid).is_some() }
+}

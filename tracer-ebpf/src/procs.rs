@@ -1,0 +1,72 @@
+//! Which processes are traced: children of targets, and whoever binds a watched port.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use tracer_common::{target, Counter, TracepointOffsets};
+
+use crate::maps::{count, is_target, ARGS, TARGETS, WATCH_PORTS};
+
+/// Set by user space from tracefs's format file before load.
+#[unsafe(no_mangle)]
+static OFFSETS: TracepointOffsets = TracepointOffsets { fork_parent_pid: 12, fork_child_pid: 20 };
+
+/// A traced process forked: trace the child (gunicorn/uWSGI workers, nginx workers, respawns).
+/// Threads come through here too; their tids are harmless extra keys, removed at exit.
+#[tracepoint]
+pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if !is_target(tgid) {
+        return 0;
+    }
+    let off = unsafe { core::ptr::read_volatile(&OFFSETS) };
+    if let Ok(child) = unsafe { ctx.read_at::<i32>(off.fork_child_pid as usize) } {
+        if TARGETS.insert(&(child as u32), &target::FORKED, 0).is_ok() {
+            count(Counter::Forks);
+        }
+    }
+    0
+}
+
+/// A task exited: forget it as a target and drop any syscall it left half-done.
+#[tracepoint]
+pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((id >> 32) as u32, id as u32);
+    if !is_target(tgid) {
+        return 0;
+    }
+    let _ = ARGS.remove(&tid);
+    let _ = TARGETS.remove(&tid);
+    0
+}
+
+/// bind(2) of a watched TCP port makes the caller a target, so `--port` also finds servers
+/// started after slowtrace.
+#[tracepoint]
+pub fn enter_bind(ctx: TracePointContext) -> u32 {
+    let sa = unsafe { ctx.read_at::<u64>(24) }.unwrap_or(0) as *const u16;
+    if sa.is_null() {
+        return 0;
+    }
+    let Ok(family) = (unsafe { bpf_probe_read_user(sa) }) else {
+        return 0;
+    };
+    if family != 2 && family != 10 {
+        return 0;
+    }
+    let Ok(port) = (unsafe { bpf_probe_read_user(sa.wrapping_add(1)) }) else {
+        return 0;
+    };
+    let port = u16::from_be(port);
+    if unsafe { WATCH_PORTS.get(&port) }.is_none() {
+        return 0;
+    }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if TARGETS.insert(&tgid, &target::PORT, 0).is_ok() {
+        count(Counter::PortBinds);
+    }
+    0
+}

@@ -1,0 +1,78 @@
+//! Command-line surface. Parsing only; `config` turns this into something validated.
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+
+/// Find the slow requests of a running web server, from outside, with eBPF.
+///
+/// slowtrace rebuilds every HTTP request a server process handles from its socket syscalls
+/// (accept, read/recv*, write/send*, close) and times it: no code change, no restart, any
+/// language. It needs root (or CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE and, to mount tracefs,
+/// CAP_SYS_ADMIN).
+#[derive(Debug, Parser)]
+#[command(name = "slowtrace", version, propagate_version = true)]
+pub struct Cli {
+    /// More log output (-v: info, -vv: debug).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Trace requests to files and print a per-endpoint summary on exit.
+    ///
+    /// Examples:
+    ///   slowtrace record --port 8000 --duration 30s -o ./trace
+    ///   slowtrace record --pid 1234 --pid 1240
+    ///   slowtrace record -o ./trace -- gunicorn -w 4 app:app
+    ///
+    /// Stops when --duration is over, on Ctrl-C, or when the launched command exits.
+    #[command(verbatim_doc_comment)]
+    Record(RecordArgs),
+}
+
+/// Which processes to trace. At least one is required.
+#[derive(Debug, Args, Clone, Default)]
+pub struct TargetArgs {
+    /// Trace this process, all its threads and every process it forks after attach
+    /// (e.g. gunicorn workers respawned later). Repeatable.
+    #[arg(short, long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+
+    /// Trace whoever listens on this TCP port now, and whoever binds it later. Repeatable.
+    #[arg(long = "port", value_name = "PORT")]
+    pub ports: Vec<u16>,
+
+    /// Launch this command and trace it (and its children) from its first instruction.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RecordArgs {
+    #[command(flatten)]
+    pub targets: TargetArgs,
+
+    /// Stop after this long (e.g. 30s, 5m, 1h30m). Default: until Ctrl-C or the command exits.
+    #[arg(short, long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub duration: Option<Duration>,
+
+    /// Directory for requests.jsonl (created if missing; files are mode 0600).
+    #[arg(short, long = "output", value_name = "DIR", default_value = "slowtrace-out")]
+    pub output: PathBuf,
+
+    /// Keep query strings in recorded paths. By default they are replaced by `?[redacted]`,
+    /// since they often carry tokens and personal data.
+    #[arg(long)]
+    pub keep_query: bool,
+
+    /// A keep-alive connection quiet this long after a response ends that request.
+    /// The next request or a close ends it sooner.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "500ms",
+          value_name = "DURATION", hide_short_help = true)]
+    pub idle_flush: Duration,
+}

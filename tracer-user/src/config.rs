@@ -1,0 +1,138 @@
+//! Validated configuration: what the rest of the program receives instead of raw flags.
+
+use std::{
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use crate::cli::{RecordArgs, TargetArgs};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("nothing to trace: give --pid PID, --port PORT or -- COMMAND (see slowtrace record --help)")]
+    NoTarget,
+    #[error("no process with pid {0}")]
+    PidNotFound(u32),
+    #[error("command not found: {0}")]
+    CommandNotFound(String),
+    #[error("output directory {path}: {source}")]
+    OutputDir { path: PathBuf, source: std::io::Error },
+    #[error("--duration must be more than zero")]
+    ZeroDuration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Targets {
+    pub pids: Vec<u32>,
+    pub ports: Vec<u16>,
+    /// Resolved program path and its arguments.
+    pub command: Option<(PathBuf, Vec<String>)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RecordConfig {
+    pub targets: Targets,
+    pub duration: Option<Duration>,
+    pub out_dir: PathBuf,
+    pub keep_query: bool,
+    pub idle_flush: Duration,
+}
+
+impl Targets {
+    pub fn resolve(a: &TargetArgs) -> Result<Self, ConfigError> {
+        if a.pids.is_empty() && a.ports.is_empty() && a.command.is_empty() {
+            return Err(ConfigError::NoTarget);
+        }
+        for &pid in &a.pids {
+            if !crate::procfs::alive(pid) {
+                return Err(ConfigError::PidNotFound(pid));
+            }
+        }
+        let command = match a.command.split_first() {
+            None => None,
+            Some((prog, args)) => Some((
+                find_program(prog).ok_or_else(|| ConfigError::CommandNotFound(prog.clone()))?,
+                args.to_vec(),
+            )),
+        };
+        Ok(Self { pids: a.pids.clone(), ports: a.ports.clone(), command })
+    }
+}
+
+impl RecordConfig {
+    pub fn from_args(a: &RecordArgs) -> Result<Self, ConfigError> {
+        let targets = Targets::resolve(&a.targets)?;
+        if a.duration == Some(Duration::ZERO) {
+            return Err(ConfigError::ZeroDuration);
+        }
+        let out_dir = a.output.clone();
+        let err = |source| ConfigError::OutputDir { path: out_dir.clone(), source };
+        std::fs::create_dir_all(&out_dir).map_err(err)?;
+        // Prove we can write there now, not after minutes of tracing.
+        let probe = out_dir.join(".slowtrace-write-test");
+        std::fs::write(&probe, b"").map_err(err)?;
+        let _ = std::fs::remove_file(&probe);
+        Ok(Self {
+            targets,
+            duration: a.duration,
+            out_dir,
+            keep_query: a.keep_query,
+            idle_flush: a.idle_flush,
+        })
+    }
+}
+
+/// PATH lookup the way a shell does it, so "command not found" is ours, before attaching.
+fn find_program(name: &str) -> Option<PathBuf> {
+    let executable = |p: &Path| {
+        p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if name.contains('/') {
+        let p = PathBuf::from(name);
+        return executable(&p).then_some(p);
+    }
+    std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path).map(|d| d.join(name)).find(|p| executable(p))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(pids: Vec<u32>, command: Vec<&str>) -> TargetArgs {
+        TargetArgs { pids, ports: vec![], command: command.into_iter().map(String::from).collect() }
+    }
+
+    #[test]
+    fn needs_a_target() {
+        assert!(matches!(Targets::resolve(&args(vec![], vec![])), Err(ConfigError::NoTarget)));
+    }
+
+    #[test]
+    fn missing_pid_and_command() {
+        assert!(matches!(
+            Targets::resolve(&args(vec![u32::MAX - 3], vec![])),
+            Err(ConfigError::PidNotFound(_))
+        ));
+        assert!(matches!(
+            Targets::resolve(&args(vec![], vec!["no-such-program-slowtrace"])),
+            Err(ConfigError::CommandNotFound(_))
+        ));
+        let t = Targets::resolve(&args(vec![std::process::id()], vec!["sh", "-c", "true"])).unwrap();
+        assert!(t.command.unwrap().0.ends_with("sh"));
+    }
+
+    #[test]
+    fn unwritable_output_dir() {
+        let a = RecordArgs {
+            targets: args(vec![std::process::id()], vec![]),
+            duration: None,
+            output: "/proc/slowtrace-cannot-be-here".into(),
+            keep_query: false,
+            idle_flush: Duration::from_millis(500),
+        };
+        assert!(matches!(RecordConfig::from_args(&a), Err(ConfigError::OutputDir { .. })));
+    }
+}

@@ -1,0 +1,39 @@
+//! slowtrace: the binary. Thin glue; each stage of the pipeline lives in its own module:
+//! probes (kernel side) → events (decoding) → model (requests, stats) → sinks (files, summary).
+
+mod cli;
+mod config;
+mod events;
+mod launch;
+mod model;
+mod probes;
+mod procfs;
+mod record;
+mod sinks;
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
+    let result = match cli.command {
+        cli::Command::Record(args) => config::RecordConfig::from_args(&args)
+            .map_err(anyhow::Error::from)
+            .and_then(record::run),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            // One clear line (plus causes), not a backtrace.
+            eprintln!("slowtrace: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! The pure part of the agent: kernel records in, requests and statistics out. No I/O here, so
+//! every piece is driven by synthetic input in unit tests.
+
+pub mod http;
+pub mod request;
+pub mod route;
+pub mod stats;
+pub mod tracker;
+
+pub use request::{Context, Request};
+pub use stats::Stats;
+pub use tracker::Tracker;

@@ -1,0 +1,167 @@
+//! The kernel side as user space sees it: preflight checks, loading, attaching, and the maps.
+
+pub mod preflight;
+pub mod tracefs;
+
+use std::collections::HashMap as StdHashMap;
+
+use aya::{
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+    Ebpf, EbpfLoader,
+};
+use tracer_common::{target, ConnKey, ConnState, Counter, TracepointOffsets};
+
+/// The compiled kernel programs, embedded at build time.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("loading the eBPF programs failed: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("eBPF program {0} is missing from the embedded object")]
+    MissingProgram(&'static str),
+    #[error("eBPF map {0} is missing from the embedded object")]
+    MissingMap(&'static str),
+    #[error("eBPF program {name}: {source}")]
+    Program { name: &'static str, source: aya::programs::ProgramError },
+    #[error("attaching {name} to tracepoint {category}:{tracepoint}: {source}")]
+    Attach {
+        name: &'static str,
+        category: &'static str,
+        tracepoint: &'static str,
+        source: aya::programs::ProgramError,
+    },
+    #[error("eBPF map {name}: {source}")]
+    Map { name: &'static str, source: aya::maps::MapError },
+}
+
+/// Program → the tracepoints it attaches to. Exits first: an enter without its exit would leave
+/// stashed arguments behind.
+const ATTACH: &[(&str, &str, &[&str])] = &[
+    (
+        "sys_exit_io",
+        "syscalls",
+        &[
+            "sys_exit_accept",
+            "sys_exit_accept4",
+            "sys_exit_read",
+            "sys_exit_recvfrom",
+            "sys_exit_readv",
+            "sys_exit_recvmsg",
+            "sys_exit_write",
+            "sys_exit_sendto",
+            "sys_exit_writev",
+            "sys_exit_sendmsg",
+            "sys_exit_sendfile64",
+        ],
+    ),
+    ("sched_process_fork", "sched", &["sched_process_fork"]),
+    ("sched_process_exit", "sched", &["sched_process_exit"]),
+    ("enter_accept", "syscalls", &["sys_enter_accept", "sys_enter_accept4"]),
+    ("enter_read", "syscalls", &["sys_enter_read", "sys_enter_recvfrom"]),
+    ("enter_readv", "syscalls", &["sys_enter_readv"]),
+    ("enter_recvmsg", "syscalls", &["sys_enter_recvmsg"]),
+    ("enter_write", "syscalls", &["sys_enter_write", "sys_enter_sendto"]),
+    ("enter_writev", "syscalls", &["sys_enter_writev"]),
+    ("enter_sendmsg", "syscalls", &["sys_enter_sendmsg"]),
+    ("enter_sendfile", "syscalls", &["sys_enter_sendfile64"]),
+    ("enter_close", "syscalls", &["sys_enter_close"]),
+    ("enter_bind", "syscalls", &["sys_enter_bind"]),
+];
+
+/// Loaded and attached programs with typed handles on their maps.
+pub struct Probes {
+    _ebpf: Ebpf,
+    targets: HashMap<MapData, u32, u8>,
+    ports: HashMap<MapData, u16, u8>,
+    conns: HashMap<MapData, ConnKey, ConnState>,
+    counters: PerCpuArray<MapData, u64>,
+    /// How the programs are attached, for the user.
+    pub attach_mode: String,
+}
+
+impl Probes {
+    /// Load the embedded object and attach every program.
+    pub fn load(offsets: TracepointOffsets) -> Result<(Probes, RingBuf<MapData>), ProbeError> {
+        let mut ebpf = EbpfLoader::new().override_global("OFFSETS", &offsets, true).load(OBJECT)?;
+        let mut attached = 0;
+        for &(name, category, tracepoints) in ATTACH {
+            let prog: &mut TracePoint = ebpf
+                .program_mut(name)
+                .ok_or(ProbeError::MissingProgram(name))?
+                .try_into()
+                .map_err(|source| ProbeError::Program { name, source })?;
+            prog.load().map_err(|source| ProbeError::Program { name, source })?;
+            for &tracepoint in tracepoints {
+                prog.attach(category, tracepoint).map_err(|source| ProbeError::Attach {
+                    name,
+                    category,
+                    tracepoint,
+                    source,
+                })?;
+                attached += 1;
+            }
+        }
+        let events = RingBuf::try_from(take(&mut ebpf, "EVENTS")?)
+            .map_err(|source| ProbeError::Map { name: "EVENTS", source })?;
+        let probes = Probes {
+            targets: typed(&mut ebpf, "TARGETS")?,
+            ports: typed(&mut ebpf, "WATCH_PORTS")?,
+            conns: typed(&mut ebpf, "CONNS")?,
+            counters: typed(&mut ebpf, "COUNTERS")?,
+            attach_mode: format!("tracepoints ({attached} syscall and sched tracepoints)"),
+            _ebpf: ebpf,
+        };
+        Ok((probes, events))
+    }
+
+    pub fn add_target(&mut self, tgid: u32) -> Result<(), ProbeError> {
+        self.targets
+            .insert(tgid, target::EXPLICIT, 0)
+            .map_err(|source| ProbeError::Map { name: "TARGETS", source })
+    }
+
+    pub fn watch_port(&mut self, port: u16) -> Result<(), ProbeError> {
+        self.ports
+            .insert(port, 1, 0)
+            .map_err(|source| ProbeError::Map { name: "WATCH_PORTS", source })
+    }
+
+    /// A snapshot of the connection map. Entries may change while we iterate; each one is a
+    /// consistent copy of one value at one moment.
+    pub fn conns(&self) -> Vec<(ConnKey, ConnState)> {
+        self.conns.iter().filter_map(Result::ok).collect()
+    }
+
+    pub fn forget_conn(&mut self, key: &ConnKey) {
+        // Gone already is fine: the process died and the kernel may have cleaned up.
+        let _ = self.conns.remove(key);
+    }
+
+    /// Per-CPU counters summed.
+    pub fn counters(&self) -> StdHashMap<Counter, u64> {
+        Counter::ALL
+            .iter()
+            .map(|&c| {
+                let sum = self
+                    .counters
+                    .get(&(c as u32), 0)
+                    .map(|v| v.iter().sum())
+                    .unwrap_or(0);
+                (c, sum)
+            })
+            .collect()
+    }
+}
+
+fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, ProbeError> {
+    ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))
+}
+
+fn typed<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, ProbeError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    T::try_from(take(ebpf, name)?).map_err(|source| ProbeError::Map { name, source })
+}

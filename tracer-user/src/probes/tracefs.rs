@@ -1,0 +1,99 @@
+//! tracefs: where tracepoint ids and record layouts live. Not mounted on every machine.
+
+use std::{
+    ffi::CString,
+    fs,
+    path::{Path, PathBuf},
+};
+
+use tracer_common::TracepointOffsets;
+
+const MOUNT_POINT: &str = "/sys/kernel/tracing";
+const CANDIDATES: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum TracefsError {
+    #[error(
+        "tracefs is not mounted and mounting it failed ({0}); as root run: \
+         mount -t tracefs nodev /sys/kernel/tracing"
+    )]
+    MountFailed(std::io::Error),
+    #[error("tracepoint {0} not found under {1} (is this kernel built with CONFIG_FTRACE_SYSCALLS?)")]
+    MissingEvent(&'static str, PathBuf),
+    #[error("cannot read {0}: {1}")]
+    Read(PathBuf, std::io::Error),
+    #[error("field {field} not found in {path}")]
+    MissingField { field: &'static str, path: PathBuf },
+}
+
+/// Find tracefs, mounting it (as bpftrace does) when it is not there. Returns its path and whether
+/// slowtrace mounted it.
+pub fn ensure() -> Result<(PathBuf, bool), TracefsError> {
+    if let Some(p) = find() {
+        return Ok((p, false));
+    }
+    let src = CString::new("nodev").expect("no NUL");
+    let target = CString::new(MOUNT_POINT).expect("no NUL");
+    let fstype = CString::new("tracefs").expect("no NUL");
+    // SAFETY: valid NUL-terminated strings, no data argument.
+    let rc = unsafe {
+        libc::mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null())
+    };
+    if rc != 0 {
+        return Err(TracefsError::MountFailed(std::io::Error::last_os_error()));
+    }
+    find().map(|p| (p, true)).ok_or_else(|| {
+        TracefsError::MountFailed(std::io::Error::other("mounted, but events/ is still missing"))
+    })
+}
+
+fn find() -> Option<PathBuf> {
+    CANDIDATES
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.join("events/syscalls").is_dir())
+}
+
+/// Offsets of the `sched_process_fork` fields we read, from its format file.
+pub fn offsets(tracefs: &Path) -> Result<TracepointOffsets, TracefsError> {
+    let path = tracefs.join("events/sched/sched_process_fork/format");
+    if !path.exists() {
+        return Err(TracefsError::MissingEvent("sched:sched_process_fork", tracefs.to_owned()));
+    }
+    let text = fs::read_to_string(&path).map_err(|e| TracefsError::Read(path.clone(), e))?;
+    let field = |field: &'static str| {
+        field_offset(&text, field)
+            .ok_or_else(|| TracefsError::MissingField { field, path: path.clone() })
+    };
+    Ok(TracepointOffsets {
+        fork_parent_pid: field("parent_pid")?,
+        fork_child_pid: field("child_pid")?,
+    })
+}
+
+/// `field:pid_t child_pid;	offset:20;	size:4;	signed:1;` → 20
+fn field_offset(format: &str, name: &str) -> Option<u32> {
+    format.lines().find_map(|line| {
+        let decl = line.trim().strip_prefix("field:")?.split(';').next()?;
+        let ident = decl.rsplit([' ', '*']).next()?;
+        if ident != name {
+            return None;
+        }
+        let off = line.split("offset:").nth(1)?.split(';').next()?;
+        off.trim().parse().ok()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_format_offsets() {
+        let f = "name: sched_process_fork\nformat:\n\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\n\tfield:__data_loc char[] parent_comm;\toffset:8;\tsize:4;\tsigned:0;\n\tfield:pid_t parent_pid;\toffset:12;\tsize:4;\tsigned:1;\n\tfield:pid_t child_pid;\toffset:20;\tsize:4;\tsigned:1;\n";
+        assert_eq!(field_offset(f, "parent_pid"), Some(12));
+        assert_eq!(field_offset(f, "child_pid"), Some(20));
+        assert_eq!(field_offset(f, "parent_comm"), Some(8));
+        assert_eq!(field_offset(f, "nope"), None);
+    }
+}

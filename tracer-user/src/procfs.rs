@@ -1,0 +1,117 @@
+//! What we ask /proc: does a process live, who listens on a port, which port a listening fd has.
+
+use std::{
+    collections::{HashMap, HashSet},
+    fs,
+};
+
+/// Alive and not a zombie.
+pub fn alive(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // "pid (comm) S ...": comm may contain spaces and parentheses, so look after the last ')'.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+/// Socket inodes of TCP listeners on `port` in the network namespace of `netns_pid`'s view
+/// (`/proc/PID/net/tcp*`).
+fn listening_inodes(proc_net: &str, port: Option<u16>) -> HashMap<u64, u16> {
+    let mut out = HashMap::new();
+    for file in ["tcp", "tcp6"] {
+        let Ok(text) = fs::read_to_string(format!("{proc_net}/{file}")) else {
+            continue;
+        };
+        out.extend(parse_listeners(&text).filter(|(_, p)| port.is_none_or(|want| want == *p)));
+    }
+    out
+}
+
+/// Lines of /proc/net/tcp{,6}: `sl local rem st ... uid timeout inode`; LISTEN is state 0A.
+fn parse_listeners(text: &str) -> impl Iterator<Item = (u64, u16)> + '_ {
+    text.lines().skip(1).filter_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 10 || f[3] != "0A" {
+            return None;
+        }
+        let port = u16::from_str_radix(f[1].rsplit(':').next()?, 16).ok()?;
+        let inode = f[9].parse().ok()?;
+        Some((inode, port))
+    })
+}
+
+fn socket_inode(link: &std::path::Path) -> Option<u64> {
+    let target = fs::read_link(link).ok()?;
+    let s = target.to_str()?;
+    s.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+}
+
+/// Processes that hold a listening socket on `port` now.
+pub fn listeners(port: u16) -> Vec<u32> {
+    let inodes = listening_inodes("/proc/net", Some(port));
+    if inodes.is_empty() {
+        return Vec::new();
+    }
+    let wanted: HashSet<u64> = inodes.keys().copied().collect();
+    let mut pids = Vec::new();
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return pids;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(fds) = fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        if fds.flatten().any(|fd| socket_inode(&fd.path()).is_some_and(|i| wanted.contains(&i))) {
+            pids.push(pid);
+        }
+    }
+    pids.sort_unstable();
+    pids
+}
+
+/// Local port of each (process, listening fd), looked up once and remembered.
+#[derive(Debug, Default)]
+pub struct LocalPorts {
+    cache: HashMap<(u32, i32), Option<u16>>,
+}
+
+impl LocalPorts {
+    pub fn get(&mut self, tgid: u32, listen_fd: i32) -> Option<u16> {
+        if listen_fd < 0 {
+            return None;
+        }
+        *self.cache.entry((tgid, listen_fd)).or_insert_with(|| {
+            let inode = socket_inode(format!("/proc/{tgid}/fd/{listen_fd}").as_ref())?;
+            listening_inodes(&format!("/proc/{tgid}/net"), None).get(&inode).copied()
+        })
+    }
+
+    /// A process is gone: its fds may be reused by another process with the same pid later.
+    pub fn forget(&mut self, tgid: u32) {
+        self.cache.retain(|(t, _), _| *t != tgid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_proc_net_tcp() {
+        let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 0100007F:1F40 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 123456 1 0000000000000000 100 0 0 10 0\n   1: 0100007F:1F40 0100007F:D431 01 00000000:00000000 00:00000000 00000000     0        0 123457 1 0000000000000000 100 0 0 10 0\n";
+        let v: Vec<(u64, u16)> = parse_listeners(text).collect();
+        assert_eq!(v, [(123456, 8000)]);
+    }
+
+    #[test]
+    fn this_process_is_alive() {
+        assert!(alive(std::process::id()));
+        assert!(!alive(u32::MAX - 1));
+    }
+}
