@@ -123,7 +123,7 @@ pub fn enter_close(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// Every traced sys_exit: finish what the matching sys_enter stashed.
+/// Every traced read/write-family sys_exit: finish what the matching sys_enter stashed.
 #[tracepoint]
 pub fn sys_exit_io(ctx: TracePointContext) -> u32 {
     let tid = bpf_get_current_pid_tgid() as u32;
@@ -133,18 +133,40 @@ pub fn sys_exit_io(ctx: TracePointContext) -> u32 {
     let _ = ARGS.remove(&tid);
     let ret = unsafe { ctx.read_at::<i64>(16) }.unwrap_or(-1);
     match a.kind {
-        kind::ACCEPT => accepted(&a, ret),
         kind::READ | kind::READV | kind::RECVMSG => read_done(&a, tid, ret),
+        kind::ACCEPT => {}
         _ => write_done(&a, ret),
     }
     0
 }
 
-fn accepted(a: &SyscallArgs, ret: i64) {
+/// accept/accept4 exits. Unlike the other exits this one also works without a stash: a server
+/// already blocked in accept when slowtrace attached still gets its next connection tracked
+/// (without the listening fd and peer, which only the sys_enter arguments tell).
+#[tracepoint]
+pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((id >> 32) as u32, id as u32);
+    if !is_target(tgid) {
+        return 0;
+    }
+    let a = match unsafe { ARGS.get(&tid) }.copied() {
+        Some(a) => {
+            let _ = ARGS.remove(&tid);
+            a
+        }
+        None => SyscallArgs { kind: kind::ACCEPT, _pad: [0; 3], fd: -1, ptr: 0 },
+    };
+    if a.kind == kind::ACCEPT {
+        accepted(tgid, &a, unsafe { ctx.read_at::<i64>(16) }.unwrap_or(-1));
+    }
+    0
+}
+
+fn accepted(tgid: u32, a: &SyscallArgs, ret: i64) {
     if ret < 0 {
         return;
     }
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let now = unsafe { bpf_ktime_get_ns() };
     let key = ConnKey { tgid, fd: ret as u32 };
     // A close we never saw (close_range, dup2 onto it, attach mid-way): the old request ends here.

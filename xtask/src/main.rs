@@ -1,1 +1,61 @@
-fn main(){}
+//! Project tasks: `cargo xtask setup | build | test | demo`.
+//!
+//! Every task installs what it needs first (idempotently), so a fresh machine needs nothing but
+//! this repository and rustup.
+
+mod demo;
+mod setup;
+mod test;
+mod util;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "slowtrace's build, test and demo tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the toolchain pieces, Debian packages and Python packages (idempotent).
+    Setup {
+        /// Only the build toolchain (nightly rust-src, bpf-linker), no test packages.
+        #[arg(long)]
+        build_only: bool,
+    },
+    /// Setup, then build the release binary (target/release/slowtrace).
+    Build,
+    /// Setup, build, then run every test: unit tests, then the root tests against real servers.
+    Test {
+        /// Extra arguments for the test binaries (e.g. a test name filter).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Setup, build, start the demo web app with a load generator, and trace it.
+    Demo {
+        /// How long to trace.
+        #[arg(long, default_value = "20s")]
+        duration: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Setup { build_only } => setup::run(!build_only),
+        Task::Build => setup::run(false).and_then(|()| util::build_release()),
+        Task::Test { args } => test::run(&args),
+        Task::Demo { duration } => demo::run(&duration),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

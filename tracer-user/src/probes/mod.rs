@@ -43,8 +43,6 @@ const ATTACH: &[(&str, &str, &[&str])] = &[
         "sys_exit_io",
         "syscalls",
         &[
-            "sys_exit_accept",
-            "sys_exit_accept4",
             "sys_exit_read",
             "sys_exit_recvfrom",
             "sys_exit_readv",
@@ -56,6 +54,7 @@ const ATTACH: &[(&str, &str, &[&str])] = &[
             "sys_exit_sendfile64",
         ],
     ),
+    ("sys_exit_accept", "syscalls", &["sys_exit_accept", "sys_exit_accept4"]),
     ("sched_process_fork", "sched", &["sched_process_fork"]),
     ("sched_process_exit", "sched", &["sched_process_exit"]),
     ("enter_accept", "syscalls", &["sys_enter_accept", "sys_enter_accept4"]),

@@ -1,0 +1,22 @@
+//! `cargo xtask test`: unit tests (no root), then the root tests that load eBPF and trace real
+//! servers on 127.0.0.1. Integration tests run one at a time: they time real requests on a
+//! 2-core machine and must not compete with each other.
+
+use crate::{setup, util};
+
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    setup::run(true)?;
+    util::build_release()?;
+    util::run(
+        util::cargo()
+            .args(["test", "--release", "-p", "tracer-common", "-p", "tracer-user", "-p", "xtask", "--"])
+            .args(args),
+    )?;
+    util::run(
+        util::cargo()
+            .env("SLOWTRACE_BIN", util::slowtrace_bin())
+            .env("SLOWTRACE_VENV", util::venv())
+            .args(["test", "--release", "-p", "integration-tests", "--", "--test-threads=1"])
+            .args(args),
+    )
+}
