@@ -13,7 +13,10 @@ use std::{
 use serde_json::Value;
 
 pub fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
 }
 
 pub fn slowtrace_bin() -> PathBuf {
@@ -23,7 +26,9 @@ pub fn slowtrace_bin() -> PathBuf {
 }
 
 pub fn venv() -> PathBuf {
-    std::env::var_os("SLOWTRACE_VENV").map(PathBuf::from).unwrap_or_else(|| repo().join("target/venv"))
+    std::env::var_os("SLOWTRACE_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target/venv"))
 }
 
 pub fn python() -> PathBuf {
@@ -61,7 +66,9 @@ impl Proc {
     pub fn spawn(cmd: &mut Command) -> Proc {
         use std::os::unix::process::CommandExt as _;
         cmd.process_group(0);
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
         Proc { child }
     }
 
@@ -100,8 +107,12 @@ pub fn read_port(out: impl std::io::Read + Send + 'static) -> u16 {
         }
         for _ in lines {}
     });
-    let line = rx.recv_timeout(Duration::from_secs(30)).expect("server printed no PORT line");
-    line.strip_prefix("PORT ").and_then(|p| p.trim().parse().ok()).expect("PORT n")
+    let line = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("server printed no PORT line");
+    line.strip_prefix("PORT ")
+        .and_then(|p| p.trim().parse().ok())
+        .expect("PORT n")
 }
 
 pub fn wait_port(port: u16) {
@@ -139,7 +150,10 @@ pub struct Finished {
 
 impl Finished {
     pub fn with_endpoint(&self, endpoint: &str) -> Vec<&Value> {
-        self.records.iter().filter(|r| r["endpoint"] == endpoint).collect()
+        self.records
+            .iter()
+            .filter(|r| r["endpoint"] == endpoint)
+            .collect()
     }
 }
 
@@ -175,7 +189,11 @@ impl Trace {
                 Err(_) => panic!("slowtrace did not start tracing within 60 s"),
             }
         }
-        Trace { proc, dir, stderr: rx }
+        Trace {
+            proc,
+            dir,
+            stderr: rx,
+        }
     }
 
     pub fn requests_path(&self) -> PathBuf {
@@ -192,7 +210,13 @@ impl Trace {
         // SAFETY: signalling our child.
         unsafe { libc::kill(self.proc.pid() as i32, libc::SIGINT) };
         let mut stdout = String::new();
-        self.proc.child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
+        self.proc
+            .child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut stdout)
+            .unwrap();
         let status = self.proc.child.wait().unwrap();
         let stderr: Vec<String> = self.stderr.try_iter().collect();
         Finished {
@@ -214,12 +238,17 @@ pub fn read_records(path: &Path) -> Vec<Value> {
 
 /// `curl` the URLs in one invocation (curl reuses one keep-alive connection for them).
 pub fn curl(urls: &[String]) -> Vec<u16> {
-    let out = Command::new("curl")
-        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}\\n"])
-        .args(urls)
-        .output()
-        .expect("curl");
-    String::from_utf8_lossy(&out.stdout).lines().map(|l| l.trim().parse().unwrap_or(0)).collect()
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-w", "%{http_code}\\n"]);
+    for u in urls {
+        // -o applies to one URL; the bodies stay out of the status list.
+        cmd.args(["-o", "/dev/null", u]);
+    }
+    let out = cmd.output().expect("curl");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().parse().unwrap_or(0))
+        .collect()
 }
 
 /// Send several requests in one write (HTTP/1.1 pipelining), read until `n` responses arrived.
@@ -228,7 +257,9 @@ pub fn pipelined(port: u16, paths: &[&str]) {
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut batch = String::new();
     for p in paths {
-        batch.push_str(&format!("GET {p} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"));
+        batch.push_str(&format!(
+            "GET {p} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"
+        ));
     }
     s.write_all(batch.as_bytes()).unwrap();
     let mut got = Vec::new();

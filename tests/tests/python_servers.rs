@@ -16,7 +16,10 @@ fn threading_server_counts_every_request_exactly() {
 
     // 10 separate connections (curl, one request each).
     for i in 0..10 {
-        assert_eq!(curl(&[url(port, &format!("/users/{i}?token=secret"))]), [200]);
+        assert_eq!(
+            curl(&[url(port, &format!("/users/{i}?token=secret"))]),
+            [200]
+        );
     }
     // 20 requests on one keep-alive connection (Python http.client).
     let out = std::process::Command::new(python())
@@ -24,7 +27,12 @@ fn threading_server_counts_every_request_exactly() {
         .args([&port.to_string(), "20", "/hello"])
         .output()
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout).split_whitespace().count(), 20);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .count(),
+        20
+    );
     // 3 pipelined requests in one write.
     pipelined(port, &["/hello", "/missing", "/status/503"]);
     // A 404 and the timed endpoint.
@@ -37,20 +45,41 @@ fn threading_server_counts_every_request_exactly() {
     assert_eq!(r.len(), 10 + 20 + 3 + 2, "one record per request: {r:#?}");
     let users = done.with_endpoint("GET /users/:int");
     assert_eq!(users.len(), 10);
-    assert!(users.iter().all(|u| u["status"] == 200 && u["path"].as_str().unwrap().ends_with("?[redacted]")));
-    assert!(users.iter().all(|u| u["local_port"] == port && u["comm"].as_str().is_some()));
+    assert!(users
+        .iter()
+        .all(|u| u["status"] == 200 && u["path"].as_str().unwrap().ends_with("?[redacted]")));
+    assert!(users
+        .iter()
+        .all(|u| u["local_port"] == port && u["comm"].as_str().is_some()));
     let hello = done.with_endpoint("GET /hello");
     assert_eq!(hello.len(), 21, "20 keep-alive + 1 pipelined");
-    let keepalive_seqs: Vec<u64> = hello.iter().filter_map(|h| h["seq"].as_u64()).filter(|s| *s > 0).collect();
-    assert!(keepalive_seqs.len() >= 19, "keep-alive requests carry their index: {keepalive_seqs:?}");
+    let keepalive_seqs: Vec<u64> = hello
+        .iter()
+        .filter_map(|h| h["seq"].as_u64())
+        .filter(|s| *s > 0)
+        .collect();
+    assert!(
+        keepalive_seqs.len() >= 19,
+        "keep-alive requests carry their index: {keepalive_seqs:?}"
+    );
     assert_eq!(done.with_endpoint("GET /missing")[0]["status"], 404);
     assert_eq!(done.with_endpoint("GET /status/:int")[0]["status"], 503);
-    assert_eq!(done.with_endpoint("GET /status/:int")[0]["pipeline_index"], 2);
+    assert_eq!(
+        done.with_endpoint("GET /status/:int")[0]["pipeline_index"],
+        2
+    );
     assert_eq!(done.with_endpoint("GET /nope")[0]["status"], 404);
     let sleep = done.with_endpoint("GET /sleep");
     let us = sleep[0]["duration_us"].as_u64().unwrap();
-    assert!((300_000..400_000).contains(&us), "/sleep?ms=300 took {us} µs");
-    assert!(done.stdout.contains("GET /sleep"), "summary table: {}", done.stdout);
+    assert!(
+        (300_000..400_000).contains(&us),
+        "/sleep?ms=300 took {us} µs"
+    );
+    assert!(
+        done.stdout.contains("GET /sleep"),
+        "summary table: {}",
+        done.stdout
+    );
     assert!(done.stdout.contains("0 dropped"), "{}", done.stdout);
 }
 
@@ -64,7 +93,8 @@ fn idle_keepalive_request_is_written_within_a_second() {
     // One request, then the connection stays open and idle.
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     use std::io::{Read as _, Write as _};
-    s.write_all(format!("GET /hello HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).unwrap();
+    s.write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
     let mut buf = [0u8; 512];
     let n = s.read(&mut buf).unwrap();
     assert!(n > 0);
@@ -78,10 +108,17 @@ fn idle_keepalive_request_is_written_within_a_second() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     let seen = seen.expect("request on the idle connection was not written");
-    assert!(seen < std::time::Duration::from_secs(1), "written after {seen:?}");
+    assert!(
+        seen < std::time::Duration::from_secs(1),
+        "written after {seen:?}"
+    );
     let done = trace.stop();
     drop(s);
-    assert_eq!(done.records.len(), 1, "the kernel's later record is not a second request");
+    assert_eq!(
+        done.records.len(),
+        1,
+        "the kernel's later record is not a second request"
+    );
     assert_eq!(done.records[0]["end"], "idle");
 }
 
@@ -118,7 +155,9 @@ fn os_read_write_server() {
     assert_eq!(done.records.len(), 4, "{:#?}", done.records);
     assert_eq!(done.with_endpoint("GET /missing")[0]["status"], 404);
     assert_eq!(done.with_endpoint("GET /b/:int")[0]["protocol"], "http/1.1");
-    let slow = done.with_endpoint("GET /sleep")[0]["duration_us"].as_u64().unwrap();
+    let slow = done.with_endpoint("GET /sleep")[0]["duration_us"]
+        .as_u64()
+        .unwrap();
     assert!(slow >= 200_000, "{slow}");
 }
 
@@ -132,15 +171,23 @@ fn non_http_traffic_is_timed_and_labelled() {
     for _ in 0..3 {
         use std::io::{Read as _, Write as _};
         let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
-        s.write_all(b"\x16\x03\x01\x00\xff\xfe garbage \x00").unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        s.write_all(b"\x16\x03\x01\x00\xff\xfe garbage \x00")
+            .unwrap();
         let mut v = Vec::new();
         s.read_to_end(&mut v).unwrap();
     }
     let done = trace.stop();
     assert_eq!(done.records.len(), 3, "{:#?}", done.records);
-    assert!(done.records.iter().all(|r| r["protocol"] == "other" && r["endpoint"] == "(non-http)"));
-    assert!(done.records.iter().all(|r| r["bytes_out"].as_u64() == Some(16)));
+    assert!(done
+        .records
+        .iter()
+        .all(|r| r["protocol"] == "other" && r["endpoint"] == "(non-http)"));
+    assert!(done
+        .records
+        .iter()
+        .all(|r| r["bytes_out"].as_u64() == Some(16)));
 }
 
 #[test]

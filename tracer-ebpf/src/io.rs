@@ -44,7 +44,10 @@ fn enter(ctx: &TracePointContext, k: u8) {
         _ => arg(ctx, 1),
     };
     if k != kind::ACCEPT {
-        let key = ConnKey { tgid, fd: fd as u32 };
+        let key = ConnKey {
+            tgid,
+            fd: fd as u32,
+        };
         let Some(conn) = CONNS.get_ptr_mut(&key) else {
             return;
         };
@@ -52,7 +55,12 @@ fn enter(ctx: &TracePointContext, k: u8) {
             unsafe { (*conn).writing = 1 };
         }
     }
-    let a = SyscallArgs { kind: k, _pad: [0; 3], fd, ptr };
+    let a = SyscallArgs {
+        kind: k,
+        _pad: [0; 3],
+        fd,
+        ptr,
+    };
     if ARGS.insert(&tid, &a, 0).is_err() {
         count(Counter::ArgsMapFull);
     }
@@ -114,7 +122,10 @@ pub fn enter_close(ctx: TracePointContext) -> u32 {
     if !is_target(tgid) {
         return 0;
     }
-    let key = ConnKey { tgid, fd: arg(&ctx, 0) as u32 };
+    let key = ConnKey {
+        tgid,
+        fd: arg(&ctx, 0) as u32,
+    };
     if let Some(conn) = CONNS.get_ptr_mut(&key) {
         let conn = unsafe { &mut *conn };
         conn.close(unsafe { bpf_ktime_get_ns() }, EndReason::Close, emit);
@@ -155,7 +166,12 @@ pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
             let _ = ARGS.remove(&tid);
             a
         }
-        None => SyscallArgs { kind: kind::ACCEPT, _pad: [0; 3], fd: -1, ptr: 0 },
+        None => SyscallArgs {
+            kind: kind::ACCEPT,
+            _pad: [0; 3],
+            fd: -1,
+            ptr: 0,
+        },
     };
     if a.kind == kind::ACCEPT {
         accepted(tgid, &a, unsafe { ctx.read_at::<i64>(16) }.unwrap_or(-1));
@@ -168,7 +184,10 @@ fn accepted(tgid: u32, a: &SyscallArgs, ret: i64) {
         return;
     }
     let now = unsafe { bpf_ktime_get_ns() };
-    let key = ConnKey { tgid, fd: ret as u32 };
+    let key = ConnKey {
+        tgid,
+        fd: ret as u32,
+    };
     // A close we never saw (close_range, dup2 onto it, attach mid-way): the old request ends here.
     if let Some(old) = CONNS.get_ptr_mut(&key) {
         unsafe { &mut *old }.close(now, EndReason::FdReused, emit);
@@ -203,9 +222,8 @@ fn read_peer(sa: *const u8, r: &mut RequestRecord) {
         AF_INET6 => (8, 16),
         _ => return,
     };
-    let _ = unsafe {
-        aya_ebpf::helpers::bpf_probe_read_user_buf(sa.add(off), &mut r.peer_addr[..len])
-    };
+    let _ =
+        unsafe { aya_ebpf::helpers::bpf_probe_read_user_buf(sa.add(off), &mut r.peer_addr[..len]) };
 }
 
 /// First data pointer and its length for the buffer shapes of the read/write families.
@@ -251,7 +269,10 @@ fn read_done(a: &SyscallArgs, tid: u32, ret: i64) {
         return;
     }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let key = ConnKey { tgid, fd: a.fd as u32 };
+    let key = ConnKey {
+        tgid,
+        fd: a.fd as u32,
+    };
     let Some(conn) = CONNS.get_ptr_mut(&key) else {
         return;
     };
@@ -272,7 +293,10 @@ fn read_done(a: &SyscallArgs, tid: u32, ret: i64) {
 
 fn write_done(a: &SyscallArgs, ret: i64) {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let key = ConnKey { tgid, fd: a.fd as u32 };
+    let key = ConnKey {
+        tgid,
+        fd: a.fd as u32,
+    };
     let Some(conn) = CONNS.get_ptr_mut(&key) else {
         return;
     };

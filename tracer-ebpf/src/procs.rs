@@ -11,7 +11,10 @@ use crate::maps::{count, is_target, ARGS, TARGETS, WATCH_PORTS};
 
 /// Set by user space from tracefs's format file before load.
 #[unsafe(no_mangle)]
-static OFFSETS: TracepointOffsets = TracepointOffsets { fork_parent_pid: 12, fork_child_pid: 20 };
+static OFFSETS: TracepointOffsets = TracepointOffsets {
+    fork_parent_pid: 12,
+    fork_child_pid: 20,
+};
 
 /// A traced process forked: trace the child (gunicorn/uWSGI workers, nginx workers, respawns).
 /// Threads come through here too; their tids are harmless extra keys, removed at exit.

@@ -62,7 +62,12 @@ pub struct RecordArgs {
     pub duration: Option<Duration>,
 
     /// Directory for requests.jsonl (created if missing; files are mode 0600).
-    #[arg(short, long = "output", value_name = "DIR", default_value = "slowtrace-out")]
+    #[arg(
+        short,
+        long = "output",
+        value_name = "DIR",
+        default_value = "slowtrace-out"
+    )]
     pub output: PathBuf,
 
     /// Keep query strings in recorded paths. By default they are replaced by `?[redacted]`,

@@ -10,14 +10,19 @@ use crate::cli::{RecordArgs, TargetArgs};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("nothing to trace: give --pid PID, --port PORT or -- COMMAND (see slowtrace record --help)")]
+    #[error(
+        "nothing to trace: give --pid PID, --port PORT or -- COMMAND (see slowtrace record --help)"
+    )]
     NoTarget,
     #[error("no process with pid {0}")]
     PidNotFound(u32),
     #[error("command not found: {0}")]
     CommandNotFound(String),
     #[error("output directory {path}: {source}")]
-    OutputDir { path: PathBuf, source: std::io::Error },
+    OutputDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("--duration must be more than zero")]
     ZeroDuration,
 }
@@ -56,7 +61,11 @@ impl Targets {
                 args.to_vec(),
             )),
         };
-        Ok(Self { pids: a.pids.clone(), ports: a.ports.clone(), command })
+        Ok(Self {
+            pids: a.pids.clone(),
+            ports: a.ports.clone(),
+            command,
+        })
     }
 }
 
@@ -67,7 +76,10 @@ impl RecordConfig {
             return Err(ConfigError::ZeroDuration);
         }
         let out_dir = a.output.clone();
-        let err = |source| ConfigError::OutputDir { path: out_dir.clone(), source };
+        let err = |source| ConfigError::OutputDir {
+            path: out_dir.clone(),
+            source,
+        };
         std::fs::create_dir_all(&out_dir).map_err(err)?;
         // Prove we can write there now, not after minutes of tracing.
         let probe = out_dir.join(".slowtrace-write-test");
@@ -86,14 +98,17 @@ impl RecordConfig {
 /// PATH lookup the way a shell does it, so "command not found" is ours, before attaching.
 fn find_program(name: &str) -> Option<PathBuf> {
     let executable = |p: &Path| {
-        p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
     };
     if name.contains('/') {
         let p = PathBuf::from(name);
         return executable(&p).then_some(p);
     }
     std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path).map(|d| d.join(name)).find(|p| executable(p))
+        std::env::split_paths(&path)
+            .map(|d| d.join(name))
+            .find(|p| executable(p))
     })
 }
 
@@ -102,12 +117,19 @@ mod tests {
     use super::*;
 
     fn args(pids: Vec<u32>, command: Vec<&str>) -> TargetArgs {
-        TargetArgs { pids, ports: vec![], command: command.into_iter().map(String::from).collect() }
+        TargetArgs {
+            pids,
+            ports: vec![],
+            command: command.into_iter().map(String::from).collect(),
+        }
     }
 
     #[test]
     fn needs_a_target() {
-        assert!(matches!(Targets::resolve(&args(vec![], vec![])), Err(ConfigError::NoTarget)));
+        assert!(matches!(
+            Targets::resolve(&args(vec![], vec![])),
+            Err(ConfigError::NoTarget)
+        ));
     }
 
     #[test]
@@ -120,7 +142,8 @@ mod tests {
             Targets::resolve(&args(vec![], vec!["no-such-program-slowtrace"])),
             Err(ConfigError::CommandNotFound(_))
         ));
-        let t = Targets::resolve(&args(vec![std::process::id()], vec!["sh", "-c", "true"])).unwrap();
+        let t =
+            Targets::resolve(&args(vec![std::process::id()], vec!["sh", "-c", "true"])).unwrap();
         assert!(t.command.unwrap().0.ends_with("sh"));
     }
 
@@ -133,6 +156,9 @@ mod tests {
             keep_query: false,
             idle_flush: Duration::from_millis(500),
         };
-        assert!(matches!(RecordConfig::from_args(&a), Err(ConfigError::OutputDir { .. })));
+        assert!(matches!(
+            RecordConfig::from_args(&a),
+            Err(ConfigError::OutputDir { .. })
+        ));
     }
 }

@@ -25,7 +25,10 @@ mod tests {
         r.tgid = 42;
         r.req_len = 3;
         let bytes = unsafe {
-            std::slice::from_raw_parts((&r as *const RequestRecord).cast::<u8>(), std::mem::size_of_val(&r))
+            std::slice::from_raw_parts(
+                (&r as *const RequestRecord).cast::<u8>(),
+                std::mem::size_of_val(&r),
+            )
         };
         let back = decode(bytes).unwrap();
         assert_eq!((back.tgid, back.req_len), (42, 3));

@@ -76,7 +76,9 @@ pub fn spawn_registered(
         // Whatever happened, let the helper see EOF before joining it.
         close(pid_w);
         close(go_r);
-        let registered = helper.join().unwrap_or_else(|_| Err(anyhow::anyhow!("helper panicked")));
+        let registered = helper
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("helper panicked")));
         (child, registered)
     });
     close(pid_r);

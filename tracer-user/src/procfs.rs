@@ -61,13 +61,20 @@ pub fn listeners(port: u16) -> Vec<u32> {
         return pids;
     };
     for entry in dir.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         let Ok(fds) = fs::read_dir(entry.path().join("fd")) else {
             continue;
         };
-        if fds.flatten().any(|fd| socket_inode(&fd.path()).is_some_and(|i| wanted.contains(&i))) {
+        if fds
+            .flatten()
+            .any(|fd| socket_inode(&fd.path()).is_some_and(|i| wanted.contains(&i)))
+        {
             pids.push(pid);
         }
     }
@@ -88,7 +95,9 @@ impl LocalPorts {
         }
         *self.cache.entry((tgid, listen_fd)).or_insert_with(|| {
             let inode = socket_inode(format!("/proc/{tgid}/fd/{listen_fd}").as_ref())?;
-            listening_inodes(&format!("/proc/{tgid}/net"), None).get(&inode).copied()
+            listening_inodes(&format!("/proc/{tgid}/net"), None)
+                .get(&inode)
+                .copied()
         })
     }
 

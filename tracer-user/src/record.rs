@@ -24,7 +24,10 @@ const SCAN_EVERY: Duration = Duration::from_millis(250);
 
 /// Kernel monotonic clock, the one bpf_ktime_get_ns uses.
 fn mono_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -103,7 +106,10 @@ pub fn run(cfg: RecordConfig) -> anyhow::Result<ExitCode> {
     let out = cfg.out_dir.join("requests.jsonl");
     let sink = JsonlSink::create(&out).with_context(|| format!("creating {}", out.display()))?;
     let mut rec = Recorder {
-        ctx: Context { keep_query: cfg.keep_query, mono_to_unix_ns: mono_to_unix_ns() },
+        ctx: Context {
+            keep_query: cfg.keep_query,
+            mono_to_unix_ns: mono_to_unix_ns(),
+        },
         tracker: Tracker::new(cfg.idle_flush.as_nanos() as u64),
         ports: LocalPorts::default(),
         stats: Stats::default(),
@@ -120,7 +126,9 @@ pub fn run(cfg: RecordConfig) -> anyhow::Result<ExitCode> {
         probes.watch_port(port)?;
         let pids = procfs::listeners(port);
         if pids.is_empty() {
-            eprintln!("slowtrace: nothing listens on TCP port {port} yet; tracing whoever binds it");
+            eprintln!(
+                "slowtrace: nothing listens on TCP port {port} yet; tracing whoever binds it"
+            );
         }
         for pid in &pids {
             probes.add_target(*pid)?;
@@ -143,7 +151,9 @@ pub fn run(cfg: RecordConfig) -> anyhow::Result<ExitCode> {
         described.join(", "),
         probes.attach_mode,
         out.display(),
-        cfg.duration.map(|d| format!(" for {}", humantime::format_duration(d))).unwrap_or_default(),
+        cfg.duration
+            .map(|d| format!(" for {}", humantime::format_duration(d)))
+            .unwrap_or_default(),
     );
 
     let started = Instant::now();

@@ -39,7 +39,15 @@ pub fn run(duration: &str) -> anyhow::Result<()> {
     let server = Guard(
         Command::new(venv.join("bin/gunicorn"))
             .current_dir(root.join("demo"))
-            .args(["--workers", "4", "--bind", &format!("127.0.0.1:{PORT}"), "--log-level", "warning", "app:app"])
+            .args([
+                "--workers",
+                "4",
+                "--bind",
+                &format!("127.0.0.1:{PORT}"),
+                "--log-level",
+                "warning",
+                "app:app",
+            ])
             .spawn()
             .context("starting gunicorn")?,
     );
@@ -50,12 +58,24 @@ pub fn run(duration: &str) -> anyhow::Result<()> {
     let load = Guard(
         Command::new(venv.join("bin/python"))
             .arg(root.join("demo/load.py"))
-            .args(["--port", &PORT.to_string(), "--seconds", &(secs + 2).to_string()])
+            .args([
+                "--port",
+                &PORT.to_string(),
+                "--seconds",
+                &(secs + 2).to_string(),
+            ])
             .spawn()
             .context("starting the load generator")?,
     );
     let status = Command::new(util::slowtrace_bin())
-        .args(["record", "--port", &PORT.to_string(), "--duration", duration, "-o"])
+        .args([
+            "record",
+            "--port",
+            &PORT.to_string(),
+            "--duration",
+            duration,
+            "-o",
+        ])
         .arg(&out)
         .status()
         .context("running slowtrace")?;
@@ -64,7 +84,10 @@ pub fn run(duration: &str) -> anyhow::Result<()> {
     if !status.success() {
         bail!("slowtrace record failed ({status}); run this as root");
     }
-    eprintln!("xtask: per-request records are in {}", out.join("requests.jsonl").display());
+    eprintln!(
+        "xtask: per-request records are in {}",
+        out.join("requests.jsonl").display()
+    );
     Ok(())
 }
 

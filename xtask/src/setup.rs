@@ -106,8 +106,17 @@ fn bpf_linker() -> anyhow::Result<()> {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.env_remove("RUSTUP_TOOLCHAIN")
         .env("LLVM_PREFIX", &prefix)
-        .args(["install", &format!("bpf-linker@{BPF_LINKER_VERSION}"), "--locked", "--force"])
-        .args(["--no-default-features", "--features", &format!("llvm-{major}")]);
+        .args([
+            "install",
+            &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+            "--locked",
+            "--force",
+        ])
+        .args([
+            "--no-default-features",
+            "--features",
+            &format!("llvm-{major}"),
+        ]);
     util::run(&mut cmd)?;
     fs::write(&stamp, wanted).with_context(|| format!("writing {}", stamp.display()))?;
     Ok(())
@@ -130,13 +139,18 @@ fn debian(packages: &[&str]) -> anyhow::Result<()> {
         return Ok(());
     }
     if !is_root() {
-        bail!("missing Debian packages {missing:?}; run as root or: sudo apt-get install {}", missing.join(" "));
+        bail!(
+            "missing Debian packages {missing:?}; run as root or: sudo apt-get install {}",
+            missing.join(" ")
+        );
     }
     util::run(Command::new("apt-get").args(["update", "-qq"]))?;
-    util::run(Command::new("apt-get")
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .args(["install", "-y", "-qq", "--no-install-recommends"])
-        .args(&missing))
+    util::run(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing),
+    )
 }
 
 /// The Python the tests and demo use: the newest pyenv CPython 3.11, else python3 on PATH.
@@ -159,7 +173,8 @@ pub fn base_python() -> PathBuf {
 fn python_venv() -> anyhow::Result<()> {
     let venv = util::venv();
     let req_file = util::root().join("tests/requirements.txt");
-    let req = fs::read_to_string(&req_file).with_context(|| format!("reading {}", req_file.display()))?;
+    let req =
+        fs::read_to_string(&req_file).with_context(|| format!("reading {}", req_file.display()))?;
     let stamp = venv.join(".slowtrace-requirements");
     let py = venv.join("bin/python");
     if py.exists() && fs::read_to_string(&stamp).is_ok_and(|s| s == req) {
@@ -168,7 +183,18 @@ fn python_venv() -> anyhow::Result<()> {
     if !py.exists() {
         util::run(Command::new(base_python()).arg("-m").arg("venv").arg(&venv))?;
     }
-    util::run(Command::new(&py).args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"]).arg(&req_file))?;
+    util::run(
+        Command::new(&py)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "-r",
+            ])
+            .arg(&req_file),
+    )?;
     fs::write(&stamp, req).with_context(|| format!("writing {}", stamp.display()))?;
     Ok(())
 }

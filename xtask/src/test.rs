@@ -9,14 +9,31 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     util::build_release()?;
     util::run(
         util::cargo()
-            .args(["test", "--release", "-p", "tracer-common", "-p", "tracer-user", "-p", "xtask", "--"])
+            .args([
+                "test",
+                "--release",
+                "-p",
+                "tracer-common",
+                "-p",
+                "tracer-user",
+                "-p",
+                "xtask",
+                "--",
+            ])
             .args(args),
     )?;
     util::run(
         util::cargo()
             .env("SLOWTRACE_BIN", util::slowtrace_bin())
             .env("SLOWTRACE_VENV", util::venv())
-            .args(["test", "--release", "-p", "integration-tests", "--", "--test-threads=1"])
+            .args([
+                "test",
+                "--release",
+                "-p",
+                "integration-tests",
+                "--",
+                "--test-threads=1",
+            ])
             .args(args),
     )
 }

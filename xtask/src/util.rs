@@ -8,7 +8,10 @@ use std::{
 use anyhow::{bail, Context as _};
 
 pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_owned()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_owned()
 }
 
 /// Where the Python packages for tests and the demo live.
@@ -23,7 +26,9 @@ pub fn slowtrace_bin() -> PathBuf {
 /// Run, inheriting stdio; fail with the command line if it fails.
 pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
     eprintln!("xtask: $ {}", show(cmd));
-    let status = cmd.status().with_context(|| format!("starting {}", show(cmd)))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("starting {}", show(cmd)))?;
     if !status.success() {
         bail!("{} failed ({status})", show(cmd));
     }
@@ -33,7 +38,9 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
 /// Run quietly and return stdout, or None if it could not run or failed.
 pub fn output(cmd: &mut Command) -> Option<String> {
     let out = cmd.stderr(Stdio::null()).output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn show(cmd: &Command) -> String {

@@ -11,7 +11,10 @@ struct Harness {
 
 impl Harness {
     fn new() -> Self {
-        Self { conn: ConnState::accepted(10, 5, 3, 1), out: Vec::new() }
+        Self {
+            conn: ConnState::accepted(10, 5, 3, 1),
+            out: Vec::new(),
+        }
     }
     fn read(&mut self, now: u64, n: u64) -> Step {
         let out = &mut self.out;
@@ -34,7 +37,10 @@ fn one_request_then_close() {
     assert_eq!(h.read(110, 20), Step::Continue);
     assert_eq!(h.write(200, 50, true), Step::ResponseStarted);
     assert_eq!(h.write(250, 1000, false), Step::Continue);
-    assert!(h.out.is_empty(), "nothing is emitted before the request ends");
+    assert!(
+        h.out.is_empty(),
+        "nothing is emitted before the request ends"
+    );
     h.close(300);
     assert_eq!(h.out.len(), 1);
     let r = &h.out[0];
@@ -57,11 +63,17 @@ fn keep_alive_requests_end_at_next_request() {
     assert_eq!(h.out[0].end_ns, 7);
     assert_eq!(h.out[1].seq, 1);
     assert_eq!(h.out[1].start_ns, 1001);
-    assert_eq!(EndReason::from_u8(h.out[1].end_reason), EndReason::NextRequest);
+    assert_eq!(
+        EndReason::from_u8(h.out[1].end_reason),
+        EndReason::NextRequest
+    );
     h.close(5000);
     assert_eq!(h.out.len(), 3);
     assert_eq!(h.out[2].seq, 2);
-    assert_eq!(h.out[2].end_ns, 2007, "end is the last response byte, not the close");
+    assert_eq!(
+        h.out[2].end_ns, 2007,
+        "end is the last response byte, not the close"
+    );
 }
 
 #[test]
@@ -77,9 +89,15 @@ fn pipelined_requests_are_counted_one_by_one() {
     let idx: Vec<u16> = h.out.iter().map(|r| r.pipeline_index).collect();
     assert_eq!(idx, [0, 1, 2]);
     assert_eq!(h.out[0].bytes_out, 140);
-    assert_eq!(h.out[1].start_ns, 21, "a pipelined request starts when the previous response ended");
+    assert_eq!(
+        h.out[1].start_ns, 21,
+        "a pipelined request starts when the previous response ended"
+    );
     assert_eq!(h.out[1].flags & FLAG_PIPELINED, FLAG_PIPELINED);
-    assert_eq!(h.out[2].bytes_in, 0, "the read's bytes belong to the first request");
+    assert_eq!(
+        h.out[2].bytes_in, 0,
+        "the read's bytes belong to the first request"
+    );
 }
 
 #[test]
@@ -95,7 +113,11 @@ fn close_without_response_still_emits() {
 #[test]
 fn idle_connection_emits_nothing() {
     let mut h = Harness::new();
-    assert_eq!(h.write(5, 10, false), Step::Continue, "server greeting is not a request");
+    assert_eq!(
+        h.write(5, 10, false),
+        Step::Continue,
+        "server greeting is not a request"
+    );
     h.close(10);
     assert!(h.out.is_empty());
 }

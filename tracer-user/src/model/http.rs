@@ -15,7 +15,9 @@ pub struct RequestHead {
 pub enum Parsed {
     Http(RequestHead),
     /// Looks like HTTP but the request line did not fit in the captured prefix.
-    HttpTruncated { method: String },
+    HttpTruncated {
+        method: String,
+    },
     /// Not HTTP/1.x (TLS, a binary protocol, garbage).
     Other,
 }
@@ -67,7 +69,13 @@ fn request_len(buf: &[u8]) -> Option<usize> {
         .headers
         .iter()
         .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-        .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse::<usize>().ok())
+        .and_then(|h| {
+            std::str::from_utf8(h.value)
+                .ok()?
+                .trim()
+                .parse::<usize>()
+                .ok()
+        })
         .unwrap_or(0);
     let n = head.checked_add(body)?;
     (n <= buf.len()).then_some(n)
@@ -80,7 +88,9 @@ fn truncated_or_other(buf: &[u8]) -> Parsed {
         && token.len() < buf.len()
         && token.iter().all(|b| b.is_ascii_uppercase());
     match std::str::from_utf8(token) {
-        Ok(m) if is_method => Parsed::HttpTruncated { method: m.to_owned() },
+        Ok(m) if is_method => Parsed::HttpTruncated {
+            method: m.to_owned(),
+        },
         _ => Parsed::Other,
     }
 }
@@ -99,7 +109,10 @@ mod tests {
 
     #[test]
     fn request_line_and_host() {
-        let p = parse_request(b"GET /a/b?x=1 HTTP/1.1\r\nHost: example.com\r\nAccept: */*\r\n\r\n", 0);
+        let p = parse_request(
+            b"GET /a/b?x=1 HTTP/1.1\r\nHost: example.com\r\nAccept: */*\r\n\r\n",
+            0,
+        );
         let Parsed::Http(h) = p else { panic!("{p:?}") };
         assert_eq!((h.method.as_str(), h.target.as_str()), ("GET", "/a/b?x=1"));
         assert_eq!(h.host.as_deref(), Some("example.com"));
@@ -118,7 +131,9 @@ mod tests {
     fn request_line_cut_is_truncated_http() {
         assert_eq!(
             parse_request(b"GET /a-very-long-path-that-never-ends", 0),
-            Parsed::HttpTruncated { method: "GET".into() }
+            Parsed::HttpTruncated {
+                method: "GET".into()
+            }
         );
     }
 
@@ -137,7 +152,10 @@ mod tests {
 
     #[test]
     fn garbage_is_other_and_never_panics() {
-        assert_eq!(parse_request(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 0), Parsed::Other);
+        assert_eq!(
+            parse_request(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 0),
+            Parsed::Other
+        );
         assert_eq!(parse_request(b"", 0), Parsed::Other);
         assert_eq!(parse_request(b"SSH-2.0-OpenSSH_9.2\r\n", 0), Parsed::Other);
         for len in 0..64 {

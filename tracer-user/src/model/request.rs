@@ -67,8 +67,16 @@ impl Request {
             match http::parse_request(req_bytes, usize::from(r.pipeline_index)) {
                 Parsed::Http(h) => {
                     let endpoint = format!("{} {}", h.method, route::normalize(&h.target));
-                    let path = if ctx.keep_query { h.target } else { route::redact_query(&h.target) };
-                    let proto = if h.version == 0 { "http/1.0" } else { "http/1.1" };
+                    let path = if ctx.keep_query {
+                        h.target
+                    } else {
+                        route::redact_query(&h.target)
+                    };
+                    let proto = if h.version == 0 {
+                        "http/1.0"
+                    } else {
+                        "http/1.1"
+                    };
                     (proto, Some(h.method), Some(path), h.host, endpoint)
                 }
                 Parsed::HttpTruncated { method } => {
@@ -140,7 +148,12 @@ fn cstr(b: &[u8]) -> String {
 
 fn peer(r: &RequestRecord) -> Option<String> {
     let ip = match r.peer_family {
-        2 => IpAddr::V4(Ipv4Addr::new(r.peer_addr[0], r.peer_addr[1], r.peer_addr[2], r.peer_addr[3])),
+        2 => IpAddr::V4(Ipv4Addr::new(
+            r.peer_addr[0],
+            r.peer_addr[1],
+            r.peer_addr[2],
+            r.peer_addr[3],
+        )),
         10 => {
             let v6 = Ipv6Addr::from(r.peer_addr);
             v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
@@ -173,11 +186,19 @@ mod tests {
         r
     }
 
-    const CTX: Context = Context { keep_query: false, mono_to_unix_ns: 1_700_000_000_000_000_000 };
+    const CTX: Context = Context {
+        keep_query: false,
+        mono_to_unix_ns: 1_700_000_000_000_000_000,
+    };
 
     #[test]
     fn builds_a_request() {
-        let r = record(b"GET /users/12?token=x HTTP/1.1\r\nHost: h:1\r\n\r\n", b"HTTP/1.1 200 OK\r\n", 1_000_000_000, 1_300_000_000);
+        let r = record(
+            b"GET /users/12?token=x HTTP/1.1\r\nHost: h:1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\n",
+            1_000_000_000,
+            1_300_000_000,
+        );
         let q = Request::from_record(&r, EndReason::Close, 0, Some(8000), &CTX);
         assert_eq!(q.endpoint, "GET /users/:int");
         assert_eq!(q.path.as_deref(), Some("/users/12?[redacted]"));
@@ -192,8 +213,16 @@ mod tests {
 
     #[test]
     fn keep_query_keeps_it() {
-        let r = record(b"GET /s?q=1 HTTP/1.1\r\n\r\n", b"HTTP/1.1 404 Not Found", 1, 2);
-        let ctx = Context { keep_query: true, ..CTX };
+        let r = record(
+            b"GET /s?q=1 HTTP/1.1\r\n\r\n",
+            b"HTTP/1.1 404 Not Found",
+            1,
+            2,
+        );
+        let ctx = Context {
+            keep_query: true,
+            ..CTX
+        };
         let q = Request::from_record(&r, EndReason::Close, 0, None, &ctx);
         assert_eq!(q.path.as_deref(), Some("/s?q=1"));
         assert_eq!(q.status, Some(404));

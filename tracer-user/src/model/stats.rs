@@ -81,7 +81,10 @@ impl Stats {
                 (weight, row)
             })
             .collect();
-        rows.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.endpoint.cmp(&b.1.endpoint)));
+        rows.sort_by(|a, b| {
+            b.0.total_cmp(&a.0)
+                .then_with(|| a.1.endpoint.cmp(&b.1.endpoint))
+        });
         rows.into_iter().map(|(_, r)| r).collect()
     }
 }

@@ -37,7 +37,11 @@ pub struct Tracker {
 
 impl Tracker {
     pub fn new(idle_ns: u64) -> Self {
-        Self { idle_ns, ended_here: HashSet::new(), late_records: 0 }
+        Self {
+            idle_ns,
+            ended_here: HashSet::new(),
+            late_records: 0,
+        }
     }
 
     /// A record from the kernel: false if user space already reported this request.
@@ -81,7 +85,8 @@ impl Tracker {
             }
         }
         if !dead_tgids.is_empty() {
-            self.ended_here.retain(|(tgid, _, _)| !dead_tgids.contains(tgid));
+            self.ended_here
+                .retain(|(tgid, _, _)| !dead_tgids.contains(tgid));
         }
         out
     }
@@ -96,7 +101,11 @@ impl Tracker {
             .into_iter()
             .filter(|(_, c)| c.phase() != Phase::Idle && !self.ended_here.contains(&id(&c.rec)))
             .map(|(_, c)| {
-                let why = if self.quiet(&c, now_ns) { EndReason::Idle } else { EndReason::InFlight };
+                let why = if self.quiet(&c, now_ns) {
+                    EndReason::Idle
+                } else {
+                    EndReason::InFlight
+                };
                 (c.rec, why)
             })
             .collect()
@@ -129,7 +138,10 @@ mod tests {
         assert_eq!(s.finished.len(), 1);
         assert_eq!(s.finished[0].1, EndReason::Idle);
         // Still in the map on the next scan: not reported again.
-        assert!(t.scan([conn(Phase::Response, 0, 1000)], 1900, |_| true).finished.is_empty());
+        assert!(t
+            .scan([conn(Phase::Response, 0, 1000)], 1900, |_| true)
+            .finished
+            .is_empty());
         // The kernel's record arrives when the next request comes: dropped as a duplicate.
         assert!(!t.accept(&conn(Phase::Idle, 0, 1000).1.rec));
         assert_eq!(t.late_records, 1);
@@ -150,7 +162,11 @@ mod tests {
     #[test]
     fn dead_process_ends_its_requests() {
         let mut t = Tracker::new(500);
-        let s = t.scan([conn(Phase::Request, 0, 0), conn(Phase::Idle, 0, 0)], 5000, |_| false);
+        let s = t.scan(
+            [conn(Phase::Request, 0, 0), conn(Phase::Idle, 0, 0)],
+            5000,
+            |_| false,
+        );
         assert_eq!(s.finished.len(), 1);
         assert_eq!(s.finished[0].1, EndReason::ProcessExit);
         assert_eq!(s.dead.len(), 2);

@@ -18,22 +18,28 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tr
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
     #[error("loading the eBPF programs failed: {0}")]
-    Load(#[from] aya::EbpfError),
+    Load(Box<aya::EbpfError>),
     #[error("eBPF program {0} is missing from the embedded object")]
     MissingProgram(&'static str),
     #[error("eBPF map {0} is missing from the embedded object")]
     MissingMap(&'static str),
     #[error("eBPF program {name}: {source}")]
-    Program { name: &'static str, source: aya::programs::ProgramError },
+    Program {
+        name: &'static str,
+        source: Box<aya::programs::ProgramError>,
+    },
     #[error("attaching {name} to tracepoint {category}:{tracepoint}: {source}")]
     Attach {
         name: &'static str,
         category: &'static str,
         tracepoint: &'static str,
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
     #[error("eBPF map {name}: {source}")]
-    Map { name: &'static str, source: aya::maps::MapError },
+    Map {
+        name: &'static str,
+        source: Box<aya::maps::MapError>,
+    },
 }
 
 /// Program → the tracepoints it attaches to. Exits first: an enter without its exit would leave
@@ -54,14 +60,30 @@ const ATTACH: &[(&str, &str, &[&str])] = &[
             "sys_exit_sendfile64",
         ],
     ),
-    ("sys_exit_accept", "syscalls", &["sys_exit_accept", "sys_exit_accept4"]),
+    (
+        "sys_exit_accept",
+        "syscalls",
+        &["sys_exit_accept", "sys_exit_accept4"],
+    ),
     ("sched_process_fork", "sched", &["sched_process_fork"]),
     ("sched_process_exit", "sched", &["sched_process_exit"]),
-    ("enter_accept", "syscalls", &["sys_enter_accept", "sys_enter_accept4"]),
-    ("enter_read", "syscalls", &["sys_enter_read", "sys_enter_recvfrom"]),
+    (
+        "enter_accept",
+        "syscalls",
+        &["sys_enter_accept", "sys_enter_accept4"],
+    ),
+    (
+        "enter_read",
+        "syscalls",
+        &["sys_enter_read", "sys_enter_recvfrom"],
+    ),
     ("enter_readv", "syscalls", &["sys_enter_readv"]),
     ("enter_recvmsg", "syscalls", &["sys_enter_recvmsg"]),
-    ("enter_write", "syscalls", &["sys_enter_write", "sys_enter_sendto"]),
+    (
+        "enter_write",
+        "syscalls",
+        &["sys_enter_write", "sys_enter_sendto"],
+    ),
     ("enter_writev", "syscalls", &["sys_enter_writev"]),
     ("enter_sendmsg", "syscalls", &["sys_enter_sendmsg"]),
     ("enter_sendfile", "syscalls", &["sys_enter_sendfile64"]),
@@ -83,27 +105,40 @@ pub struct Probes {
 impl Probes {
     /// Load the embedded object and attach every program.
     pub fn load(offsets: TracepointOffsets) -> Result<(Probes, RingBuf<MapData>), ProbeError> {
-        let mut ebpf = EbpfLoader::new().override_global("OFFSETS", &offsets, true).load(OBJECT)?;
+        let mut ebpf = EbpfLoader::new()
+            .override_global("OFFSETS", &offsets, true)
+            .load(OBJECT)
+            .map_err(|e| ProbeError::Load(Box::new(e)))?;
         let mut attached = 0;
         for &(name, category, tracepoints) in ATTACH {
             let prog: &mut TracePoint = ebpf
                 .program_mut(name)
                 .ok_or(ProbeError::MissingProgram(name))?
                 .try_into()
-                .map_err(|source| ProbeError::Program { name, source })?;
-            prog.load().map_err(|source| ProbeError::Program { name, source })?;
-            for &tracepoint in tracepoints {
-                prog.attach(category, tracepoint).map_err(|source| ProbeError::Attach {
+                .map_err(|source| ProbeError::Program {
                     name,
-                    category,
-                    tracepoint,
-                    source,
+                    source: Box::new(source),
                 })?;
+            prog.load().map_err(|source| ProbeError::Program {
+                name,
+                source: Box::new(source),
+            })?;
+            for &tracepoint in tracepoints {
+                prog.attach(category, tracepoint)
+                    .map_err(|source| ProbeError::Attach {
+                        name,
+                        category,
+                        tracepoint,
+                        source: Box::new(source),
+                    })?;
                 attached += 1;
             }
         }
-        let events = RingBuf::try_from(take(&mut ebpf, "EVENTS")?)
-            .map_err(|source| ProbeError::Map { name: "EVENTS", source })?;
+        let events =
+            RingBuf::try_from(take(&mut ebpf, "EVENTS")?).map_err(|source| ProbeError::Map {
+                name: "EVENTS",
+                source: Box::new(source),
+            })?;
         let probes = Probes {
             targets: typed(&mut ebpf, "TARGETS")?,
             ports: typed(&mut ebpf, "WATCH_PORTS")?,
@@ -118,13 +153,19 @@ impl Probes {
     pub fn add_target(&mut self, tgid: u32) -> Result<(), ProbeError> {
         self.targets
             .insert(tgid, target::EXPLICIT, 0)
-            .map_err(|source| ProbeError::Map { name: "TARGETS", source })
+            .map_err(|source| ProbeError::Map {
+                name: "TARGETS",
+                source: Box::new(source),
+            })
     }
 
     pub fn watch_port(&mut self, port: u16) -> Result<(), ProbeError> {
         self.ports
             .insert(port, 1, 0)
-            .map_err(|source| ProbeError::Map { name: "WATCH_PORTS", source })
+            .map_err(|source| ProbeError::Map {
+                name: "WATCH_PORTS",
+                source: Box::new(source),
+            })
     }
 
     /// A snapshot of the connection map. Entries may change while we iterate; each one is a
@@ -162,5 +203,8 @@ fn typed<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, ProbeError>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
-    T::try_from(take(ebpf, name)?).map_err(|source| ProbeError::Map { name, source })
+    T::try_from(take(ebpf, name)?).map_err(|source| ProbeError::Map {
+        name,
+        source: Box::new(source),
+    })
 }

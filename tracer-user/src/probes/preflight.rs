@@ -6,8 +6,16 @@ use std::fs;
 /// Capabilities slowtrace uses, with why.
 const NEEDED: &[(u32, &str, &str)] = &[
     (39, "CAP_BPF", "load eBPF programs and maps"),
-    (38, "CAP_PERFMON", "attach tracepoints and read process memory from eBPF"),
-    (19, "CAP_SYS_PTRACE", "read /proc/PID/fd of other users' processes"),
+    (
+        38,
+        "CAP_PERFMON",
+        "attach tracepoints and read process memory from eBPF",
+    ),
+    (
+        19,
+        "CAP_SYS_PTRACE",
+        "read /proc/PID/fd of other users' processes",
+    ),
 ];
 const CAP_SYS_ADMIN: u32 = 21;
 
@@ -45,7 +53,9 @@ pub fn check() -> Result<Vec<String>, PreflightError> {
         .map(|(_, name, why)| format!("{name} (to {why})"))
         .collect();
     if !missing.is_empty() {
-        return Err(PreflightError::Privileges { missing: missing.join(", ") });
+        return Err(PreflightError::Privileges {
+            missing: missing.join(", "),
+        });
     }
     let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let release = release.trim().to_owned();

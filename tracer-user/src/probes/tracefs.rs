@@ -18,7 +18,9 @@ pub enum TracefsError {
          mount -t tracefs nodev /sys/kernel/tracing"
     )]
     MountFailed(std::io::Error),
-    #[error("tracepoint {0} not found under {1} (is this kernel built with CONFIG_FTRACE_SYSCALLS?)")]
+    #[error(
+        "tracepoint {0} not found under {1} (is this kernel built with CONFIG_FTRACE_SYSCALLS?)"
+    )]
     MissingEvent(&'static str, PathBuf),
     #[error("cannot read {0}: {1}")]
     Read(PathBuf, std::io::Error),
@@ -37,13 +39,21 @@ pub fn ensure() -> Result<(PathBuf, bool), TracefsError> {
     let fstype = CString::new("tracefs").expect("no NUL");
     // SAFETY: valid NUL-terminated strings, no data argument.
     let rc = unsafe {
-        libc::mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null())
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
     if rc != 0 {
         return Err(TracefsError::MountFailed(std::io::Error::last_os_error()));
     }
     find().map(|p| (p, true)).ok_or_else(|| {
-        TracefsError::MountFailed(std::io::Error::other("mounted, but events/ is still missing"))
+        TracefsError::MountFailed(std::io::Error::other(
+            "mounted, but events/ is still missing",
+        ))
     })
 }
 
@@ -58,12 +68,17 @@ fn find() -> Option<PathBuf> {
 pub fn offsets(tracefs: &Path) -> Result<TracepointOffsets, TracefsError> {
     let path = tracefs.join("events/sched/sched_process_fork/format");
     if !path.exists() {
-        return Err(TracefsError::MissingEvent("sched:sched_process_fork", tracefs.to_owned()));
+        return Err(TracefsError::MissingEvent(
+            "sched:sched_process_fork",
+            tracefs.to_owned(),
+        ));
     }
     let text = fs::read_to_string(&path).map_err(|e| TracefsError::Read(path.clone(), e))?;
     let field = |field: &'static str| {
-        field_offset(&text, field)
-            .ok_or_else(|| TracefsError::MissingField { field, path: path.clone() })
+        field_offset(&text, field).ok_or_else(|| TracefsError::MissingField {
+            field,
+            path: path.clone(),
+        })
     };
     Ok(TracepointOffsets {
         fork_parent_pid: field("parent_pid")?,
@@ -71,7 +86,7 @@ pub fn offsets(tracefs: &Path) -> Result<TracepointOffsets, TracefsError> {
     })
 }
 
-/// `field:pid_t child_pid;	offset:20;	size:4;	signed:1;` → 20
+/// `field:pid_t child_pid; offset:20; size:4; signed:1;` (tab-separated) → 20
 fn field_offset(format: &str, name: &str) -> Option<u32> {
     format.lines().find_map(|line| {
         let decl = line.trim().strip_prefix("field:")?.split(';').next()?;

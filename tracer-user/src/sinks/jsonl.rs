@@ -16,7 +16,10 @@ pub struct JsonlSink {
 
 impl JsonlSink {
     pub fn create(path: &Path) -> std::io::Result<Self> {
-        Ok(Self { out: BufWriter::with_capacity(64 * 1024, super::create_private(path)?), written: 0 })
+        Ok(Self {
+            out: BufWriter::with_capacity(64 * 1024, super::create_private(path)?),
+            written: 0,
+        })
     }
 }
 

@@ -66,7 +66,11 @@ pub fn render(stats: &Stats, elapsed: Duration, footer: &[String]) -> String {
         out.push_str(&table(&rows));
     }
     if !stats.in_flight.is_empty() {
-        let _ = writeln!(out, "\n{} requests still in flight at exit:", stats.in_flight.len());
+        let _ = writeln!(
+            out,
+            "\n{} requests still in flight at exit:",
+            stats.in_flight.len()
+        );
         for r in stats.in_flight.iter().take(20) {
             let _ = writeln!(
                 out,

@@ -1,0 +1,123 @@
+//! Clear errors instead of panics: each bad input is one line naming the problem, exit code 1.
+
+use std::process::{Command, Output};
+
+use integration_tests::*;
+
+fn record(args: &[&str]) -> Output {
+    Command::new(slowtrace_bin())
+        .arg("record")
+        .args(args)
+        .output()
+        .expect("run slowtrace")
+}
+
+fn assert_error(out: &Output, needle: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+    assert!(err.contains(needle), "expected {needle:?} in: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn no_target() {
+    assert_error(&record(&[]), "nothing to trace");
+}
+
+#[test]
+fn pid_not_found() {
+    assert_error(
+        &record(&["--pid", "999999999"]),
+        "no process with pid 999999999",
+    );
+}
+
+#[test]
+fn command_not_found() {
+    assert_error(
+        &record(&["--", "no-such-server-binary"]),
+        "command not found: no-such-server-binary",
+    );
+}
+
+#[test]
+fn unwritable_output_dir() {
+    let me = std::process::id().to_string();
+    assert_error(
+        &record(&["--pid", &me, "-o", "/proc/self/slowtrace"]),
+        "output directory /proc/self/slowtrace",
+    );
+}
+
+#[test]
+fn bad_duration_is_a_usage_error() {
+    let out = record(&["--pid", "1", "--duration", "soon"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--duration"));
+}
+
+#[test]
+fn without_privileges_names_the_capabilities() {
+    if !root_or_skip("without_privileges_names_the_capabilities") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(slowtrace_bin())
+        .args(["record", "--pid", "1", "-o"])
+        .arg(dir.path())
+        .output()
+        .expect("setpriv");
+    assert_error(&out, "needs root or these capabilities: CAP_BPF");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("CAP_PERFMON"));
+}
+
+#[test]
+fn mounts_tracefs_when_missing() {
+    if !root_or_skip("mounts_tracefs_when_missing") {
+        return;
+    }
+    let tracefs = std::path::Path::new("/sys/kernel/tracing/events");
+    if tracefs.exists() {
+        let st = Command::new("umount")
+            .arg("/sys/kernel/tracing")
+            .status()
+            .unwrap();
+        if !st.success() {
+            eprintln!("tracefs is busy here; the mount path is covered on fresh machines only");
+            return;
+        }
+    }
+    let (server, _port) = py_server(&["threading"]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(slowtrace_bin())
+        .args([
+            "record",
+            "--duration",
+            "1s",
+            "--pid",
+            &server.pid().to_string(),
+            "-o",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("mounted tracefs at /sys/kernel/tracing"),
+        "{err}"
+    );
+    assert!(tracefs.exists());
+}

@@ -1,0 +1,184 @@
+//! Root tests: nginx (Debian) with keep-alive, pipelining and wrk; gunicorn sync workers,
+//! including workers forked after slowtrace attached.
+
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use integration_tests::*;
+
+fn url(port: u16, path: &str) -> String {
+    format!("http://127.0.0.1:{port}{path}")
+}
+
+/// nginx on a free port, serving files from a temp dir; master + 2 workers, in the foreground.
+fn nginx(dir: &Path) -> (Proc, u16) {
+    let port = free_port();
+    let www = dir.join("www");
+    std::fs::create_dir_all(www.join("static")).unwrap();
+    std::fs::write(www.join("index.html"), "<h1>hi</h1>\n").unwrap();
+    std::fs::write(www.join("static/app.css"), "body{}\n".repeat(100)).unwrap();
+    let conf = format!(
+        "daemon off;\nmaster_process on;\nworker_processes 2;\nuser root;\npid {d}/nginx.pid;\n\
+         error_log {d}/error.log;\nevents {{ worker_connections 256; }}\n\
+         http {{\n access_log off;\n keepalive_requests 100000;\n\
+         client_body_temp_path {d}/tmp;\n proxy_temp_path {d}/tmp;\n fastcgi_temp_path {d}/tmp;\n\
+         uwsgi_temp_path {d}/tmp;\n scgi_temp_path {d}/tmp;\n\
+         server {{ listen 127.0.0.1:{port}; root {w}; }}\n}}\n",
+        d = dir.display(),
+        w = www.display()
+    );
+    std::fs::create_dir_all(dir.join("tmp")).unwrap();
+    let conf_path = dir.join("nginx.conf");
+    std::fs::write(&conf_path, conf).unwrap();
+    let p = Proc::spawn(
+        Command::new("/usr/sbin/nginx")
+            .arg("-c")
+            .arg(&conf_path)
+            .arg("-p")
+            .arg(dir),
+    );
+    wait_port(port);
+    (p, port)
+}
+
+#[test]
+fn nginx_keepalive_pipelining_and_wrk() {
+    if !root_or_skip("nginx_keepalive_pipelining_and_wrk") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (_nginx, port) = nginx(dir.path());
+    let trace = Trace::start(&["--port", &port.to_string()]);
+
+    // One curl, five URLs: one keep-alive connection.
+    let urls: Vec<String> = [
+        "/",
+        "/static/app.css",
+        "/missing.html",
+        "/",
+        "/static/app.css",
+    ]
+    .iter()
+    .map(|p| url(port, p))
+    .collect();
+    assert_eq!(curl(&urls), [200, 200, 404, 200, 200]);
+    pipelined(port, &["/", "/static/app.css", "/nope"]);
+    let done = trace.stop();
+    assert!(done.success, "{}", done.stderr);
+    assert_eq!(done.records.len(), 8, "{:#?}", done.records);
+    assert_eq!(done.with_endpoint("GET /").len(), 3);
+    assert_eq!(done.with_endpoint("GET /static/app.css").len(), 3);
+    assert_eq!(done.with_endpoint("GET /missing.html")[0]["status"], 404);
+    assert_eq!(done.with_endpoint("GET /nope")[0]["status"], 404);
+    assert!(done
+        .records
+        .iter()
+        .all(|r| r["comm"] == "nginx" && r["local_port"] == port));
+
+    // A few seconds of wrk: every completed response is a record; requests wrk abandoned at
+    // its stop (at most one per connection) may be recorded too.
+    let trace = Trace::start(&["--port", &port.to_string()]);
+    let out = Command::new("wrk")
+        .args(["-t2", "-c8", "-d3s", &url(port, "/index.html")])
+        .output()
+        .expect("wrk");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let served: usize = text
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .split_once(" requests in")
+                .map(|(n, _)| n.trim().parse().unwrap())
+        })
+        .unwrap_or_else(|| panic!("wrk output: {text}"));
+    std::thread::sleep(Duration::from_millis(800));
+    let done = trace.stop();
+    let n = done.with_endpoint("GET /index.html").len();
+    assert!(served > 1000, "wrk served only {served}");
+    assert!(
+        n >= served && n <= served + 8,
+        "wrk completed {served}, slowtrace recorded {n}"
+    );
+    assert!(done.stdout.contains(" 0 dropped"), "{}", done.stdout);
+}
+
+fn gunicorn(port: u16) -> Proc {
+    let p = Proc::spawn(
+        Command::new(venv().join("bin/gunicorn"))
+            .current_dir(repo().join("tests/servers"))
+            .args([
+                "--workers",
+                "2",
+                "--bind",
+                &format!("127.0.0.1:{port}"),
+                "--log-level",
+                "warning",
+            ])
+            .arg("wsgi_app:app")
+            .stdout(Stdio::null()),
+    );
+    wait_port(port);
+    p
+}
+
+fn children(pid: u32) -> Vec<u32> {
+    let text =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    text.split_whitespace()
+        .filter_map(|s| s.parse().ok())
+        .collect()
+}
+
+#[test]
+fn gunicorn_workers_forked_after_attach_are_traced() {
+    if !root_or_skip("gunicorn_workers_forked_after_attach_are_traced") {
+        return;
+    }
+    let port = free_port();
+    let master = gunicorn(port);
+    let trace = Trace::start(&["--pid", &master.pid().to_string()]);
+    // Replace every worker: the master forks new ones after slowtrace attached.
+    let old = children(master.pid());
+    assert_eq!(old.len(), 2, "workers: {old:?}");
+    for w in &old {
+        // SAFETY: killing a gunicorn worker we started.
+        unsafe { libc::kill(*w as i32, libc::SIGKILL) };
+    }
+    let start = std::time::Instant::now();
+    loop {
+        let now = children(master.pid());
+        if now.len() == 2 && now.iter().all(|p| !old.contains(p)) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "gunicorn did not respawn workers"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    wait_port(port);
+    std::thread::sleep(Duration::from_millis(500));
+    let new_workers = children(master.pid());
+    for i in 0..12 {
+        assert_eq!(curl(&[url(port, &format!("/items/{i}"))]), [200]);
+    }
+    assert_eq!(curl(&[url(port, "/missing")]), [404]);
+    assert_eq!(curl(&[url(port, "/sleep?ms=300")]), [200]);
+    let done = trace.stop();
+    assert!(done.success, "{}", done.stderr);
+    // wait_port's probe connections carry no request and leave no record.
+    assert_eq!(done.records.len(), 14, "{:#?}", done.records);
+    assert!(done
+        .records
+        .iter()
+        .all(|r| new_workers.contains(&(r["pid"].as_u64().unwrap() as u32))));
+    assert_eq!(done.with_endpoint("GET /items/:int").len(), 12);
+    assert_eq!(done.with_endpoint("GET /missing")[0]["status"], 404);
+    let us = done.with_endpoint("GET /sleep")[0]["duration_us"]
+        .as_u64()
+        .unwrap();
+    assert!((300_000..400_000).contains(&us), "{us}");
+}
