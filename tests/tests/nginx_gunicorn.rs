@@ -132,6 +132,21 @@ fn children(pid: u32) -> Vec<u32> {
         .collect()
 }
 
+fn wait_children(pid: u32, n: usize) -> Vec<u32> {
+    let start = std::time::Instant::now();
+    loop {
+        let c = children(pid);
+        if c.len() == n {
+            return c;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "expected {n} workers, have {c:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn gunicorn_workers_forked_after_attach_are_traced() {
     if !root_or_skip("gunicorn_workers_forked_after_attach_are_traced") {
@@ -139,10 +154,10 @@ fn gunicorn_workers_forked_after_attach_are_traced() {
     }
     let port = free_port();
     let master = gunicorn(port);
+    // gunicorn listens before it has forked all its workers.
+    let old = wait_children(master.pid(), 2);
     let trace = Trace::start(&["--pid", &master.pid().to_string()]);
     // Replace every worker: the master forks new ones after slowtrace attached.
-    let old = children(master.pid());
-    assert_eq!(old.len(), 2, "workers: {old:?}");
     for w in &old {
         // SAFETY: killing a gunicorn worker we started.
         unsafe { libc::kill(*w as i32, libc::SIGKILL) };

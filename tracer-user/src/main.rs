@@ -1,6 +1,7 @@
 //! slowtrace: the binary. Thin glue; each stage of the pipeline lives in its own module:
 //! probes (kernel side) → events (decoding) → model (requests, stats) → sinks (files, summary).
 
+mod agent;
 mod cli;
 mod config;
 mod events;
