@@ -20,16 +20,12 @@ fn nginx(dir: &Path) -> (Proc, u16) {
     std::fs::create_dir_all(www.join("static")).unwrap();
     std::fs::write(www.join("index.html"), "<h1>hi</h1>\n").unwrap();
     std::fs::write(www.join("static/app.css"), "body{}\n".repeat(100)).unwrap();
-    let conf = format!(
-        "daemon off;\nmaster_process on;\nworker_processes 2;\nuser root;\npid {d}/nginx.pid;\n\
-         error_log {d}/error.log;\nevents {{ worker_connections 256; }}\n\
-         http {{\n access_log off;\n keepalive_requests 100000;\n\
-         client_body_temp_path {d}/tmp;\n proxy_temp_path {d}/tmp;\n fastcgi_temp_path {d}/tmp;\n\
-         uwsgi_temp_path {d}/tmp;\n scgi_temp_path {d}/tmp;\n\
-         server {{ listen 127.0.0.1:{port}; root {w}; }}\n}}\n",
-        d = dir.display(),
-        w = www.display()
-    );
+    let conf = std::fs::read_to_string(server_script("nginx.conf.in"))
+        .unwrap()
+        .replace("{workers}", "2")
+        .replace("{dir}", &dir.display().to_string())
+        .replace("{www}", &www.display().to_string())
+        .replace("{port}", &port.to_string());
     std::fs::create_dir_all(dir.join("tmp")).unwrap();
     let conf_path = dir.join("nginx.conf");
     std::fs::write(&conf_path, conf).unwrap();

@@ -3,6 +3,7 @@
 //! Every task installs what it needs first (idempotently), so a fresh machine needs nothing but
 //! this repository and rustup.
 
+mod bench;
 mod demo;
 mod setup;
 mod test;
@@ -35,6 +36,12 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Setup, build, then measure tracing overhead on nginx and gunicorn; writes docs/benchmarks.md.
+    Bench {
+        /// More and longer pairs (10 × 10 s instead of 5 × 4 s).
+        #[arg(long)]
+        long: bool,
+    },
     /// Setup, build, start the demo web app with a load generator, and trace it.
     Demo {
         /// How long to trace.
@@ -50,6 +57,7 @@ fn main() -> ExitCode {
         Task::Build => setup::run(false).and_then(|()| util::build_release()),
         Task::Test { args } => test::run(&args),
         Task::Demo { duration } => demo::run(&duration),
+        Task::Bench { long } => bench::run(long),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
