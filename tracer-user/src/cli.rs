@@ -33,6 +33,17 @@ pub enum Command {
     /// Stops when --duration is over, on Ctrl-C, or when the launched command exits.
     #[command(verbatim_doc_comment)]
     Record(RecordArgs),
+
+    /// Print the Python stack of each thread of a running CPython 3.11-3.13 process.
+    ///
+    /// Examples:
+    ///   slowtrace pystack --pid 1234
+    ///   slowtrace pystack --pid 1234 --tid 1240
+    ///
+    /// Reads the process's memory from outside (needs root or CAP_SYS_PTRACE); the process is
+    /// never paused. Frames are printed outermost first, as in a Python traceback.
+    #[command(name = "pystack", verbatim_doc_comment)]
+    PyStack(crate::python::PyStackArgs),
 }
 
 /// Which processes to trace. At least one is required.

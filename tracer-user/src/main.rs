@@ -9,6 +9,7 @@ mod launch;
 mod model;
 mod probes;
 mod procfs;
+mod python;
 mod record;
 mod sinks;
 
@@ -28,6 +29,7 @@ fn main() -> ExitCode {
         cli::Command::Record(args) => config::RecordConfig::from_args(&args)
             .map_err(anyhow::Error::from)
             .and_then(record::run),
+        cli::Command::PyStack(args) => python::cli_main(args),
     };
     match result {
         Ok(code) => code,

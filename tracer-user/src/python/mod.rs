@@ -1,0 +1,204 @@
+//! Python stacks of a live process, read from outside without pausing it.
+//!
+//! CPython 3.11–3.13 keep each thread's frames in a per-thread "data stack" (chunks of
+//! `_PyInterpreterFrame`s linked by `previous`), and each frame points at its code object. We
+//! find the runtime (`_PyRuntime`) from the ELF symbols, walk interpreters → thread states to the
+//! thread whose `native_thread_id` is the one asked for, and follow its frames:
+//!
+//! ```text
+//! _PyRuntime.interpreters.head → PyInterpreterState.threads.head → PyThreadState (…next)
+//!   → current frame (3.11/3.12: tstate->cframe->current_frame; 3.13: tstate->current_frame)
+//!   → _PyInterpreterFrame.previous → …   each with f_code/f_executable → PyCodeObject
+//! ```
+//!
+//! All reads are `process_vm_readv` (memory.rs). Per `stack()` call: one read of the thread
+//! state, one of the cframe (3.11/3.12), one of the thread's whole current data-stack chunk (most
+//! frames are in it), one batched read of every code object's header (which validates the
+//! code-object cache), plus one per frame outside the chunk (3.12+ shim frames on the C stack,
+//! generator frames). The thread keeps running, so anything read can be stale or half-written:
+//! every pointer is checked, loops are bounded, and an inconsistency is [`PyError::Torn`] rather
+//! than a wrong answer.
+
+mod cli;
+mod codes;
+mod discover;
+#[cfg(test)]
+mod fake;
+mod layout;
+mod linetable;
+mod memory;
+mod offsets311;
+mod offsets312;
+mod offsets313;
+mod strings;
+#[cfg(test)]
+mod tests;
+mod threads;
+mod walk;
+
+use std::io;
+
+pub use cli::{cli_main, PyStackArgs};
+
+use codes::CodeCache;
+use layout::Layout;
+use memory::{AddressSpace, ProcessMemory};
+use threads::Threads;
+
+/// Most frames returned for one thread; deeper stacks are cut (outermost frames dropped).
+pub const MAX_FRAMES: usize = 256;
+
+/// One Python frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PyFrame {
+    /// `co_qualname`, e.g. `Handler.get`.
+    pub function: String,
+    /// `co_filename`.
+    pub file: String,
+    /// Line being executed, from the location table; `None` for compiler-generated code.
+    pub line: Option<u32>,
+}
+
+/// Why a stack could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum PyError {
+    #[error("process {0} is gone")]
+    ProcessGone(u32),
+    #[error("thread {tid} is not a thread of process {pid}")]
+    NoSuchThread { pid: u32, tid: u32 },
+    #[error("not allowed to read the memory of process {0} (needs root or CAP_SYS_PTRACE)")]
+    Permission(u32),
+    #[error("reading {len} bytes at {addr:#x} in the target faulted")]
+    Fault { addr: u64, len: usize },
+    /// The thread changed its stack while we read it; reading again usually succeeds.
+    #[error("inconsistent read, the thread moved on while we read it: {0}")]
+    Torn(&'static str),
+    #[error("unsupported Python: {0}")]
+    Unsupported(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl PyError {
+    /// An error reading /proc/PID/...: a vanished process is not an I/O problem.
+    fn from_proc(pid: u32, what: &str, e: io::Error) -> PyError {
+        match e.kind() {
+            io::ErrorKind::NotFound => PyError::ProcessGone(pid),
+            io::ErrorKind::PermissionDenied => PyError::Permission(pid),
+            _ => PyError::Io {
+                what: format!("/proc/{pid}/{what}"),
+                source: e,
+            },
+        }
+    }
+}
+
+/// A process running CPython 3.11–3.13, ready to have its threads' stacks read.
+pub struct PythonProcess {
+    version: (u8, u8),
+    layout: Layout,
+    /// Address of `_PyRuntime` in the target.
+    runtime: u64,
+    /// Address of `PyCode_Type`: what a code object's `ob_type` must be.
+    code_type: u64,
+    mem: Box<dyn AddressSpace>,
+    threads: Threads,
+    codes: CodeCache,
+    last_syscalls: u32,
+}
+
+impl PythonProcess {
+    /// Find the CPython runtime of `pid`. `Ok(None)` if the process has no CPython 3.11–3.13
+    /// (the reason is logged at debug level).
+    pub fn attach(pid: u32) -> Result<Option<PythonProcess>, PyError> {
+        let rt = match discover::find_runtime(pid)? {
+            Ok(rt) => rt,
+            Err(why) => {
+                log::debug!("pid {pid}: no CPython runtime found: {}", why.join("; "));
+                return Ok(None);
+            }
+        };
+        let mut mem = ProcessMemory::new(pid);
+        let version = match rt.py_version {
+            // PY_VERSION_HEX: 0xMMmmPPLS
+            Some(addr) => {
+                let hex = mem.read_u64(addr)?;
+                (((hex >> 24) & 0xff) as u8, ((hex >> 16) & 0xff) as u8)
+            }
+            // Py_Version only exists since 3.11: an older Python, or a name that says.
+            None => match discover::version_from_name(&rt.path) {
+                Some(v) => v,
+                None => {
+                    log::debug!("pid {pid}: {} has no Py_Version (Python < 3.11)", rt.path);
+                    return Ok(None);
+                }
+            },
+        };
+        let layout = match version {
+            (3, 11) | (3, 12) => Layout::for_version(version.0, version.1)?,
+            (3, 13) => {
+                let mut raw = vec![0u8; layout::DEBUG_OFFSETS_LEN];
+                mem.read_exact(rt.runtime, &mut raw)?;
+                let got = layout::from_debug_offsets(&raw)?;
+                if got.layout != offsets313::LAYOUT {
+                    log::debug!(
+                        "pid {pid}: _Py_DebugOffsets of {:#x} differ from the 3.13.0 table",
+                        got.version_hex
+                    );
+                }
+                got.layout
+            }
+            (major, minor) => {
+                log::debug!(
+                    "pid {pid}: {} is Python {major}.{minor}; only 3.11-3.13 are supported",
+                    rt.path
+                );
+                return Ok(None);
+            }
+        };
+        log::debug!(
+            "pid {pid}: Python {}.{} in {}, _PyRuntime at {:#x}",
+            version.0,
+            version.1,
+            rt.path,
+            rt.runtime
+        );
+        Ok(Some(PythonProcess {
+            version,
+            layout,
+            runtime: rt.runtime,
+            code_type: rt.code_type,
+            mem: Box::new(mem),
+            threads: Threads::new(pid)?,
+            codes: CodeCache::default(),
+            last_syscalls: 0,
+        }))
+    }
+
+    /// `(major, minor)`, e.g. `(3, 12)`.
+    pub fn version(&self) -> (u8, u8) {
+        self.version
+    }
+
+    /// Python frames of host thread `tid`, innermost first. Empty if that thread runs no Python
+    /// now. [`PyError::Torn`] if the thread changed its stack under us: try again.
+    pub fn stack(&mut self, tid: u32) -> Result<Vec<PyFrame>, PyError> {
+        let before = self.mem.syscalls();
+        let proc_before = self.threads.proc_syscalls();
+        let result = walk::stack(self, tid);
+        self.last_syscalls =
+            self.mem.syscalls() - before + (self.threads.proc_syscalls() - proc_before);
+        result
+    }
+
+    /// System calls made by the last [`stack`](Self::stack) call: `process_vm_readv`s, plus
+    /// three per /proc file read (open, read, close) when a thread's namespace TID had to be
+    /// looked up.
+    pub fn last_syscalls(&self) -> u32 {
+        self.last_syscalls
+    }
+}

@@ -1,0 +1,252 @@
+//! `stack()` against fake address spaces: what a live target does to us, without root.
+
+use super::{
+    fake::{Builder, FrameSpec, FRAME_SIZE},
+    layout::OWNED_BY_THREAD,
+    PyError, PyFrame, MAX_FRAMES,
+};
+
+const VERSIONS: [(u8, u8); 3] = [(3, 11), (3, 12), (3, 13)];
+
+fn frame(function: &str, file: &str, line: u32) -> PyFrame {
+    PyFrame {
+        function: function.into(),
+        file: file.into(),
+        line: Some(line),
+    }
+}
+
+/// main() → handler() → inner_sleep(), on thread 100.
+fn three_frames(b: &mut Builder) -> (u64, [u64; 3]) {
+    let main = b.code("main", "/app/server.py", 10, 20);
+    let handler = b.code("Handler.get", "/app/views.py", 40, 20);
+    let inner = b.code("inner_sleep", "/app/views/über.py", 7, 20);
+    let ts = b.thread(
+        100,
+        &[
+            FrameSpec {
+                code: main,
+                unit: 3,
+            },
+            FrameSpec {
+                code: handler,
+                unit: 5,
+            },
+            FrameSpec {
+                code: inner,
+                unit: 1,
+            },
+        ],
+    );
+    (ts, [main, handler, inner])
+}
+
+#[test]
+fn reads_every_version() {
+    for v in VERSIONS {
+        let mut b = Builder::new(v);
+        three_frames(&mut b);
+        let mut p = b.process(None);
+        assert_eq!(p.version(), v);
+        let got = p.stack(100).unwrap();
+        assert_eq!(
+            got,
+            vec![
+                frame("inner_sleep", "/app/views/über.py", 8),
+                frame("Handler.get", "/app/views.py", 45),
+                frame("main", "/app/server.py", 13),
+            ],
+            "{v:?}"
+        );
+        let first = p.last_syscalls();
+        // Again: names and tables come from the cache, so one read fewer.
+        assert_eq!(p.stack(100).unwrap(), got);
+        let second = p.last_syscalls();
+        assert!(second < first, "{v:?}: {second} !< {first}");
+        // Thread state, cframe (3.11/3.12), chunk, code headers; 3.12+ a shim frame.
+        let want = match v {
+            (3, 11) => 4,
+            (3, 12) => 5,
+            _ => 4,
+        };
+        assert_eq!(second, want, "{v:?}");
+    }
+}
+
+#[test]
+fn unknown_thread_and_idle_thread_are_empty() {
+    for v in VERSIONS {
+        let mut b = Builder::new(v);
+        let (ts, _) = three_frames(&mut b);
+        let mut p = b.process(None);
+        assert_eq!(p.stack(999).unwrap(), vec![], "not a Python thread");
+        b.set_innermost(ts, 0);
+        assert_eq!(
+            p.stack(100).unwrap(),
+            vec![],
+            "between two calls into Python"
+        );
+    }
+}
+
+#[test]
+fn finds_threads_by_native_id() {
+    let mut b = Builder::new((3, 12));
+    let a = b.code("a", "a.py", 1, 4);
+    let c = b.code("c", "c.py", 1, 4);
+    b.thread(200, &[FrameSpec { code: a, unit: 0 }]);
+    b.thread(201, &[FrameSpec { code: c, unit: 2 }]);
+    let mut p = b.process(None);
+    assert_eq!(p.stack(200).unwrap(), vec![frame("a", "a.py", 1)]);
+    assert_eq!(p.stack(201).unwrap(), vec![frame("c", "c.py", 3)]);
+    assert_eq!(p.stack(200).unwrap(), vec![frame("a", "a.py", 1)]);
+}
+
+#[test]
+fn code_cache_notices_a_reused_address() {
+    for v in VERSIONS {
+        let mut b = Builder::new(v);
+        let (_, [_, _, inner]) = three_frames(&mut b);
+        let mut p = b.process(None);
+        assert_eq!(p.stack(100).unwrap()[0].function, "inner_sleep");
+        let misses = p.codes.misses;
+        assert_eq!(p.stack(100).unwrap()[0].function, "inner_sleep");
+        assert_eq!(p.codes.misses, misses, "{v:?}: a hit reads nothing");
+        // The code object is freed and another allocated at the same address.
+        let q = b.string("Other.replacement");
+        let f = b.string("/app/other.py");
+        let t = b.bytes_object(&super::fake::linear_table(20));
+        let fresh = b.code_with(q, f, t, 100, 20);
+        let bytes = b.regions.borrow()[&fresh].clone();
+        b.write(inner, &bytes);
+        let got = p.stack(100).unwrap();
+        assert_eq!(
+            got[0],
+            frame("Other.replacement", "/app/other.py", 101),
+            "{v:?}"
+        );
+        assert_eq!(p.codes.misses, misses + 1);
+    }
+}
+
+#[test]
+fn a_frame_that_points_at_non_code_is_torn() {
+    for v in VERSIONS {
+        let mut b = Builder::new(v);
+        let (_, [_, handler, _]) = three_frames(&mut b);
+        let mut p = b.process(None);
+        p.stack(100).unwrap();
+        // Freed and reused for something else: its type is no longer PyCode_Type.
+        b.write_u64(handler + b.layout.ob_type, 0xdead_beef);
+        assert!(
+            matches!(p.stack(100), Err(PyError::Torn(_))),
+            "{v:?}: {:?}",
+            p.stack(100)
+        );
+    }
+}
+
+#[test]
+fn loops_and_garbage_in_the_chain_are_torn() {
+    let mut b = Builder::new((3, 13));
+    let (ts, [main, ..]) = three_frames(&mut b);
+    // A frame whose `previous` is itself.
+    let looped = b.put(&vec![0u8; FRAME_SIZE as usize]);
+    let bytes = b.frame_bytes(main, 0, looped, OWNED_BY_THREAD);
+    b.write(looped, &bytes);
+    b.set_innermost(ts, looped);
+    let mut p = b.process(None);
+    assert!(matches!(
+        p.stack(100),
+        Err(PyError::Torn("frame chain loops"))
+    ));
+    // An owner no CPython writes.
+    let bytes = b.frame_bytes(main, 0, 0, 9);
+    b.write(looped, &bytes);
+    assert!(matches!(p.stack(100), Err(PyError::Torn(_))));
+    // A pointer into unmapped memory.
+    b.set_innermost(ts, 0x7777_0000);
+    assert!(matches!(p.stack(100), Err(PyError::Torn(_))));
+    // A misaligned one.
+    b.set_innermost(ts, looped + 3);
+    assert!(matches!(p.stack(100), Err(PyError::Torn(_))));
+}
+
+#[test]
+fn thread_moving_on_mid_read_is_torn_or_consistent() {
+    // After each of our reads, the "thread" returns from its innermost call and the code object
+    // of that call is freed and its memory unmapped. Whatever we return must be a prefix-free,
+    // valid stack or Torn — never a panic or a hang.
+    for v in VERSIONS {
+        for after in 1..8u32 {
+            let mut b = Builder::new(v);
+            let (_, [_, _, inner]) = three_frames(&mut b);
+            let hook = Box::new(
+                move |call: u32, map: &mut std::collections::BTreeMap<u64, Vec<u8>>| {
+                    if call == after {
+                        map.remove(&inner);
+                    }
+                },
+            );
+            let mut p = b.process(Some(hook));
+            match p.stack(100) {
+                Ok(frames) => assert!(frames.len() == 3, "{v:?} after {after}: {frames:?}"),
+                Err(PyError::Torn(_)) => {}
+                Err(e) => panic!("{v:?} after {after}: {e}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn deep_stacks_span_chunks_and_are_cut() {
+    for v in VERSIONS {
+        let mut b = Builder::new(v);
+        let f = b.code("recurse", "r.py", 1, 8);
+        let specs = |n| vec![FrameSpec { code: f, unit: 2 }; n];
+        // 150 frames in an older chunk, 150 in the current one.
+        let (old_chunk, old_innermost, old_top, _) = b.chunk(&specs(150), 0, 0);
+        let (chunk, innermost, top, limit) = b.chunk(&specs(150), old_innermost, old_chunk);
+        b.write_u64(old_chunk + 16, old_top - old_chunk);
+        b.thread_state(100, innermost, chunk, top, limit);
+        let mut p = b.process(None);
+        let got = p.stack(100).unwrap();
+        assert_eq!(got.len(), MAX_FRAMES, "{v:?}");
+        assert!(got.iter().all(|f| f == &frame("recurse", "r.py", 3)));
+        // Warm: thread state, cframe (3.11/3.12), chunk, the first older frame, the older chunk
+        // copied whole (not a frame at a time), code headers.
+        p.stack(100).unwrap();
+        assert!(p.last_syscalls() <= 6, "{v:?}: {}", p.last_syscalls());
+    }
+}
+
+#[test]
+fn random_memory_never_panics() {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rnd = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for v in VERSIONS {
+        for _ in 0..300 {
+            let mut b = Builder::new(v);
+            let (ts, codes) = three_frames(&mut b);
+            // Scribble over the thread state, a frame or a code object.
+            let targets = [ts, codes[0], codes[1], codes[2]];
+            let target = targets[(rnd() % 4) as usize];
+            for _ in 0..4 {
+                let off = rnd() % 200;
+                let val = match rnd() % 3 {
+                    0 => rnd(),
+                    1 => targets[(rnd() % 4) as usize] + rnd() % 256,
+                    _ => rnd() % 300,
+                };
+                b.write_u64(target + (off & !7), val);
+            }
+            let mut p = b.process(None);
+            let _ = p.stack(100);
+        }
+    }
+}
