@@ -34,6 +34,17 @@ pub enum Command {
     #[command(verbatim_doc_comment)]
     Record(RecordArgs),
 
+    /// Live dashboard: endpoints, slow requests as they happen, in-flight requests ticking.
+    ///
+    /// Examples:
+    ///   slowtrace top --port 8000
+    ///   slowtrace top --pid 1234 --threshold 300ms --export ./trace
+    ///   slowtrace top -- gunicorn -w 4 app:app
+    ///
+    /// Press ? for the keys, q to quit. Requests are streamed to requests.jsonl in a private
+    /// temporary directory, or in --export DIR (press e to export without --export).
+    #[command(verbatim_doc_comment)]
+    Top(TopArgs),
     /// Print the Python stack of each thread of a running CPython 3.11-3.13 process.
     ///
     /// Examples:
@@ -45,6 +56,9 @@ pub enum Command {
     #[command(name = "pystack", verbatim_doc_comment)]
     PyStack(crate::python::PyStackArgs),
 }
+
+/// Where `record -o` writes by default, and where `top` exports on `e` without `--export`.
+pub const DEFAULT_OUTPUT_DIR: &str = "slowtrace-out";
 
 /// Which processes to trace. At least one is required.
 #[derive(Debug, Args, Clone, Default)]
@@ -77,7 +91,7 @@ pub struct RecordArgs {
         short,
         long = "output",
         value_name = "DIR",
-        default_value = "slowtrace-out"
+        default_value = DEFAULT_OUTPUT_DIR
     )]
     pub output: PathBuf,
 
@@ -91,4 +105,31 @@ pub struct RecordArgs {
     #[arg(long, value_parser = humantime::parse_duration, default_value = "500ms",
           value_name = "DURATION", hide_short_help = true)]
     pub idle_flush: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    #[command(flatten)]
+    pub targets: TargetArgs,
+
+    /// Requests at least this slow are "slow": listed in the slow-requests pane (in-flight ones
+    /// as soon as they pass it) and counted in the SLOW column.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1s",
+          value_name = "DURATION")]
+    pub threshold: Duration,
+
+    /// Keep query strings in recorded paths (redacted by default, as in `record`).
+    #[arg(long)]
+    pub keep_query: bool,
+
+    /// A keep-alive connection quiet this long after a response ends that request.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "500ms",
+          value_name = "DURATION", hide_short_help = true)]
+    pub idle_flush: Duration,
+
+    /// Write requests.jsonl to DIR, as `record -o DIR` does: kept up to date while the dashboard
+    /// runs, complete on exit. Without it requests go to a private temporary file, deleted on
+    /// exit unless `e` was pressed (which exports to ./slowtrace-out).
+    #[arg(long, value_name = "DIR")]
+    pub export: Option<PathBuf>,
 }

@@ -6,7 +6,7 @@ use std::{
     time::Duration,
 };
 
-use crate::cli::{RecordArgs, TargetArgs};
+use crate::cli::{RecordArgs, TargetArgs, TopArgs};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -44,6 +44,17 @@ pub struct RecordConfig {
     pub idle_flush: Duration,
 }
 
+/// What `slowtrace top` runs with.
+#[derive(Debug, Clone)]
+pub struct TopConfig {
+    pub targets: Targets,
+    pub threshold: Duration,
+    pub keep_query: bool,
+    pub idle_flush: Duration,
+    /// Checked writable; requests.jsonl is streamed there.
+    pub export: Option<PathBuf>,
+}
+
 impl Targets {
     pub fn resolve(a: &TargetArgs) -> Result<Self, ConfigError> {
         if a.pids.is_empty() && a.ports.is_empty() && a.command.is_empty() {
@@ -75,24 +86,44 @@ impl RecordConfig {
         if a.duration == Some(Duration::ZERO) {
             return Err(ConfigError::ZeroDuration);
         }
-        let out_dir = a.output.clone();
-        let err = |source| ConfigError::OutputDir {
-            path: out_dir.clone(),
-            source,
-        };
-        std::fs::create_dir_all(&out_dir).map_err(err)?;
-        // Prove we can write there now, not after minutes of tracing.
-        let probe = out_dir.join(".slowtrace-write-test");
-        std::fs::write(&probe, b"").map_err(err)?;
-        let _ = std::fs::remove_file(&probe);
+        prepare_output_dir(&a.output)?;
         Ok(Self {
             targets,
             duration: a.duration,
-            out_dir,
+            out_dir: a.output.clone(),
             keep_query: a.keep_query,
             idle_flush: a.idle_flush,
         })
     }
+}
+
+impl TopConfig {
+    pub fn from_args(a: &TopArgs) -> Result<Self, ConfigError> {
+        let targets = Targets::resolve(&a.targets)?;
+        if let Some(dir) = &a.export {
+            prepare_output_dir(dir)?;
+        }
+        Ok(Self {
+            targets,
+            threshold: a.threshold,
+            keep_query: a.keep_query,
+            idle_flush: a.idle_flush,
+            export: a.export.clone(),
+        })
+    }
+}
+
+/// Create an output directory and prove we can write there now, not after minutes of tracing.
+pub fn prepare_output_dir(dir: &Path) -> Result<(), ConfigError> {
+    let err = |source| ConfigError::OutputDir {
+        path: dir.to_owned(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(err)?;
+    let probe = dir.join(".slowtrace-write-test");
+    std::fs::write(&probe, b"").map_err(err)?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
 }
 
 /// PATH lookup the way a shell does it, so "command not found" is ours, before attaching.
@@ -160,5 +191,23 @@ mod tests {
             RecordConfig::from_args(&a),
             Err(ConfigError::OutputDir { .. })
         ));
+    }
+
+    #[test]
+    fn top_checks_its_export_dir() {
+        let mut a = TopArgs {
+            targets: args(vec![std::process::id()], vec![]),
+            threshold: Duration::from_secs(1),
+            keep_query: false,
+            idle_flush: Duration::from_millis(500),
+            export: Some("/proc/slowtrace-cannot-be-here".into()),
+        };
+        assert!(matches!(
+            TopConfig::from_args(&a),
+            Err(ConfigError::OutputDir { .. })
+        ));
+        a.export = None;
+        let c = TopConfig::from_args(&a).unwrap();
+        assert_eq!(c.threshold, Duration::from_secs(1));
     }
 }

@@ -8,9 +8,19 @@
 use std::{
     io,
     os::unix::process::CommandExt as _,
-    path::Path,
-    process::{Child, Command},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::OnceLock,
 };
+
+/// Where a launched command's output goes when the terminal is not ours to share: `top` draws on
+/// it and reads keys from it, so the command gets no stdin and writes to this file instead. Set
+/// once, before the agent starts; `record` leaves the terminal to the command.
+static OUTPUT_FILE: OnceLock<PathBuf> = OnceLock::new();
+
+pub fn send_output_to(path: PathBuf) {
+    let _ = OUTPUT_FILE.set(path);
+}
 
 fn pipe() -> io::Result<(i32, i32)> {
     let mut fds = [0i32; 2];
@@ -32,10 +42,21 @@ pub fn spawn_registered(
     args: &[String],
     register: impl FnOnce(u32) -> anyhow::Result<()> + Send,
 ) -> anyhow::Result<Child> {
+    // Before the pipes, so an error here leaks no descriptor.
+    let output = match OUTPUT_FILE.get() {
+        Some(path) => {
+            let out = crate::sinks::create_private(path)?;
+            Some((out.try_clone()?, out))
+        }
+        None => None,
+    };
     let (pid_r, pid_w) = pipe()?;
     let (go_r, go_w) = pipe()?;
     let mut cmd = Command::new(prog);
     cmd.args(args);
+    if let Some((out, err)) = output {
+        cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+    }
     // SAFETY: only async-signal-safe calls (getpid, write, read) between fork and exec.
     unsafe {
         cmd.pre_exec(move || {

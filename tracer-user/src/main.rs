@@ -12,6 +12,7 @@ mod procfs;
 mod python;
 mod record;
 mod sinks;
+mod tui;
 
 use std::process::ExitCode;
 
@@ -29,6 +30,9 @@ fn main() -> ExitCode {
         cli::Command::Record(args) => config::RecordConfig::from_args(&args)
             .map_err(anyhow::Error::from)
             .and_then(record::run),
+        cli::Command::Top(args) => config::TopConfig::from_args(&args)
+            .map_err(anyhow::Error::from)
+            .and_then(tui::run),
         cli::Command::PyStack(args) => python::cli_main(args),
     };
     match result {

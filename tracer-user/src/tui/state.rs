@@ -1,0 +1,391 @@
+//! What the dashboard knows, built from `AgentEvent`s. Pure: time comes in as an argument (the
+//! time since the dashboard started), so tests replay synthetic events and get the same screen
+//! every time. Each event costs O(1) (a histogram record, a few counters); memory is bounded
+//! (histograms of fixed size, capped endpoints, a ring of recent slow requests).
+
+use std::{
+    collections::{HashMap, VecDeque},
+    time::Duration,
+};
+
+use hdrhistogram::Histogram;
+use tracer_common::Counter;
+
+use super::rate::RateWindow;
+use crate::{
+    agent::{AgentEvent, Counters},
+    model::Request,
+};
+
+/// Slow requests remembered for the slow pane (the newest).
+pub const MAX_SLOW: usize = 500;
+/// Endpoints with their own row; later ones share `OTHER_ENDPOINTS` (unnormalized ids in paths
+/// would otherwise grow memory without bound).
+pub const MAX_ENDPOINTS: usize = 1000;
+pub const OTHER_ENDPOINTS: &str = "(other endpoints)";
+
+/// Names one request for its whole life, in flight and finished: (pid, fd, start, index on the
+/// connection).
+pub type ReqKey = (u32, u32, u64, u32);
+
+pub fn key(r: &Request) -> ReqKey {
+    (r.pid, r.fd, r.start_us, r.seq)
+}
+
+/// Whether a request ended because its process died (a killed or crashed worker).
+pub fn killed(r: &Request) -> bool {
+    r.end == "process_exit"
+}
+
+/// What the header shows about the run itself.
+#[derive(Debug, Clone)]
+pub struct Meta {
+    /// The agent's `described` string: "port 8000 (pids [12])".
+    pub targets: String,
+    pub attach_mode: String,
+    pub threshold: Duration,
+}
+
+/// Percentiles, recomputed only for endpoints that changed (reading a quantile walks the
+/// histogram, so this is not done per frame for every row).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Quantiles {
+    pub p50_us: u64,
+    pub p95_us: u64,
+    pub p99_us: u64,
+    pub max_us: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub name: String,
+    pub count: u64,
+    pub errors_5xx: u64,
+    /// Finished requests at least as slow as the threshold.
+    pub slow: u64,
+    pub q: Quantiles,
+    pub rate: RateWindow,
+    hist: Histogram<u32>,
+    /// Listed in `Dashboard::dirty`: `q` is out of date.
+    stale: bool,
+}
+
+impl Endpoint {
+    fn new(name: String) -> Self {
+        Self {
+            name,
+            count: 0,
+            errors_5xx: 0,
+            slow: 0,
+            q: Quantiles::default(),
+            rate: RateWindow::default(),
+            // 1 µs .. 1 h at 2 significant digits: ≤1% error in ~13 KB per endpoint, so a
+            // thousand endpoints stay small (`record`'s summary uses 3 digits).
+            hist: Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("valid histogram bounds"),
+            stale: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Dashboard {
+    pub meta: Meta,
+    /// Time since the dashboard started, as of the last event or `set_now`.
+    pub now: Duration,
+    endpoints: Vec<Endpoint>,
+    by_name: HashMap<String, usize>,
+    /// Endpoints whose quantiles are stale.
+    dirty: Vec<usize>,
+    /// Finished slow requests, newest first.
+    pub slow: VecDeque<Request>,
+    /// Requests running now that are already past the threshold, longest first.
+    pub slow_in_flight: Vec<Request>,
+    /// All requests running at the last scan.
+    pub in_flight: usize,
+    /// Finished requests.
+    pub total: u64,
+    pub requests: RateWindow,
+    pub events: RateWindow,
+    pub counters: Counters,
+    /// Events the dashboard missed because it fell behind the agent.
+    pub ui_overflow: u64,
+    /// Set when the agent stopped on its own (the launched command exited).
+    pub stopped: Option<String>,
+}
+
+impl Dashboard {
+    pub fn new(meta: Meta) -> Self {
+        Self {
+            meta,
+            now: Duration::ZERO,
+            endpoints: Vec::new(),
+            by_name: HashMap::new(),
+            dirty: Vec::new(),
+            slow: VecDeque::new(),
+            slow_in_flight: Vec::new(),
+            in_flight: 0,
+            total: 0,
+            requests: RateWindow::default(),
+            events: RateWindow::default(),
+            counters: Counters::default(),
+            ui_overflow: 0,
+            stopped: None,
+        }
+    }
+
+    pub fn apply(&mut self, ev: AgentEvent, now: Duration) {
+        self.set_now(now);
+        match ev {
+            AgentEvent::Request(r) => self.request(*r),
+            AgentEvent::Tick {
+                in_flight,
+                counters,
+            } => self.tick(in_flight, counters),
+        }
+    }
+
+    /// Time passes with no event (the screen still ticks).
+    pub fn set_now(&mut self, now: Duration) {
+        self.now = self.now.max(now);
+    }
+
+    fn is_slow(&self, r: &Request) -> bool {
+        r.duration_us >= self.meta.threshold.as_micros() as u64
+    }
+
+    fn request(&mut self, r: Request) {
+        // It is no longer running, whatever the next scan says.
+        let k = key(&r);
+        self.slow_in_flight.retain(|f| key(f) != k);
+        let slow = self.is_slow(&r);
+        // Requests still open when the agent stopped are not finished: they are kept out of the
+        // latency statistics, as in `record`'s summary.
+        if r.end != "in_flight" {
+            self.total += 1;
+            self.requests.add(self.now, 1);
+            let i = self.endpoint_index(&r.endpoint);
+            let e = &mut self.endpoints[i];
+            e.count += 1;
+            e.errors_5xx += u64::from(r.is_5xx());
+            e.slow += u64::from(slow);
+            e.rate.add(self.now, 1);
+            e.hist.saturating_record(r.duration_us.max(1));
+            if !e.stale {
+                e.stale = true;
+                self.dirty.push(i);
+            }
+        }
+        if slow || killed(&r) {
+            if self.slow.len() == MAX_SLOW {
+                self.slow.pop_back();
+            }
+            self.slow.push_front(r);
+        }
+    }
+
+    fn endpoint_index(&mut self, name: &str) -> usize {
+        if let Some(&i) = self.by_name.get(name) {
+            return i;
+        }
+        let name = if self.endpoints.len() < MAX_ENDPOINTS {
+            name
+        } else {
+            OTHER_ENDPOINTS
+        };
+        if let Some(&i) = self.by_name.get(name) {
+            return i;
+        }
+        self.endpoints.push(Endpoint::new(name.to_owned()));
+        self.by_name
+            .insert(name.to_owned(), self.endpoints.len() - 1);
+        self.endpoints.len() - 1
+    }
+
+    fn tick(&mut self, in_flight: Vec<Request>, counters: Counters) {
+        self.in_flight = in_flight.len();
+        let mut slow: Vec<Request> = in_flight.into_iter().filter(|r| self.is_slow(r)).collect();
+        slow.sort_by(|a, b| b.duration_us.cmp(&a.duration_us).then(key(a).cmp(&key(b))));
+        self.slow_in_flight = slow;
+        let events = counters.get(Counter::Events);
+        let before = self.counters.get(Counter::Events);
+        self.events.add(self.now, events.saturating_sub(before));
+        self.counters = counters;
+        self.refresh();
+    }
+
+    /// Recompute the quantiles of endpoints that changed. Called every scan and before drawing.
+    pub fn refresh(&mut self) {
+        for i in self.dirty.drain(..) {
+            let e = &mut self.endpoints[i];
+            e.stale = false;
+            e.q = Quantiles {
+                p50_us: e.hist.value_at_quantile(0.50),
+                p95_us: e.hist.value_at_quantile(0.95),
+                p99_us: e.hist.value_at_quantile(0.99),
+                max_us: e.hist.max(),
+            };
+        }
+    }
+
+    pub fn endpoints(&self) -> &[Endpoint] {
+        &self.endpoints
+    }
+
+    /// Kernel and user-space losses: request records that never reached us.
+    pub fn dropped(&self) -> u64 {
+        let c = &self.counters;
+        c.get(Counter::RingFull) + c.get(Counter::ArgsMapFull) + c.malformed
+    }
+
+    /// The slow pane, top to bottom: running ones first (they are the news), then finished ones,
+    /// newest first.
+    pub fn slow_rows(&self) -> impl Iterator<Item = &Request> {
+        self.slow_in_flight.iter().chain(self.slow.iter())
+    }
+}
+
+#[cfg(test)]
+pub mod tests {
+    use super::*;
+
+    thread_local! {
+        /// Each test runs on its own thread: a fresh, deterministic sequence per test.
+        static NEXT: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
+
+    /// A finished request as the agent would send it; each one is a distinct request.
+    pub fn req(endpoint: &str, ms: u64, status: u16) -> Request {
+        let n = NEXT.with(|c| {
+            c.set(c.get() + 1);
+            c.get()
+        });
+        Request {
+            start_us: 1_700_000_000_000_000 + n,
+            start: "2023-11-14T22:13:20.000000Z".into(),
+            pid: 4242,
+            tid: 4243,
+            comm: "python3".into(),
+            fd: 7,
+            local_port: Some(8000),
+            peer: Some("127.0.0.1:50000".into()),
+            protocol: "http/1.1",
+            method: endpoint.split(' ').next().map(str::to_owned),
+            path: endpoint.split(' ').nth(1).map(str::to_owned),
+            host: Some("127.0.0.1:8000".into()),
+            endpoint: endpoint.to_owned(),
+            status: Some(status),
+            duration_us: ms * 1000,
+            ttfb_us: Some(ms * 1000),
+            bytes_in: 80,
+            bytes_out: 120,
+            end: "close",
+            seq: 0,
+            pipeline_index: None,
+        }
+    }
+
+    pub fn meta() -> Meta {
+        Meta {
+            targets: "port 8000 (pids [4242])".into(),
+            attach_mode: "tracepoints (22 syscall and sched tracepoints)".into(),
+            threshold: Duration::from_secs(1),
+        }
+    }
+
+    pub fn tick(in_flight: Vec<Request>, events: u64) -> AgentEvent {
+        let mut counters = Counters::default();
+        counters.kernel.insert(Counter::Events, events);
+        AgentEvent::Tick {
+            in_flight,
+            counters,
+        }
+    }
+
+    fn at(s: f64) -> Duration {
+        Duration::from_secs_f64(s)
+    }
+
+    #[test]
+    fn aggregates_per_endpoint() {
+        let mut d = Dashboard::new(meta());
+        for i in 1..=100 {
+            d.apply(
+                AgentEvent::Request(Box::new(req("GET /a", i, 200))),
+                at(1.0),
+            );
+        }
+        d.apply(
+            AgentEvent::Request(Box::new(req("GET /b", 1500, 503))),
+            at(1.5),
+        );
+        d.apply(tick(vec![], 101), at(2.0));
+        assert_eq!(d.total, 101);
+        let a = &d.endpoints()[0];
+        assert_eq!((a.name.as_str(), a.count, a.slow), ("GET /a", 100, 0));
+        assert!((a.q.p50_us as f64 - 50_000.0).abs() <= 500.0, "{:?}", a.q);
+        assert!((a.q.max_us as f64 - 100_000.0).abs() <= 1000.0, "{:?}", a.q);
+        let b = &d.endpoints()[1];
+        assert_eq!((b.count, b.errors_5xx, b.slow), (1, 1, 1));
+        assert_eq!(d.slow.len(), 1);
+        assert!((d.requests.per_sec(d.now) - 50.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn in_flight_slow_requests_tick_then_finish_once() {
+        let mut d = Dashboard::new(meta());
+        let mut running = req("GET /sleep", 400, 0);
+        running.status = None;
+        running.end = "in_flight";
+        d.apply(tick(vec![running.clone()], 0), at(0.25));
+        assert!(d.slow_in_flight.is_empty(), "not slow yet");
+        assert_eq!(d.in_flight, 1);
+        running.duration_us = 1_200_000;
+        d.apply(tick(vec![running.clone()], 0), at(1.0));
+        assert_eq!(d.slow_in_flight.len(), 1);
+        // It finishes; the stale in-flight entry goes at once, before the next scan.
+        let mut done = running.clone();
+        done.end = "close";
+        done.status = Some(200);
+        done.duration_us = 1_500_000;
+        d.apply(AgentEvent::Request(Box::new(done)), at(1.3));
+        assert!(d.slow_in_flight.is_empty());
+        assert_eq!(d.slow_rows().count(), 1);
+        assert_eq!(d.slow[0].status, Some(200));
+    }
+
+    #[test]
+    fn killed_requests_are_listed_even_when_fast() {
+        let mut d = Dashboard::new(meta());
+        let mut r = req("POST /upload", 20, 0);
+        r.end = "process_exit";
+        d.apply(AgentEvent::Request(Box::new(r)), at(1.0));
+        assert_eq!(d.slow.len(), 1);
+        assert!(killed(&d.slow[0]));
+    }
+
+    #[test]
+    fn memory_is_bounded() {
+        let mut d = Dashboard::new(meta());
+        for i in 0..(MAX_ENDPOINTS + 50) {
+            d.apply(
+                AgentEvent::Request(Box::new(req(&format!("GET /p{i}"), 2000, 200))),
+                at(1.0),
+            );
+        }
+        assert_eq!(d.endpoints().len(), MAX_ENDPOINTS + 1);
+        let other = d.endpoints().last().unwrap();
+        assert_eq!((other.name.as_str(), other.count), (OTHER_ENDPOINTS, 50));
+        assert_eq!(d.slow.len(), MAX_SLOW);
+        assert_eq!(d.slow[0].endpoint, format!("GET /p{}", MAX_ENDPOINTS + 49));
+    }
+
+    #[test]
+    fn events_rate_from_kernel_counter_deltas() {
+        let mut d = Dashboard::new(meta());
+        d.apply(tick(vec![], 100), at(1.0));
+        d.apply(tick(vec![], 300), at(2.0));
+        d.apply(tick(vec![], 500), at(3.0));
+        assert!((d.events.per_sec(at(3.0)) - 500.0 / 3.0).abs() < 1e-9);
+        assert_eq!(d.dropped(), 0);
+    }
+}
