@@ -1,0 +1,184 @@
+//! Root test: `slowtrace top` in a real terminal. tmux gives it one (160×48, on a private tmux
+//! server), we drive the Python test server with curl, read the screen with `capture-pane`, press
+//! `q`, and check the process exited cleanly, gave the terminal back and exported its requests.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use integration_tests::*;
+
+/// A private tmux server with one session; killed on drop.
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn cmd(&self) -> Command {
+        let mut c = Command::new("tmux");
+        c.args(["-L", &self.socket]);
+        c
+    }
+
+    fn start(width: u16, height: u16, shell_cmd: &str) -> Tmux {
+        let t = Tmux {
+            socket: format!("slowtrace-test-{}", std::process::id()),
+        };
+        let ok = t
+            .cmd()
+            .args(["new-session", "-d", "-s", "top", "-x"])
+            .arg(width.to_string())
+            .arg("-y")
+            .arg(height.to_string())
+            .arg(shell_cmd)
+            .status()
+            .expect("running tmux")
+            .success();
+        assert!(ok, "tmux new-session failed");
+        t
+    }
+
+    fn screen(&self) -> String {
+        let out = self
+            .cmd()
+            .args(["capture-pane", "-p", "-t", "top"])
+            .output()
+            .expect("tmux capture-pane");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn keys(&self, keys: &str) {
+        let ok = self
+            .cmd()
+            .args(["send-keys", "-t", "top", keys])
+            .status()
+            .expect("tmux send-keys")
+            .success();
+        assert!(ok, "tmux send-keys {keys}");
+    }
+
+    /// Poll the screen until `ok` holds; the last screen either way.
+    fn wait_for(&self, timeout: Duration, ok: impl Fn(&str) -> bool) -> Result<String, String> {
+        let start = Instant::now();
+        loop {
+            let s = self.screen();
+            if ok(&s) {
+                return Ok(s);
+            }
+            if start.elapsed() > timeout {
+                return Err(s);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.cmd().arg("kill-server").status();
+    }
+}
+
+fn url(port: u16, path: &str) -> String {
+    format!("http://127.0.0.1:{port}{path}")
+}
+
+fn read_status(p: &Path) -> Option<String> {
+    std::fs::read_to_string(p)
+        .ok()
+        .filter(|s| s.ends_with('\n'))
+}
+
+#[test]
+fn top_shows_endpoints_and_slow_requests_live_and_quits_cleanly() {
+    if !root_or_skip("top_shows_endpoints_and_slow_requests_live_and_quits_cleanly") {
+        return;
+    }
+    let (server, port) = py_server(&["threading"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let export: PathBuf = tmp.path().join("export");
+    let status = tmp.path().join("status");
+    // The shell records how top exited, then keeps the pane open so the restored (normal)
+    // screen with top's exit message can be read.
+    let shell = format!(
+        "{} top --port {port} --threshold 200ms --export {}; echo \"exit=$?\" > {}; sleep 120",
+        slowtrace_bin().display(),
+        export.display(),
+        status.display()
+    );
+    let tmux = Tmux::start(160, 48, &shell);
+
+    // Up, or exited already (an attach error is one line on the normal screen).
+    let started = tmux.wait_for(Duration::from_secs(60), |s| {
+        s.contains("slowtrace top") && s.contains("Endpoints") || read_status(&status).is_some()
+    });
+    let screen = started.unwrap_or_else(|s| panic!("the dashboard did not come up:\n{s}"));
+    assert!(
+        read_status(&status).is_none(),
+        "top exited at once:\n{screen}"
+    );
+    assert!(screen.contains(&format!("port {port}")), "{screen}");
+
+    for _ in 0..5 {
+        assert_eq!(curl(&[url(port, "/hello")]), [200]);
+    }
+    let slow = std::thread::spawn(move || curl(&[url(port, "/sleep?ms=1500")]));
+    // Past 200 ms and still running: listed as RUNNING with its duration ticking.
+    let pid_tid = format!("{}/", server.pid());
+    let running = tmux.wait_for(Duration::from_secs(3), |s| {
+        s.lines()
+            .any(|l| l.contains("RUNNING") && l.contains("GET /sleep") && l.contains(&pid_tid))
+    });
+    let running = running.unwrap_or_else(|s| panic!("no running GET /sleep row:\n{s}"));
+    eprintln!("while /sleep runs:\n{running}");
+    assert_eq!(slow.join().unwrap(), [200]);
+
+    let done = tmux.wait_for(Duration::from_secs(10), |s| {
+        let endpoints = s
+            .lines()
+            .any(|l| l.contains("GET /hello") && l.contains(" 5 "));
+        let finished = s.lines().any(|l| {
+            l.contains("GET /sleep")
+                && l.contains(" 200 ")
+                && l.contains("1.5")
+                && l.contains(&pid_tid)
+        });
+        endpoints && finished
+    });
+    let done =
+        done.unwrap_or_else(|s| panic!("GET /hello ×5 and a finished slow GET /sleep:\n{s}"));
+    eprintln!("after:\n{done}");
+
+    tmux.keys("q");
+    let start = Instant::now();
+    let exit = loop {
+        if let Some(s) = read_status(&status) {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "top did not exit after q:\n{}",
+            tmux.screen()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(exit.trim(), "exit=0", "{}", tmux.screen());
+    // The terminal is back: the normal screen shows top's exit message.
+    let after = tmux.screen();
+    assert!(after.contains("records written to"), "{after}");
+    assert!(
+        !after.contains("Endpoints ("),
+        "alternate screen left: {after}"
+    );
+
+    let records = read_records(&export.join("requests.jsonl"));
+    assert_eq!(count_where(&records, |r| r["endpoint"] == "GET /hello"), 5);
+    let sleep: Vec<_> = records
+        .iter()
+        .filter(|r| r["endpoint"] == "GET /sleep")
+        .collect();
+    assert_eq!(sleep.len(), 1, "{records:#?}");
+    assert!(sleep[0]["duration_us"].as_u64().unwrap() >= 1_500_000);
+}
