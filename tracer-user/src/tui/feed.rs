@@ -40,6 +40,7 @@ pub trait Source {
 /// The agent stopped without being asked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ended {
+    /// What stopped it ("the command exiting", "SIGTERM"), or the error.
     pub why: String,
     /// Leave the dashboard too (a signal, an error); otherwise it stays up for reading.
     pub quit: bool,
@@ -199,7 +200,7 @@ impl Source for Feed {
         self.reap_if_done();
         Some(match self.result.as_ref()? {
             Ok(o) => Ended {
-                why: format!("stopped by {}", o.finished.stop),
+                why: o.finished.stop.to_string(),
                 // Signals mean "go away"; a command that exited leaves its numbers to read.
                 quit: matches!(o.finished.stop, Stop::CtrlC | Stop::Sigterm),
             },

@@ -161,15 +161,17 @@ pub fn run(cfg: TopConfig) -> anyhow::Result<ExitCode> {
     let kept = kept.context("completing the export")?;
 
     let d = app.live();
+    let why = match (&exit, &d.stopped) {
+        (Exit::Ended(e), _) => e.why.as_str(),
+        // The command exited and the numbers stayed on screen until q.
+        (Exit::Quit, Some(why)) => why.as_str(),
+        (Exit::Quit, None) => "quitting the dashboard",
+    };
     let mut lines = vec![format!(
-        "slowtrace: {} requests in {:.1}s, {} endpoints; stopped by {}",
+        "slowtrace: {} requests in {:.1}s, {} endpoints; stopped by {why}",
         d.total,
         elapsed.as_secs_f64(),
         d.endpoints().len(),
-        match &exit {
-            Exit::Quit => "quitting the dashboard".to_owned(),
-            Exit::Ended(e) => e.why.trim_start_matches("stopped by ").to_owned(),
-        }
     )];
     lines.push(match &kept {
         Kept::In(dir) => format!(

@@ -112,7 +112,7 @@ pub struct Dashboard {
     pub counters: Counters,
     /// Events the dashboard missed because it fell behind the agent.
     pub ui_overflow: u64,
-    /// Set when the agent stopped on its own (the launched command exited).
+    /// What stopped the agent, when it stopped on its own ("the command exiting").
     pub stopped: Option<String>,
 }
 

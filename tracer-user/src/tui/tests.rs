@@ -236,7 +236,7 @@ fn paused_and_stopped_header_80x24() {
     keys(&mut app, &[KeyCode::Char('p')]);
     // Counting goes on underneath; the screen does not move.
     done(&mut app, req("GET /hello", 3, 200), 8.0);
-    app.set_stopped("stopped by the command exiting".into());
+    app.set_stopped("the command exiting".into());
     insta::assert_snapshot!(screen(&mut app, 80, 24));
 }
 
@@ -402,12 +402,12 @@ fn the_loop_leaves_on_a_signal_and_stays_when_the_command_exits() {
         (exit, term.backend().to_string())
     };
     let sig = Ended {
-        why: "stopped by SIGTERM".into(),
+        why: "SIGTERM".into(),
         quit: true,
     };
     assert_eq!(run(sig.clone(), vec![]).0, Exit::Ended(sig));
     let cmd = Ended {
-        why: "stopped by the command exiting".into(),
+        why: "the command exiting".into(),
         quit: false,
     };
     let (exit, shown) = run(cmd, vec![key('x'), key('x')]);

@@ -48,7 +48,7 @@ fn draw_header(f: &mut Frame, area: Rect, app: &App) {
         first.push(" ".into());
     }
     if let Some(why) = &d.stopped {
-        first.push(format!(" STOPPED: {why} ").white().on_red().bold());
+        first.push(format!(" STOPPED by {why} ").white().on_red().bold());
         first.push(" ".into());
     }
     // Short, fixed-size facts first: on a narrow terminal the long ones are cut.
