@@ -197,6 +197,14 @@ impl Source for Feed {
     }
 
     fn ended(&mut self) -> Option<Ended> {
+        // A panicking agent thread gave the terminal back in the panic hook, before it is seen
+        // as finished here: stop drawing at once, so the message is not drawn over.
+        if super::terminal::panicked() {
+            return Some(Ended {
+                why: "a panic (see above)".into(),
+                quit: true,
+            });
+        }
         self.reap_if_done();
         Some(match self.result.as_ref()? {
             Ok(o) => Ended {

@@ -3,7 +3,10 @@
 
 use std::{
     io::{self, Stdout},
-    sync::Once,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Once,
+    },
     time::Duration,
 };
 
@@ -35,8 +38,15 @@ impl Input for Crossterm {
     }
 }
 
-/// Undo everything `enter` did. Safe to call more than once.
+/// The terminal is in raw mode / on the alternate screen.
+static ACTIVE: AtomicBool = AtomicBool::new(false);
+
+/// Undo everything `enter` did, once: the panic hook and the guard may both call it, and leaving
+/// the alternate screen twice would move the cursor back over what was printed in between.
 fn restore() -> io::Result<()> {
+    if !ACTIVE.swap(false, Ordering::SeqCst) {
+        return Ok(());
+    }
     // Raw mode first: it matters most if the rest fails (a shell in raw mode is unusable).
     terminal::disable_raw_mode()?;
     execute!(io::stdout(), LeaveAlternateScreen, cursor::Show)
@@ -53,6 +63,14 @@ impl Drop for Guard {
     }
 }
 
+/// Set by the panic hook: the terminal has been given back, nothing more may be drawn on it.
+static PANICKED: AtomicBool = AtomicBool::new(false);
+
+/// Whether some thread panicked (and the terminal was restored for its message).
+pub fn panicked() -> bool {
+    PANICKED.load(Ordering::Relaxed)
+}
+
 /// Raw mode, alternate screen, hidden cursor. A panic anywhere (the agent thread too) restores
 /// the terminal before the panic message is printed, so the message is readable and the shell
 /// usable.
@@ -61,11 +79,13 @@ pub fn enter() -> io::Result<Guard> {
     HOOK.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
+            PANICKED.store(true, Ordering::Relaxed);
             let _ = restore();
             previous(info);
         }));
     });
     terminal::enable_raw_mode()?;
+    ACTIVE.store(true, Ordering::SeqCst);
     let entered = execute!(io::stdout(), EnterAlternateScreen, cursor::Hide)
         .and_then(|()| Terminal::new(CrosstermBackend::new(io::stdout())));
     match entered {
