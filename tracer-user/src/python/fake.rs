@@ -16,8 +16,10 @@ use super::{
 /// [`FakeMemory::after_call`], during) `stack()` calls, as the running thread would.
 pub type Regions = Rc<RefCell<BTreeMap<u64, Vec<u8>>>>;
 
-/// Called after each batched read with the number of reads made so far.
-pub type Hook = Box<dyn FnMut(u32, &mut BTreeMap<u64, Vec<u8>>)>;
+/// Called after each read of a batch with the number of batches so far (this one included) and
+/// the read's index in its batch: the running thread can change memory between two reads of
+/// one system call, as it can between two iovecs of one `process_vm_readv`.
+pub type Hook = Box<dyn FnMut(u32, usize, &mut BTreeMap<u64, Vec<u8>>)>;
 
 pub struct FakeMemory {
     pub regions: Regions,
@@ -57,14 +59,11 @@ fn copy(regions: &BTreeMap<u64, Vec<u8>>, addr: u64, buf: &mut [u8]) -> usize {
 impl AddressSpace for FakeMemory {
     fn read_batch(&mut self, reads: &mut [Read<'_>]) -> Result<(), PyError> {
         self.syscalls += 1;
-        {
-            let regions = self.regions.borrow();
-            for r in reads.iter_mut() {
-                r.got = copy(&regions, r.addr, r.buf);
+        for (i, r) in reads.iter_mut().enumerate() {
+            r.got = copy(&self.regions.borrow(), r.addr, r.buf);
+            if let Some(hook) = self.after_call.as_mut() {
+                hook(self.syscalls, i, &mut self.regions.borrow_mut());
             }
-        }
-        if let Some(hook) = self.after_call.as_mut() {
-            hook(self.syscalls, &mut self.regions.borrow_mut());
         }
         Ok(())
     }
@@ -92,6 +91,8 @@ pub struct Builder {
     interp: u64,
     /// Thread states in list order.
     tstates: Vec<u64>,
+    /// The chunk laid out last.
+    pub last_chunk: u64,
 }
 
 pub const FRAME_SIZE: u64 = 80;
@@ -109,6 +110,7 @@ impl Builder {
             code_type: 0,
             interp: 0,
             tstates: Vec::new(),
+            last_chunk: 0,
         };
         b.code_type = b.put(&[0u8; 64]);
         b.runtime = b.put(&vec![0u8; layout.runtime_interpreters_head as usize + 8]);
@@ -207,6 +209,7 @@ impl Builder {
     pub fn chunk(&mut self, frames: &[FrameSpec], below: u64, older: u64) -> (u64, u64, u64, u64) {
         let size = CHUNK_HEADER + FRAME_SIZE * frames.len() as u64 + 1024;
         let chunk = self.put(&vec![0u8; size as usize]);
+        self.last_chunk = chunk;
         self.write_u64(chunk, older);
         self.write_u64(chunk + 8, size);
         let mut previous = below;
