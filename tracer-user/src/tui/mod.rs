@@ -154,6 +154,8 @@ pub fn run(cfg: TopConfig) -> anyhow::Result<ExitCode> {
         });
     log::set_max_level(level);
     let elapsed = started.elapsed();
+    // Detaching the probes takes a moment; the terminal is already back.
+    eprintln!("slowtrace: stopping…");
     let outcome = feed.finish();
     let kept = spool.finish();
     let exit = looped?;

@@ -150,6 +150,11 @@ fn many_endpoints_160x48() {
 }
 
 #[test]
+fn narrow_terminal_keeps_the_endpoint_readable_60x18() {
+    insta::assert_snapshot!(screen(&mut busy_app(), 60, 18));
+}
+
+#[test]
 fn sorted_by_p99_and_filtered_80x24() {
     let mut app = busy_app();
     keys(

@@ -102,8 +102,42 @@ fn pane(title: Line<'static>, focused: bool) -> Block<'static> {
     }
 }
 
-/// Widths of the endpoint table's number columns (the endpoint column takes the rest).
-const ENDPOINT_COLS: [u16; 8] = [6, 6, 7, 7, 7, 7, 4, 4];
+/// Width of each number column (the endpoint column takes the rest).
+fn column_width(c: SortColumn) -> u16 {
+    match c {
+        SortColumn::Endpoint => 0,
+        SortColumn::Count | SortColumn::Rate => 6,
+        SortColumn::P50 | SortColumn::P95 | SortColumn::P99 | SortColumn::Max => 7,
+        SortColumn::Errors | SortColumn::Slow => 4,
+    }
+}
+
+/// Below this the endpoint column is unreadable: number columns give way, least telling first.
+const MIN_NAME_WIDTH: u16 = 16;
+const DROPPED_FIRST: [SortColumn; 4] = [
+    SortColumn::P50,
+    SortColumn::P95,
+    SortColumn::Errors,
+    SortColumn::Rate,
+];
+
+/// The columns that fit in `width`, and the endpoint column's width.
+fn endpoint_columns(width: u16) -> (Vec<SortColumn>, usize) {
+    let mut cols = SortColumn::ALL.to_vec();
+    // Borders and the selection mark take 3 columns; each number column has a space before it.
+    let name = |cols: &[SortColumn]| {
+        let fixed: u16 = cols.iter().map(|c| column_width(*c) + 1).sum::<u16>() - 1;
+        width.saturating_sub(fixed + 3)
+    };
+    for drop in DROPPED_FIRST {
+        if name(&cols) >= MIN_NAME_WIDTH {
+            break;
+        }
+        cols.retain(|c| *c != drop);
+    }
+    let w = name(&cols);
+    (cols, usize::from(w.max(1)))
+}
 
 fn draw_endpoints(f: &mut Frame, area: Rect, app: &App) {
     let rows = app.endpoint_rows();
@@ -133,43 +167,48 @@ fn draw_endpoints(f: &mut Frame, area: Rect, app: &App) {
         );
         return;
     }
-    let spacing = ENDPOINT_COLS.len() as u16;
-    let fixed: u16 = ENDPOINT_COLS.iter().sum();
-    // Borders and the selection mark take 3 columns.
-    let name_width = usize::from(area.width.saturating_sub(fixed + spacing + 3)).max(8);
-    let header = Row::new(SortColumn::ALL.iter().enumerate().map(|(i, c)| {
+    let (cols, name_width) = endpoint_columns(area.width);
+    let header = Row::new(cols.iter().map(|c| {
         let mut t = c.title().to_owned();
         if *c == app.sort {
             t.push(if app.descending { '▼' } else { '▲' });
         }
         let line = Line::from(t);
-        Cell::from(if i == 0 { line } else { line.right_aligned() })
+        Cell::from(if *c == SortColumn::Endpoint {
+            line
+        } else {
+            line.right_aligned()
+        })
     }))
     .bold();
+    let red_if_any = |n: u64| {
+        if n > 0 {
+            Style::new().fg(Color::Red)
+        } else {
+            Style::new()
+        }
+    };
     let body = rows.iter().map(|r| {
         let e = r.e;
-        let num = |s: String| Cell::from(Line::from(s).right_aligned());
-        let style = |n: u64| {
-            if n > 0 {
-                Style::new().fg(Color::Red)
-            } else {
-                Style::new()
+        Row::new(cols.iter().map(|c| {
+            let num = |s: String| Cell::from(Line::from(s).right_aligned());
+            match c {
+                SortColumn::Endpoint => Cell::from(ellipsize_middle(&e.name, name_width)),
+                SortColumn::Count => num(count(e.count)),
+                SortColumn::Rate => num(rate(r.per_sec)),
+                SortColumn::P50 => num(human_us(e.q.p50_us)),
+                SortColumn::P95 => num(human_us(e.q.p95_us)),
+                SortColumn::P99 => num(human_us(e.q.p99_us)),
+                SortColumn::Max => num(human_us(e.q.max_us)),
+                SortColumn::Errors => num(count(e.errors_5xx)).style(red_if_any(e.errors_5xx)),
+                SortColumn::Slow => num(count(e.slow)).style(red_if_any(e.slow)),
             }
-        };
-        Row::new([
-            Cell::from(ellipsize_middle(&e.name, name_width)),
-            num(count(e.count)),
-            num(rate(r.per_sec)),
-            num(human_us(e.q.p50_us)),
-            num(human_us(e.q.p95_us)),
-            num(human_us(e.q.p99_us)),
-            num(human_us(e.q.max_us)),
-            num(count(e.errors_5xx)).style(style(e.errors_5xx)),
-            num(count(e.slow)).style(style(e.slow)),
-        ])
+        }))
     });
-    let widths = std::iter::once(Constraint::Fill(1))
-        .chain(ENDPOINT_COLS.iter().map(|w| Constraint::Length(*w)));
+    let widths = cols.iter().map(|c| match c {
+        SortColumn::Endpoint => Constraint::Fill(1),
+        c => Constraint::Length(column_width(*c)),
+    });
     let table = Table::new(body, widths)
         .header(header)
         .block(block)
@@ -538,6 +577,17 @@ mod tests {
             10
         );
         assert_eq!(ellipsize_middle("abc", 1), "…");
+    }
+
+    #[test]
+    fn narrow_tables_drop_columns_not_the_endpoint() {
+        let (cols, name) = endpoint_columns(80);
+        assert_eq!((cols.len(), name), (9, 21), "everything at 80 columns");
+        let (cols, name) = endpoint_columns(60);
+        assert!(!cols.contains(&SortColumn::P50) && !cols.contains(&SortColumn::P95));
+        assert!(name >= usize::from(MIN_NAME_WIDTH), "{name}");
+        let (cols, _) = endpoint_columns(10);
+        assert_eq!(cols.len(), 5, "at worst: endpoint, count, p99, max, slow");
     }
 
     #[test]
