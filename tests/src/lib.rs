@@ -142,6 +142,9 @@ pub struct Trace {
 /// What a finished trace left.
 #[derive(Debug)]
 pub struct Finished {
+    /// The output directory (kept until this is dropped).
+    pub dir: PathBuf,
+    _keep: tempfile::TempDir,
     pub records: Vec<Value>,
     pub stdout: String,
     pub stderr: String,
@@ -220,10 +223,12 @@ impl Trace {
         let status = self.proc.child.wait().unwrap();
         let stderr: Vec<String> = self.stderr.try_iter().collect();
         Finished {
+            dir: self.dir.path().to_owned(),
             records: read_records(&self.requests_path()),
             stdout,
             stderr: stderr.join("\n"),
             success: status.success(),
+            _keep: self.dir,
         }
     }
 }

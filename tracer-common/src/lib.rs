@@ -34,6 +34,69 @@ pub mod target {
 pub struct TracepointOffsets {
     pub fork_parent_pid: u32,
     pub fork_child_pid: u32,
+    /// `signal:signal_generate`: the signal number and the receiving task.
+    pub signal_sig: u32,
+    pub signal_pid: u32,
+}
+
+/// Where a watched thread was, as stack-trace-map ids (negative: not captured).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StackSample {
+    /// bpf_ktime_get_ns of the sample.
+    pub ts: u64,
+    pub user_id: i64,
+    pub kern_id: i64,
+}
+
+/// The last signal generated for a traced task.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SignalNote {
+    pub ts: u64,
+    pub sig: u32,
+    /// tgid of the sender.
+    pub sender: u32,
+}
+
+/// One call of a `--handler` function (ring buffer `HANDLER_EVENTS`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HandlerRecord {
+    pub tgid: u32,
+    pub tid: u32,
+    /// Which `--handler` function (the uprobe's attach cookie).
+    pub handler: u32,
+    /// Nesting depth of handler calls on this thread (0 = outermost).
+    pub depth: u32,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    /// The request this thread was serving when the call started (0 when none).
+    pub conn_id: u64,
+    pub seq: u32,
+    pub _pad: u32,
+}
+
+/// Calls in progress on one thread; deeper recursion is counted but not timed.
+pub const HANDLER_DEPTH: usize = 8;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HandlerStack {
+    pub depth: u32,
+    pub _pad: u32,
+    pub handler: [u32; HANDLER_DEPTH],
+    pub start_ns: [u64; HANDLER_DEPTH],
+}
+
+/// The request a thread is serving: set when it reads a new request, cleared when the request
+/// is emitted.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CurrentRequest {
+    pub conn_id: u64,
+    pub seq: u32,
+    pub fd: u32,
 }
 
 #[cfg(feature = "user")]
@@ -43,4 +106,9 @@ mod pod {
     unsafe impl aya::Pod for super::ConnState {}
     unsafe impl aya::Pod for super::RequestRecord {}
     unsafe impl aya::Pod for super::TracepointOffsets {}
+    unsafe impl aya::Pod for super::StackSample {}
+    unsafe impl aya::Pod for super::SignalNote {}
+    unsafe impl aya::Pod for super::HandlerRecord {}
+    unsafe impl aya::Pod for super::HandlerStack {}
+    unsafe impl aya::Pod for super::CurrentRequest {}
 }

@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use tracer_common::{
     conn::{is_status_line, Step},
-    ConnKey, ConnState, Counter, EndReason, RequestRecord, REQ_PREFIX, RESP_PREFIX,
+    ConnKey, ConnState, Counter, CurrentRequest, EndReason, RequestRecord, REQ_PREFIX, RESP_PREFIX,
 };
 
 use crate::maps::{count, is_target, kind, SyscallArgs, ARGS, CONNS, EVENTS, SCRATCH};
@@ -282,6 +282,12 @@ fn read_done(a: &SyscallArgs, tid: u32, ret: i64) {
         return;
     }
     conn.rec.tid = tid;
+    let cur = CurrentRequest {
+        conn_id: conn.rec.conn_id,
+        seq: conn.rec.seq,
+        fd: a.fd as u32,
+    };
+    let _ = crate::handlers::CURRENT.insert(&tid, &cur, 0);
     if let Ok(comm) = bpf_get_current_comm() {
         conn.rec.comm = comm;
     }

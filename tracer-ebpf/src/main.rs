@@ -8,6 +8,8 @@
 #![no_std]
 #![no_main]
 
+mod capture;
+mod handlers;
 mod io;
 mod maps;
 mod procs;

@@ -11,9 +11,11 @@ use crate::maps::{count, is_target, ARGS, TARGETS, WATCH_PORTS};
 
 /// Set by user space from tracefs's format file before load.
 #[unsafe(no_mangle)]
-static OFFSETS: TracepointOffsets = TracepointOffsets {
+pub static OFFSETS: TracepointOffsets = TracepointOffsets {
     fork_parent_pid: 12,
     fork_child_pid: 20,
+    signal_sig: 8,
+    signal_pid: 36,
 };
 
 /// A traced process forked: trace the child (gunicorn/uWSGI workers, nginx workers, respawns).
@@ -43,6 +45,8 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     }
     let _ = ARGS.remove(&tid);
     let _ = TARGETS.remove(&tid);
+    let _ = crate::handlers::HSTACK.remove(&tid);
+    let _ = crate::handlers::CURRENT.remove(&tid);
     0
 }
 

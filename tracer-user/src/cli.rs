@@ -45,6 +45,7 @@ pub enum Command {
     /// temporary directory, or in --export DIR (press e to export without --export).
     #[command(verbatim_doc_comment)]
     Top(TopArgs),
+
     /// Print the Python stack of each thread of a running CPython 3.11-3.13 process.
     ///
     /// Examples:
@@ -100,6 +101,9 @@ pub struct RecordArgs {
     #[arg(long)]
     pub keep_query: bool,
 
+    #[command(flatten)]
+    pub capture: CaptureArgs,
+
     /// A keep-alive connection quiet this long after a response ends that request.
     /// The next request or a close ends it sooner.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "500ms",
@@ -112,15 +116,12 @@ pub struct TopArgs {
     #[command(flatten)]
     pub targets: TargetArgs,
 
-    /// Requests at least this slow are "slow": listed in the slow-requests pane (in-flight ones
-    /// as soon as they pass it) and counted in the SLOW column.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "1s",
-          value_name = "DURATION")]
-    pub threshold: Duration,
-
     /// Keep query strings in recorded paths (redacted by default, as in `record`).
     #[arg(long)]
     pub keep_query: bool,
+
+    #[command(flatten)]
+    pub capture: CaptureArgs,
 
     /// A keep-alive connection quiet this long after a response ends that request.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "500ms",
@@ -132,4 +133,21 @@ pub struct TopArgs {
     /// exit unless `e` was pressed (which exports to ./slowtrace-out).
     #[arg(long, value_name = "DIR")]
     pub export: Option<PathBuf>,
+}
+
+/// When and how often to capture where a slow request is.
+#[derive(Debug, Args, Clone)]
+pub struct CaptureArgs {
+    /// A request running longer than this is slow: its thread's Python, native and kernel frames
+    /// are captured while it runs (written to slow.jsonl and slow/*.txt). `0` turns captures off.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1s", value_name = "DURATION")]
+    pub threshold: Duration,
+
+    /// Capture a slow request again this often until it ends. Default: half the threshold.
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub resample: Option<Duration>,
+
+    /// At most this many captures per request.
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    pub max_captures: u32,
 }

@@ -6,7 +6,10 @@ use std::{
     time::Duration,
 };
 
-use crate::cli::{RecordArgs, TargetArgs, TopArgs};
+use crate::{
+    agent::CaptureConfig,
+    cli::{CaptureArgs, RecordArgs, TargetArgs, TopArgs},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -42,6 +45,23 @@ pub struct RecordConfig {
     pub out_dir: PathBuf,
     pub keep_query: bool,
     pub idle_flush: Duration,
+    pub capture: Option<CaptureConfig>,
+}
+
+/// `--threshold 0` means no captures; resampling faster than the scan period is pointless.
+pub fn capture_config(a: &CaptureArgs) -> Option<CaptureConfig> {
+    if a.threshold.is_zero() {
+        return None;
+    }
+    let resample = a
+        .resample
+        .unwrap_or(a.threshold / 2)
+        .max(crate::agent::SCAN_EVERY);
+    Some(CaptureConfig {
+        threshold: a.threshold,
+        resample,
+        max_captures: a.max_captures.max(1),
+    })
 }
 
 /// What `slowtrace top` runs with.
@@ -93,6 +113,7 @@ impl RecordConfig {
             out_dir: a.output.clone(),
             keep_query: a.keep_query,
             idle_flush: a.idle_flush,
+            capture: capture_config(&a.capture),
         })
     }
 }
@@ -105,7 +126,8 @@ impl TopConfig {
         }
         Ok(Self {
             targets,
-            threshold: a.threshold,
+            // The same --threshold as captures: slow on the dashboard is slow for captures.
+            threshold: a.capture.threshold,
             keep_query: a.keep_query,
             idle_flush: a.idle_flush,
             export: a.export.clone(),
@@ -186,6 +208,11 @@ mod tests {
             output: "/proc/slowtrace-cannot-be-here".into(),
             keep_query: false,
             idle_flush: Duration::from_millis(500),
+            capture: CaptureArgs {
+                threshold: Duration::from_secs(1),
+                resample: None,
+                max_captures: 20,
+            },
         };
         assert!(matches!(
             RecordConfig::from_args(&a),
@@ -197,8 +224,12 @@ mod tests {
     fn top_checks_its_export_dir() {
         let mut a = TopArgs {
             targets: args(vec![std::process::id()], vec![]),
-            threshold: Duration::from_secs(1),
             keep_query: false,
+            capture: CaptureArgs {
+                threshold: Duration::from_secs(1),
+                resample: None,
+                max_captures: 20,
+            },
             idle_flush: Duration::from_millis(500),
             export: Some("/proc/slowtrace-cannot-be-here".into()),
         };

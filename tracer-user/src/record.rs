@@ -12,13 +12,14 @@ use tracer_common::Counter;
 use crate::{
     agent::{Agent, AgentConfig, AgentEvent, Consumer, Counters},
     config::RecordConfig,
-    model::Stats,
-    sinks::{jsonl::JsonlSink, summary, Sink},
+    model::{slow::SlowRequest, Stats},
+    sinks::{jsonl::JsonlSink, slow::SlowSink, summary, Sink},
 };
 
 struct Recorder {
     stats: Stats,
     sink: JsonlSink,
+    slow: Option<SlowSink>,
 }
 
 impl Consumer for Recorder {
@@ -29,8 +30,36 @@ impl Consumer for Recorder {
                 self.sink.request(&req).context("writing requests.jsonl")
             }
             // The file is flushed on every scan, so a request is on disk within one period.
-            AgentEvent::Tick { .. } => self.sink.flush().context("writing requests.jsonl"),
+            AgentEvent::Tick { .. } => {
+                if let Some(s) = self.slow.as_mut() {
+                    s.flush().context("writing slow.jsonl")?;
+                }
+                self.sink.flush().context("writing requests.jsonl")
+            }
         }
+    }
+
+    fn on_slow(&mut self, slow: &SlowRequest) -> anyhow::Result<()> {
+        let Some(sink) = self.slow.as_mut() else {
+            return Ok(());
+        };
+        let path = sink.write(slow).context("writing a slow-request report")?;
+        let what = if slow.killed.is_some() {
+            "killed"
+        } else {
+            "slow"
+        };
+        eprintln!(
+            "slowtrace: {what} request {} {} ({}): {}",
+            slow.request.endpoint,
+            summary::human_us(slow.request.duration_us),
+            slow.killed.as_ref().map_or_else(
+                || format!("{} captures", slow.captures.len()),
+                |k| k.signal.clone()
+            ),
+            path.display()
+        );
+        Ok(())
     }
 }
 
@@ -39,7 +68,11 @@ pub fn run(cfg: RecordConfig) -> anyhow::Result<ExitCode> {
         targets: cfg.targets.clone(),
         keep_query: cfg.keep_query,
         idle_flush: cfg.idle_flush,
+        capture: cfg.capture,
     })?;
+    for d in &agent.degraded {
+        eprintln!("slowtrace: note: {d}");
+    }
     let out = cfg.out_dir.join("requests.jsonl");
     let sink = JsonlSink::create(&out).with_context(|| format!("creating {}", out.display()))?;
     eprintln!(
@@ -51,9 +84,14 @@ pub fn run(cfg: RecordConfig) -> anyhow::Result<ExitCode> {
             .map(|d| format!(" for {}", humantime::format_duration(d)))
             .unwrap_or_default(),
     );
+    let slow = match cfg.capture {
+        Some(_) => Some(SlowSink::create(&cfg.out_dir).context("creating slow.jsonl")?),
+        None => None,
+    };
     let mut rec = Recorder {
         stats: Stats::default(),
         sink,
+        slow,
     };
     let started = Instant::now();
     let done = agent.run(&mut rec, cfg.duration, Arc::new(AtomicBool::new(false)))?;
@@ -66,6 +104,16 @@ pub fn run(cfg: RecordConfig) -> anyhow::Result<ExitCode> {
         rec.sink.written,
         out.display()
     )];
+    if let (Some(s), Some(c)) = (rec.slow.as_mut(), cfg.capture) {
+        s.flush().context("writing slow.jsonl")?;
+        footer.push(format!(
+            "{} slow requests (over {}), {} killed with a request in flight; reports in {}",
+            s.slow,
+            humantime::format_duration(c.threshold),
+            s.killed,
+            cfg.out_dir.join("slow").display()
+        ));
+    }
     footer.extend(loss_report(&done.counters));
     print!("{}", summary::render(&rec.stats, elapsed, &footer));
     Ok(match done.command_status {

@@ -153,25 +153,44 @@ fn debian(packages: &[&str]) -> anyhow::Result<()> {
     )
 }
 
-/// The Python the tests and demo use: the newest pyenv CPython 3.11, else python3 on PATH.
-pub fn base_python() -> PathBuf {
+/// The newest pyenv CPython `minor` (e.g. "3.12"), if installed.
+pub fn pyenv_python(minor: &str) -> Option<PathBuf> {
     let pyenv = PathBuf::from("/root/.pyenv/versions");
-    if let Ok(dir) = fs::read_dir(&pyenv) {
-        let mut v: Vec<String> = dir
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with("3.11."))
-            .collect();
-        v.sort();
-        if let Some(best) = v.last() {
-            return pyenv.join(best).join("bin/python3");
-        }
-    }
-    PathBuf::from("python3")
+    let mut v: Vec<String> = fs::read_dir(&pyenv)
+        .ok()?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| {
+            n.strip_prefix(minor)
+                .is_some_and(|rest| rest.starts_with('.'))
+        })
+        .collect();
+    v.sort_by_key(|n| {
+        n.rsplit('.')
+            .next()
+            .and_then(|p| p.parse::<u32>().ok())
+            .unwrap_or(0)
+    });
+    v.last().map(|best| pyenv.join(best).join("bin/python3"))
 }
 
+/// Pythons the slow-request tests run against, besides the default venv's 3.11.
+pub const EXTRA_PYTHONS: &[&str] = &["3.12", "3.13"];
+
 fn python_venv() -> anyhow::Result<()> {
-    let venv = util::venv();
+    let default = pyenv_python("3.11").unwrap_or_else(|| PathBuf::from("python3"));
+    make_venv(&util::venv(), &default)?;
+    for minor in EXTRA_PYTHONS {
+        match pyenv_python(minor) {
+            Some(py) => make_venv(&util::root().join(format!("target/venv-{minor}")), &py)?,
+            None => eprintln!("xtask: note: no pyenv CPython {minor}; its tests will be skipped"),
+        }
+    }
+    Ok(())
+}
+
+fn make_venv(venv: &Path, base: &Path) -> anyhow::Result<()> {
+    let venv = venv.to_owned();
     let req_file = util::root().join("tests/requirements.txt");
     let req =
         fs::read_to_string(&req_file).with_context(|| format!("reading {}", req_file.display()))?;
@@ -181,7 +200,7 @@ fn python_venv() -> anyhow::Result<()> {
         return Ok(());
     }
     if !py.exists() {
-        util::run(Command::new(base_python()).arg("-m").arg("venv").arg(&venv))?;
+        util::run(Command::new(base).arg("-m").arg("venv").arg(&venv))?;
     }
     util::run(
         Command::new(&py)

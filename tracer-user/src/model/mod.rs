@@ -4,6 +4,7 @@
 pub mod http;
 pub mod request;
 pub mod route;
+pub mod slow;
 pub mod stats;
 pub mod tracker;
 

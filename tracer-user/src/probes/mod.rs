@@ -6,11 +6,30 @@ pub mod tracefs;
 use std::collections::HashMap as StdHashMap;
 
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
+    programs::{
+        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
+        PerfEvent, RawTracePoint, TracePoint,
+    },
     Ebpf, EbpfLoader,
 };
-use tracer_common::{target, ConnKey, ConnState, Counter, TracepointOffsets};
+use tracer_common::{
+    target, ConnKey, ConnState, Counter, SignalNote, StackSample, TracepointOffsets,
+};
+
+/// On-CPU sampling rate for watched (slow-request) threads.
+const SAMPLE_HZ: u64 = 99;
+
+/// Maps of the stack-capture programs, handed to the capture side.
+pub struct CaptureMaps {
+    pub watch: HashMap<MapData, u32, u8>,
+    pub stacks: StackTraceMap<MapData>,
+    pub on_cpu: HashMap<MapData, u32, StackSample>,
+    pub off_cpu: HashMap<MapData, u32, StackSample>,
+    pub signals: HashMap<MapData, u32, SignalNote>,
+    /// What could not be attached, for the user (capture degrades, tracing goes on).
+    pub degraded: Vec<String>,
+}
 
 /// The compiled kernel programs, embedded at build time.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
@@ -104,7 +123,9 @@ pub struct Probes {
 
 impl Probes {
     /// Load the embedded object and attach every program.
-    pub fn load(offsets: TracepointOffsets) -> Result<(Probes, RingBuf<MapData>), ProbeError> {
+    pub fn load(
+        offsets: TracepointOffsets,
+    ) -> Result<(Probes, RingBuf<MapData>, CaptureMaps), ProbeError> {
         let mut ebpf = EbpfLoader::new()
             .override_global("OFFSETS", &offsets, true)
             .load(OBJECT)
@@ -134,6 +155,15 @@ impl Probes {
                 attached += 1;
             }
         }
+        let degraded = attach_capture(&mut ebpf);
+        let capture = CaptureMaps {
+            watch: typed(&mut ebpf, "WATCH")?,
+            stacks: typed(&mut ebpf, "STACKS")?,
+            on_cpu: typed(&mut ebpf, "ON_CPU")?,
+            off_cpu: typed(&mut ebpf, "OFF_CPU")?,
+            signals: typed(&mut ebpf, "SIGNALS")?,
+            degraded,
+        };
         let events =
             RingBuf::try_from(take(&mut ebpf, "EVENTS")?).map_err(|source| ProbeError::Map {
                 name: "EVENTS",
@@ -147,7 +177,7 @@ impl Probes {
             attach_mode: format!("tracepoints ({attached} syscall and sched tracepoints)"),
             _ebpf: ebpf,
         };
-        Ok((probes, events))
+        Ok((probes, events, capture))
     }
 
     pub fn add_target(&mut self, tgid: u32) -> Result<(), ProbeError> {
@@ -193,6 +223,71 @@ impl Probes {
             })
             .collect()
     }
+}
+
+/// Stack capture and signal notes: each piece that fails to attach is reported and skipped, since
+/// request timing does not depend on it.
+fn attach_capture(ebpf: &mut Ebpf) -> Vec<String> {
+    let mut degraded = Vec::new();
+    let mut note = |what: &str, e: &dyn std::fmt::Display| {
+        degraded.push(format!("{what} unavailable: {e}"));
+    };
+    match ebpf
+        .program_mut("on_cpu_sample")
+        .map(TryInto::<&mut PerfEvent>::try_into)
+    {
+        Some(Ok(prog)) => match prog.load() {
+            Ok(()) => match aya::util::online_cpus() {
+                Ok(cpus) => {
+                    for cpu in cpus {
+                        if let Err(e) = prog.attach(
+                            PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                            PerfEventScope::AllProcessesOneCpu { cpu },
+                            SamplePolicy::Frequency(SAMPLE_HZ),
+                            false,
+                        ) {
+                            note(&format!("on-CPU stacks (perf event, cpu {cpu})"), &e);
+                        }
+                    }
+                }
+                Err((what, e)) => note("on-CPU stacks", &format!("{what}: {e}")),
+            },
+            Err(e) => note("on-CPU stacks (perf event)", &e),
+        },
+        Some(Err(e)) => note("on-CPU stacks", &e),
+        None => note("on-CPU stacks", &"program missing"),
+    }
+    match ebpf
+        .program_mut("off_cpu")
+        .map(TryInto::<&mut RawTracePoint>::try_into)
+    {
+        Some(Ok(prog)) => {
+            if let Err(e) = prog
+                .load()
+                .and_then(|()| prog.attach("sched_switch").map(drop))
+            {
+                note("off-CPU stacks (raw tracepoint sched_switch)", &e);
+            }
+        }
+        Some(Err(e)) => note("off-CPU stacks", &e),
+        None => note("off-CPU stacks", &"program missing"),
+    }
+    match ebpf
+        .program_mut("signal_generate")
+        .map(TryInto::<&mut TracePoint>::try_into)
+    {
+        Some(Ok(prog)) => {
+            if let Err(e) = prog
+                .load()
+                .and_then(|()| prog.attach("signal", "signal_generate").map(drop))
+            {
+                note("signal notes (tracepoint signal:signal_generate)", &e);
+            }
+        }
+        Some(Err(e)) => note("signal notes", &e),
+        None => note("signal notes", &"program missing"),
+    }
+    degraded
 }
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, ProbeError> {

@@ -80,9 +80,20 @@ pub fn offsets(tracefs: &Path) -> Result<TracepointOffsets, TracefsError> {
             path: path.clone(),
         })
     };
+    let sig_path = tracefs.join("events/signal/signal_generate/format");
+    let sig_text =
+        fs::read_to_string(&sig_path).map_err(|e| TracefsError::Read(sig_path.clone(), e))?;
+    let sig_field = |field: &'static str| {
+        field_offset(&sig_text, field).ok_or_else(|| TracefsError::MissingField {
+            field,
+            path: sig_path.clone(),
+        })
+    };
     Ok(TracepointOffsets {
         fork_parent_pid: field("parent_pid")?,
         fork_child_pid: field("child_pid")?,
+        signal_sig: sig_field("sig")?,
+        signal_pid: sig_field("pid")?,
     })
 }
 

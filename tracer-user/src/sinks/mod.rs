@@ -1,6 +1,7 @@
 //! Where requests go. Each sink is independent: adding an output means adding a sink.
 
 pub mod jsonl;
+pub mod slow;
 pub mod summary;
 
 use crate::model::Request;

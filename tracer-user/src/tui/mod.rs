@@ -123,6 +123,9 @@ pub fn run(cfg: TopConfig) -> anyhow::Result<ExitCode> {
             targets: cfg.targets.clone(),
             keep_query: cfg.keep_query,
             idle_flush: cfg.idle_flush,
+            // The dashboard does not show stack captures yet (the detail view keeps their
+            // place); until it does, it does not pay for taking them.
+            capture: None,
         },
         sink,
     )?;

@@ -1,0 +1,252 @@
+//! `slow.jsonl` and the dogslow-style reports in `slow/`: one per slow or killed request.
+
+use std::{
+    fmt::Write as _,
+    fs::File,
+    io::{BufWriter, Write as _},
+    path::{Path, PathBuf},
+};
+
+use crate::{
+    capture::worker::describe,
+    model::slow::{Capture, SlowRequest},
+    sinks::summary::human_us,
+};
+
+pub struct SlowSink {
+    jsonl: BufWriter<File>,
+    dir: PathBuf,
+    pub slow: u64,
+    pub killed: u64,
+}
+
+impl SlowSink {
+    pub fn create(out_dir: &Path) -> std::io::Result<Self> {
+        let dir = out_dir.join("slow");
+        std::fs::create_dir_all(&dir)?;
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+        Ok(Self {
+            jsonl: BufWriter::new(super::create_private(&out_dir.join("slow.jsonl"))?),
+            dir,
+            slow: 0,
+            killed: 0,
+        })
+    }
+
+    pub fn write(&mut self, s: &SlowRequest) -> std::io::Result<PathBuf> {
+        serde_json::to_writer(&mut self.jsonl, s)?;
+        self.jsonl.write_all(b"\n")?;
+        if s.killed.is_some() {
+            self.killed += 1;
+        } else {
+            self.slow += 1;
+        }
+        let stamp: String = s
+            .request
+            .start
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '.')
+            .collect();
+        let base = format!("{stamp}-{}-{}", s.request.pid, s.request.tid);
+        let mut path = self.dir.join(format!("{base}.txt"));
+        let mut n = 1;
+        while path.exists() {
+            n += 1;
+            path = self.dir.join(format!("{base}-{n}.txt"));
+        }
+        let mut f = super::create_private(&path)?;
+        f.write_all(report(s).as_bytes())?;
+        Ok(path)
+    }
+
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        self.jsonl.flush()
+    }
+}
+
+/// The human report: request, then each capture with the Python traceback in Python's order
+/// (most recent call last), then native and kernel frames.
+pub fn report(s: &SlowRequest) -> String {
+    let r = &s.request;
+    let mut o = String::new();
+    let what = if s.killed.is_some() {
+        "Killed request"
+    } else {
+        "Slow request"
+    };
+    let _ = writeln!(
+        o,
+        "{what}: {} {}",
+        r.method.as_deref().unwrap_or("?"),
+        r.path.as_deref().unwrap_or(&r.endpoint)
+    );
+    let _ = writeln!(o, "Host: {}", r.host.as_deref().unwrap_or("-"));
+    let _ = writeln!(o, "Process: pid {} tid {} ({})", r.pid, r.tid, r.comm);
+    let _ = writeln!(o, "Started: {}", r.start);
+    let _ = writeln!(
+        o,
+        "Elapsed: {} (threshold {}ms), status {}, ended: {}",
+        human_us(r.duration_us),
+        s.threshold_ms,
+        r.status.map_or("none".to_owned(), |c| c.to_string()),
+        r.end
+    );
+    if let Some(k) = &s.killed {
+        let _ = writeln!(
+            o,
+            "Killed: {} from pid {} at +{}ms{}",
+            k.signal,
+            k.sender_pid,
+            k.at_ms,
+            if k.process_died {
+                ", the process died with the request open"
+            } else {
+                ""
+            }
+        );
+    }
+    if s.captures.is_empty() {
+        let _ = writeln!(
+            o,
+            "\nNo capture was taken (the request ended before the next scan)."
+        );
+    }
+    for (i, c) in s.captures.iter().enumerate() {
+        capture(&mut o, i + 1, c);
+    }
+    if s.captures_missed > 0 {
+        let _ = writeln!(
+            o,
+            "\n{} captures were skipped (capture queue full)",
+            s.captures_missed
+        );
+    }
+    o
+}
+
+fn capture(o: &mut String, n: usize, c: &Capture) {
+    let during = c
+        .syscall
+        .as_deref()
+        .map(|s| format!(" in {s}"))
+        .unwrap_or_default();
+    let _ = writeln!(
+        o,
+        "\nCapture {n} at +{}ms: {}{during}",
+        c.offset_ms, c.state
+    );
+    if !c.python.is_empty() {
+        let _ = writeln!(o, "Traceback (most recent call last):");
+        for f in c.python.iter().rev() {
+            let _ = writeln!(
+                o,
+                "  File \"{}\", line {}, in {}",
+                f.file.as_deref().unwrap_or("?"),
+                f.line.map_or("?".to_owned(), |l| l.to_string()),
+                f.function
+            );
+        }
+    }
+    if !c.native.is_empty() {
+        let _ = writeln!(o, "Native frames, innermost first ({}):", c.native_source);
+        for f in &c.native {
+            let _ = writeln!(o, "  {}", describe(f));
+        }
+    }
+    if !c.kernel.is_empty() {
+        let _ = writeln!(o, "Kernel frames, innermost first:");
+        for f in &c.kernel {
+            let _ = writeln!(o, "  {}", f.function);
+        }
+    }
+    for e in &c.errors {
+        let _ = writeln!(o, "(could not read: {e})");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::slow::{Frame, Killed};
+
+    fn frame(f: &str, file: &str, line: u32) -> Frame {
+        Frame {
+            function: f.into(),
+            file: Some(file.into()),
+            line: Some(line),
+            module: None,
+        }
+    }
+
+    #[test]
+    fn report_reads_like_dogslow() {
+        let req = crate::model::Request {
+            start_us: 0,
+            start: "2026-11-22T09:00:00.000000Z".into(),
+            pid: 10,
+            tid: 11,
+            comm: "gunicorn".into(),
+            fd: 5,
+            local_port: Some(8000),
+            peer: None,
+            protocol: "http/1.1",
+            method: Some("GET".into()),
+            path: Some("/report?[redacted]".into()),
+            host: Some("example".into()),
+            endpoint: "GET /report".into(),
+            status: Some(500),
+            duration_us: 5_100_000,
+            ttfb_us: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            end: "close",
+            seq: 0,
+            pipeline_index: None,
+        };
+        let s = SlowRequest {
+            kind: "killed",
+            threshold_ms: 1000,
+            request: req,
+            killed: Some(Killed {
+                signal: "SIGABRT".into(),
+                signo: 6,
+                sender_pid: 9,
+                at_ms: 5000,
+                process_died: false,
+            }),
+            captures: vec![Capture {
+                offset_ms: 1010,
+                state: "blocked".into(),
+                syscall: Some("clock_nanosleep".into()),
+                python: vec![frame("fetch", "app.py", 20), frame("view", "app.py", 30)],
+                native: vec![],
+                kernel: vec![Frame {
+                    function: "do_nanosleep".into(),
+                    file: None,
+                    line: None,
+                    module: None,
+                }],
+                native_source: "none".into(),
+                took_us: 0,
+                errors: vec![],
+            }],
+            captures_missed: 0,
+        };
+        let text = report(&s);
+        let view = text.find("in view").unwrap();
+        let fetch = text.find("in fetch").unwrap();
+        assert!(view < fetch, "outermost first, innermost last:\n{text}");
+        assert!(
+            text.contains("Killed: SIGABRT from pid 9 at +5000ms"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Capture 1 at +1010ms: blocked in clock_nanosleep"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  File \"app.py\", line 20, in fetch"),
+            "{text}"
+        );
+    }
+}
