@@ -397,8 +397,8 @@ fn draw_detail(f: &mut Frame, area: Rect, app: &App) {
     );
     f.render_widget(
         Paragraph::new(
-            "No stack captures yet: capturing where slow requests spend their time arrives \
-             with --threshold captures, not available yet. They will be listed here.",
+            "No stack captures: top does not take them yet; they will be listed here. \
+             `slowtrace record` captures the stacks of slow requests (slow.jsonl, slow/*.txt).",
         )
         .block(Block::bordered().title(Line::from(" Captures ").bold()))
         .wrap(Wrap { trim: true }),
@@ -411,7 +411,8 @@ fn draw_frames(f: &mut Frame, area: Rect) {
         Line::from(""),
         Line::from("No hot frames to show.").bold(),
         Line::from(""),
-        Line::from("Stack captures arrive with --threshold captures, not available yet."),
+        Line::from("top does not take stack captures yet."),
+        Line::from("`slowtrace record` does: slow.jsonl and slow/*.txt."),
         Line::from("This view will rank the functions slow requests spend their time in."),
     ])
     .centered();
@@ -477,7 +478,7 @@ const HELP: &[(&str, &str)] = &[
     ("Tab", "switch pane: endpoints / slow requests"),
     ("↑↓  j k", "move (PgUp PgDn); g top, follows newest; G end"),
     ("Enter", "slow request: details; endpoint: its slow ones"),
-    ("f", "hot frames (stack captures: not available yet)"),
+    ("f", "hot frames (top takes no stack captures yet)"),
     ("e", "export requests.jsonl (see docs/top.md)"),
 ];
 
