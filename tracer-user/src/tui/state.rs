@@ -67,6 +67,7 @@ pub struct Endpoint {
     pub rate: RateWindow,
     hist: Histogram<u32>,
     /// Exact, unlike the histogram's buckets.
+    min_us: u64,
     max_us: u64,
     /// Listed in `Dashboard::dirty`: `q` is out of date.
     stale: bool,
@@ -85,6 +86,7 @@ impl Endpoint {
             // endpoint, so a thousand endpoints stay small (`record`'s summary uses 3 digits).
             hist: Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("valid histogram bounds"),
             stale: false,
+            min_us: u64::MAX,
             max_us: 0,
         }
     }
@@ -173,6 +175,7 @@ impl Dashboard {
             e.slow += u64::from(slow);
             e.rate.add(self.now, 1);
             e.hist.saturating_record(r.duration_us.max(1));
+            e.min_us = e.min_us.min(r.duration_us);
             e.max_us = e.max_us.max(r.duration_us);
             if !e.stale {
                 e.stale = true;
@@ -222,10 +225,12 @@ impl Dashboard {
         for i in self.dirty.drain(..) {
             let e = &mut self.endpoints[i];
             e.stale = false;
-            // The middle of the bucket (≤0.5% off), never above the exact maximum.
+            // The middle of the bucket (≤0.5% off), within the exact minimum and maximum (so
+            // one request shows its own duration everywhere).
             let at = |q: f64| {
                 let h = &e.hist;
-                h.median_equivalent(h.value_at_quantile(q)).min(e.max_us)
+                h.median_equivalent(h.value_at_quantile(q))
+                    .clamp(e.min_us, e.max_us)
             };
             e.q = Quantiles {
                 p50_us: at(0.50),
@@ -335,6 +340,7 @@ pub mod tests {
         assert_eq!(a.q.max_us, 100_000, "exact");
         let b = &d.endpoints()[1];
         assert_eq!((b.count, b.errors_5xx, b.slow), (1, 1, 1));
+        assert_eq!(b.q.p50_us, 1_500_000, "one request: its own duration");
         assert_eq!(d.slow.len(), 1);
         assert!((d.requests.per_sec(d.now) - 50.5).abs() < 1e-9);
     }
