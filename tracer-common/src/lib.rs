@@ -74,7 +74,8 @@ pub struct HandlerRecord {
     /// The request this thread was serving when the call started (0 when none).
     pub conn_id: u64,
     pub seq: u32,
-    pub _pad: u32,
+    /// Socket of that request (to find its request line).
+    pub fd: u32,
 }
 
 /// Calls in progress on one thread; deeper recursion is counted but not timed.
@@ -84,7 +85,7 @@ pub const HANDLER_DEPTH: usize = 8;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HandlerStack {
     pub depth: u32,
-    pub _pad: u32,
+    pub tgid: u32,
     pub handler: [u32; HANDLER_DEPTH],
     pub start_ns: [u64; HANDLER_DEPTH],
 }

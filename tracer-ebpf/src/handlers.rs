@@ -35,7 +35,10 @@ pub fn handler_entry(ctx: ProbeContext) -> u32 {
     let st = match HSTACK.get_ptr_mut(&tid) {
         Some(p) => unsafe { &mut *p },
         None => {
-            let fresh = HandlerStack::default();
+            let fresh = HandlerStack {
+                tgid,
+                ..HandlerStack::default()
+            };
             if HSTACK.insert(&tid, &fresh, 0).is_err() {
                 count(Counter::ArgsMapFull);
                 return 0;
@@ -81,7 +84,7 @@ pub fn handler_return(_ctx: RetProbeContext) -> u32 {
         end_ns: unsafe { bpf_ktime_get_ns() },
         conn_id: cur.conn_id,
         seq: cur.seq,
-        _pad: 0,
+        fd: cur.fd,
     };
     match HANDLER_EVENTS.output::<HandlerRecord>(&rec, 0) {
         Ok(()) => count(Counter::Events),

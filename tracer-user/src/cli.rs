@@ -150,4 +150,24 @@ pub struct CaptureArgs {
     /// At most this many captures per request.
     #[arg(long, default_value_t = 20, value_name = "N")]
     pub max_captures: u32,
+
+    /// Time calls of native functions with uprobes: BINARY:PATTERN, PATTERN a glob over
+    /// demangled names (Rust, C++, C), e.g. ./server:*handle_request*. Repeatable.
+    #[arg(long = "handler", value_name = "BINARY:PATTERN")]
+    pub handlers: Vec<String>,
+
+    /// Opt-in: send SIGNAL once to the thread serving a request that runs longer than DURATION,
+    /// e.g. 25s:SIGALRM, so an app that raises on it fails the request before the server's hard
+    /// kill. Refused for a signal the process does not catch (it would die), unless --force.
+    #[arg(long, value_name = "DURATION:SIGNAL")]
+    pub interrupt_after: Option<String>,
+
+    /// Opt-in: at the threshold, send SIGNAL once to the serving thread, for apps that dump their
+    /// own traceback on it (e.g. faulthandler.register(signal.SIGUSR1)). Same check as above.
+    #[arg(long, value_name = "SIGNAL")]
+    pub dump_signal: Option<String>,
+
+    /// Send --interrupt-after / --dump-signal signals even to processes that do not catch them.
+    #[arg(long)]
+    pub force: bool,
 }

@@ -28,6 +28,10 @@ pub enum ConfigError {
     },
     #[error("--duration must be more than zero")]
     ZeroDuration,
+    #[error(transparent)]
+    Handler(#[from] crate::handlers::HandlerError),
+    #[error(transparent)]
+    Act(#[from] crate::act::ActError),
 }
 
 #[derive(Debug, Clone)]
@@ -46,6 +50,8 @@ pub struct RecordConfig {
     pub keep_query: bool,
     pub idle_flush: Duration,
     pub capture: Option<CaptureConfig>,
+    pub handlers: Vec<crate::handlers::Handler>,
+    pub act: Option<crate::act::Policy>,
 }
 
 /// `--threshold 0` means no captures; resampling faster than the scan period is pointless.
@@ -64,6 +70,31 @@ pub fn capture_config(a: &CaptureArgs) -> Option<CaptureConfig> {
     })
 }
 
+/// `--handler`, `--interrupt-after`, `--dump-signal`, resolved and checked.
+pub fn probe_options(
+    a: &CaptureArgs,
+) -> Result<(Vec<crate::handlers::Handler>, Option<crate::act::Policy>), ConfigError> {
+    let mut handlers = Vec::new();
+    for spec in &a.handlers {
+        handlers.extend(crate::handlers::resolve(spec)?);
+    }
+    let interrupt = a
+        .interrupt_after
+        .as_deref()
+        .map(crate::act::parse_interrupt)
+        .transpose()?;
+    let dump = match a.dump_signal.as_deref() {
+        Some(s) => Some((a.threshold, crate::act::parse_signal(s)?)),
+        None => None,
+    };
+    let act = (interrupt.is_some() || dump.is_some()).then_some(crate::act::Policy {
+        interrupt,
+        dump,
+        force: a.force,
+    });
+    Ok((handlers, act))
+}
+
 /// What `slowtrace top` runs with.
 #[derive(Debug, Clone)]
 pub struct TopConfig {
@@ -73,6 +104,8 @@ pub struct TopConfig {
     pub idle_flush: Duration,
     /// Checked writable; requests.jsonl is streamed there.
     pub export: Option<PathBuf>,
+    pub handlers: Vec<crate::handlers::Handler>,
+    pub act: Option<crate::act::Policy>,
 }
 
 impl Targets {
@@ -106,6 +139,7 @@ impl RecordConfig {
         if a.duration == Some(Duration::ZERO) {
             return Err(ConfigError::ZeroDuration);
         }
+        let (handlers, act) = probe_options(&a.capture)?;
         prepare_output_dir(&a.output)?;
         Ok(Self {
             targets,
@@ -114,6 +148,8 @@ impl RecordConfig {
             keep_query: a.keep_query,
             idle_flush: a.idle_flush,
             capture: capture_config(&a.capture),
+            handlers,
+            act,
         })
     }
 }
@@ -121,6 +157,7 @@ impl RecordConfig {
 impl TopConfig {
     pub fn from_args(a: &TopArgs) -> Result<Self, ConfigError> {
         let targets = Targets::resolve(&a.targets)?;
+        let (handlers, act) = probe_options(&a.capture)?;
         if let Some(dir) = &a.export {
             prepare_output_dir(dir)?;
         }
@@ -131,6 +168,8 @@ impl TopConfig {
             keep_query: a.keep_query,
             idle_flush: a.idle_flush,
             export: a.export.clone(),
+            handlers,
+            act,
         })
     }
 }
@@ -212,6 +251,10 @@ mod tests {
                 threshold: Duration::from_secs(1),
                 resample: None,
                 max_captures: 20,
+                handlers: vec![],
+                interrupt_after: None,
+                dump_signal: None,
+                force: false,
             },
         };
         assert!(matches!(
@@ -229,6 +272,10 @@ mod tests {
                 threshold: Duration::from_secs(1),
                 resample: None,
                 max_captures: 20,
+                handlers: vec![],
+                interrupt_after: None,
+                dump_signal: None,
+                force: false,
             },
             idle_flush: Duration::from_millis(500),
             export: Some("/proc/slowtrace-cannot-be-here".into()),

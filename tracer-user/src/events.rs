@@ -15,6 +15,15 @@ pub fn decode(bytes: &[u8]) -> Result<RequestRecord, ShortRecord> {
     Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<RequestRecord>()) })
 }
 
+/// A `--handler` call record.
+pub fn decode_handler(bytes: &[u8]) -> Result<tracer_common::HandlerRecord, ShortRecord> {
+    if bytes.len() < std::mem::size_of::<tracer_common::HandlerRecord>() {
+        return Err(ShortRecord(bytes.len()));
+    }
+    // SAFETY: length checked; plain data valid for any bit pattern.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<tracer_common::HandlerRecord>()) })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

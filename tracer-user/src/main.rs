@@ -1,10 +1,13 @@
 //! slowtrace: the binary. Thin glue; each stage of the pipeline lives in its own module:
 //! probes (kernel side) → events (decoding) → model (requests, stats) → sinks (files, summary).
 
+mod act;
 mod agent;
+mod capture;
 mod cli;
 mod config;
 mod events;
+mod handlers;
 mod launch;
 mod model;
 mod probes;

@@ -12,7 +12,7 @@ use tracer_common::Counter;
 use crate::{
     agent::{Agent, AgentConfig, AgentEvent, Consumer, Counters},
     config::RecordConfig,
-    model::{slow::SlowRequest, Stats},
+    model::{handler::HandlerCall, slow::SlowRequest, Stats},
     sinks::{jsonl::JsonlSink, slow::SlowSink, summary, Sink},
 };
 
@@ -20,6 +20,8 @@ struct Recorder {
     stats: Stats,
     sink: JsonlSink,
     slow: Option<SlowSink>,
+    /// `--handler` calls: handlers.jsonl and their own rows.
+    handlers: Option<(JsonlSink, Stats)>,
 }
 
 impl Consumer for Recorder {
@@ -34,9 +36,20 @@ impl Consumer for Recorder {
                 if let Some(s) = self.slow.as_mut() {
                     s.flush().context("writing slow.jsonl")?;
                 }
+                if let Some((h, _)) = self.handlers.as_mut() {
+                    h.flush().context("writing handlers.jsonl")?;
+                }
                 self.sink.flush().context("writing requests.jsonl")
             }
         }
+    }
+
+    fn on_handler(&mut self, call: &HandlerCall) -> anyhow::Result<()> {
+        let Some((sink, stats)) = self.handlers.as_mut() else {
+            return Ok(());
+        };
+        stats.sample(&call.handler, call.duration_us, false);
+        sink.line(call).context("writing handlers.jsonl")
     }
 
     fn on_slow(&mut self, slow: &SlowRequest) -> anyhow::Result<()> {
@@ -69,6 +82,8 @@ pub fn run(cfg: RecordConfig) -> anyhow::Result<ExitCode> {
         keep_query: cfg.keep_query,
         idle_flush: cfg.idle_flush,
         capture: cfg.capture,
+        handlers: cfg.handlers.clone(),
+        act: cfg.act,
     })?;
     for d in &agent.degraded {
         eprintln!("slowtrace: note: {d}");
@@ -88,10 +103,19 @@ pub fn run(cfg: RecordConfig) -> anyhow::Result<ExitCode> {
         Some(_) => Some(SlowSink::create(&cfg.out_dir).context("creating slow.jsonl")?),
         None => None,
     };
+    let handlers = if cfg.handlers.is_empty() {
+        None
+    } else {
+        let path = cfg.out_dir.join("handlers.jsonl");
+        let sink =
+            JsonlSink::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        Some((sink, Stats::default()))
+    };
     let mut rec = Recorder {
         stats: Stats::default(),
         sink,
         slow,
+        handlers,
     };
     let started = Instant::now();
     let done = agent.run(&mut rec, cfg.duration, Arc::new(AtomicBool::new(false)))?;
@@ -113,6 +137,15 @@ pub fn run(cfg: RecordConfig) -> anyhow::Result<ExitCode> {
             s.killed,
             cfg.out_dir.join("slow").display()
         ));
+    }
+    if let Some((h, stats)) = rec.handlers.as_mut() {
+        h.flush().context("writing handlers.jsonl")?;
+        footer.push(format!("\n{} handler calls (handlers.jsonl):", stats.total));
+        footer.push(
+            summary::table(&stats.rows(elapsed))
+                .trim_end()
+                .replacen("ENDPOINT", "HANDLER ", 1),
+        );
     }
     footer.extend(loss_report(&done.counters));
     print!("{}", summary::render(&rec.stats, elapsed, &footer));

@@ -16,18 +16,18 @@ use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
 use tracer_common::{Counter, EndReason, RequestRecord};
 
+mod capturing;
+
+use capturing::{start_capture, Capturing};
+
 use crate::{
-    capture::{
-        watchdog::{Policy, Running, Watchdog},
-        worker::{StackMaps, Worker},
-    },
+    act::{self, Actor},
+    capture::watchdog::Running,
     config::Targets,
     events,
-    model::{
-        slow::{self, Killed, SlowRequest},
-        Context, Request, Tracker,
-    },
-    probes::{preflight, tracefs, CaptureMaps, Probes},
+    handlers::Handler,
+    model::{handler::HandlerCall, slow::SlowRequest, Context, Request, Tracker},
+    probes::{preflight, tracefs, Probes},
     procfs::{self, LocalPorts},
 };
 
@@ -69,6 +69,11 @@ pub trait Consumer {
     fn on_slow(&mut self, _slow: &SlowRequest) -> anyhow::Result<()> {
         Ok(())
     }
+
+    /// A call of a `--handler` function returned.
+    fn on_handler(&mut self, _call: &HandlerCall) -> anyhow::Result<()> {
+        Ok(())
+    }
 }
 
 /// dogslow from outside: capture requests that run longer than `threshold`.
@@ -87,27 +92,11 @@ pub struct AgentConfig {
     pub idle_flush: Duration,
     /// None: time requests only, no stack captures.
     pub capture: Option<CaptureConfig>,
+    /// `--handler` functions to time with uprobes.
+    pub handlers: Vec<Handler>,
+    /// `--interrupt-after` / `--dump-signal`: None unless asked for.
+    pub act: Option<act::Policy>,
 }
-
-/// The capture side of a running agent.
-struct Capturing {
-    watchdog: Watchdog,
-    worker: Worker,
-    watch: aya::maps::HashMap<MapData, u32, u8>,
-    signals: aya::maps::HashMap<MapData, u32, tracer_common::SignalNote>,
-    /// Slow requests that ended while a capture of them was still being taken: held back (not
-    /// longer than `CLOSING_WAIT`) so a slow capture worker costs latency, not captures.
-    closing: Vec<Closing>,
-}
-
-struct Closing {
-    key: crate::capture::watchdog::RequestKey,
-    slow: SlowRequest,
-    pending: u32,
-    deadline: std::time::Instant,
-}
-
-const CLOSING_WAIT: Duration = Duration::from_secs(5);
 
 /// Why the agent stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,6 +130,9 @@ pub struct Agent {
     ports: LocalPorts,
     malformed: u64,
     capturing: Option<Capturing>,
+    handlers: Vec<Handler>,
+    handler_ring: Option<RingBuf<MapData>>,
+    actor: Option<Actor>,
     /// Capture pieces that could not be attached (said once at start).
     pub degraded: Vec<String>,
     /// "pid 12, port 8000 (pids [..])" for the user.
@@ -186,8 +178,10 @@ impl Agent {
         };
 
         let mut described = Vec::new();
+        let mut known = Vec::new();
         for &pid in &cfg.targets.pids {
             probes.add_target(pid)?;
+            known.push(pid);
             described.push(format!("pid {pid}"));
         }
         for &port in &cfg.targets.ports {
@@ -201,7 +195,14 @@ impl Agent {
             for pid in &pids {
                 probes.add_target(*pid)?;
             }
+            known.extend(&pids);
             described.push(format!("port {port} (pids {pids:?})"));
+        }
+        // Refuse before anything is launched when a running target would die of the signal.
+        if let Some(a) = &cfg.act {
+            for (_, sig) in [a.interrupt, a.dump].into_iter().flatten() {
+                act::check_catches(&known, sig, a.force)?;
+            }
         }
         let child = match &cfg.targets.command {
             None => None,
@@ -213,6 +214,13 @@ impl Agent {
                 described.push(format!("command {} (pid {})", prog.display(), child.id()));
                 Some(child)
             }
+        };
+        let handler_ring = if cfg.handlers.is_empty() {
+            None
+        } else {
+            probes.attach_handlers(&cfg.handlers)?;
+            described.push(format!("{} handler functions", cfg.handlers.len()));
+            probes.handler_events.take()
         };
         let attach_mode = probes.attach_mode.clone();
         Ok(Agent {
@@ -227,6 +235,9 @@ impl Agent {
             ports: LocalPorts::default(),
             malformed: 0,
             capturing,
+            handlers: cfg.handlers.clone(),
+            handler_ring,
+            actor: cfg.act.map(Actor::new),
             degraded,
             described: described.join(", "),
             attach_mode,
@@ -247,7 +258,10 @@ impl Agent {
         now_ns: u64,
         out: &mut dyn Consumer,
     ) -> anyhow::Result<()> {
-        let req = self.request(r, end, now_ns);
+        let mut req = self.request(r, end, now_ns);
+        if let Some(a) = self.actor.as_mut() {
+            req.signals = a.finish(&(r.tgid, r.conn_id, r.seq));
+        }
         let slow = self.capturing.as_mut().and_then(|c| c.finish(r, end, &req));
         out.on_event(AgentEvent::Request(Box::new(req)))?;
         match slow {
@@ -256,11 +270,64 @@ impl Agent {
         }
     }
 
+    /// `--interrupt-after` / `--dump-signal`: signal the serving thread once per request.
+    fn act(&mut self, in_flight: &[RequestRecord], now_ns: u64) {
+        let Some(actor) = self.actor.as_mut() else {
+            return;
+        };
+        let running: Vec<_> = in_flight
+            .iter()
+            .map(|r| ((r.tgid, r.conn_id, r.seq), r.tgid, r.tid, r.start_ns))
+            .collect();
+        for (_, pid, tid, sig, why) in actor.due(&running, now_ns, act::catches) {
+            match act::send(pid, tid, sig) {
+                Ok(()) => log::info!("sent signal {sig} ({why}) to pid {pid} tid {tid}"),
+                Err(e) => eprintln!("slowtrace: sending signal {sig} to {pid}/{tid}: {e}"),
+            }
+        }
+    }
+
+    /// Handler calls from the kernel, each with its enclosing request when known.
+    fn drain_handlers(
+        &mut self,
+        ring: &mut RingBuf<MapData>,
+        out: &mut dyn Consumer,
+    ) -> anyhow::Result<()> {
+        while let Some(item) = ring.next() {
+            let rec = events::decode_handler(&item);
+            drop(item);
+            let Ok(rec) = rec else {
+                self.malformed += 1;
+                continue;
+            };
+            let Some(h) = self.handlers.get(rec.handler as usize) else {
+                self.malformed += 1;
+                continue;
+            };
+            let conn = (rec.conn_id != 0)
+                .then(|| self.probes.conn(rec.tgid, rec.fd))
+                .flatten()
+                .filter(|c| c.rec.conn_id == rec.conn_id && c.rec.seq == rec.seq);
+            let prefix = conn
+                .as_ref()
+                .map(|c| &c.rec.req[..usize::from(c.rec.req_len).min(c.rec.req.len())]);
+            let mut call = HandlerCall::from_record(&rec, h, prefix, &self.ctx);
+            if let (Some(c), 0) = (self.capturing.as_mut(), rec.depth) {
+                call.captures = c.finish_handler(
+                    handler_key(rec.tgid, rec.start_ns, rec.handler),
+                    call.duration_us,
+                );
+            }
+            out.on_handler(&call)?;
+        }
+        Ok(())
+    }
+
     fn plan_captures(&mut self, in_flight: &[RequestRecord], now_ns: u64) {
         let Some(c) = self.capturing.as_mut() else {
             return;
         };
-        let running: Vec<Running> = in_flight
+        let mut running: Vec<Running> = in_flight
             .iter()
             .map(|r| Running {
                 key: (r.tgid, r.conn_id, r.seq),
@@ -269,6 +336,21 @@ impl Agent {
                 start_ns: r.start_ns,
             })
             .collect();
+        // Outermost handler calls in progress are watched like requests.
+        if !self.handlers.is_empty() {
+            running.extend(
+                self.probes
+                    .handler_stacks()
+                    .into_iter()
+                    .filter(|(_, st)| st.depth > 0)
+                    .map(|(tid, st)| Running {
+                        key: handler_key(st.tgid, st.start_ns[0], st.handler[0]),
+                        pid: st.tgid,
+                        tid,
+                        start_ns: st.start_ns[0],
+                    }),
+            );
+        }
         c.collect();
         let plan = c.watchdog.plan(&running, now_ns);
         for tid in plan.watch {
@@ -318,6 +400,7 @@ impl Agent {
         for (rec, why) in &scan.finished {
             self.finish(rec, *why, now, out)?;
         }
+        self.act(&scan.in_flight, now);
         self.plan_captures(&scan.in_flight, now);
         let ready = self
             .capturing
@@ -386,6 +469,14 @@ impl Agent {
         // SAFETY: the ring buffer owns its fd, open for as long as the AsyncFd lives.
         let mut ring = unsafe { AsyncFd::register(ring) }
             .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
+        let mut handler_ring = match self.handler_ring.take() {
+            // SAFETY: as above.
+            Some(r) => Some(
+                unsafe { AsyncFd::register(r) }
+                    .map_err(|e| anyhow::anyhow!("polling the handler ring buffer: {e}"))?,
+            ),
+            None => None,
+        };
         let mut tick = tokio::time::interval(SCAN_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let deadline = tokio::time::sleep(duration.unwrap_or(Duration::from_secs(u64::MAX / 4)));
@@ -397,6 +488,11 @@ impl Agent {
                 guard = ring.readable_mut() => {
                     let mut guard = guard?;
                     self.drain(guard.get_inner_mut(), out)?;
+                    guard.clear_ready();
+                }
+                guard = readable_opt(&mut handler_ring) => {
+                    let mut guard = guard?;
+                    self.drain_handlers(guard.get_inner_mut(), out)?;
                     guard.clear_ready();
                 }
                 _ = tick.tick() => {
@@ -417,158 +513,26 @@ impl Agent {
         };
         // Records the kernel wrote before we stopped listening.
         self.drain(ring.get_mut(), out)?;
+        if let Some(h) = handler_ring.as_mut() {
+            self.drain_handlers(h.get_mut(), out)?;
+        }
         self.scan(out)?;
         Ok(why)
     }
 }
 
-fn start_capture(c: CaptureConfig, maps: CaptureMaps) -> anyhow::Result<Capturing> {
-    let CaptureMaps {
-        watch,
-        stacks,
-        on_cpu,
-        off_cpu,
-        signals,
-        degraded: _,
-    } = maps;
-    let worker = Worker::spawn(
-        StackMaps {
-            stacks,
-            on_cpu,
-            off_cpu,
-        },
-        mono_ns,
-    )
-    .context("starting the capture thread")?;
-    let policy = Policy {
-        threshold_ns: c.threshold.as_nanos() as u64,
-        resample_ns: c.resample.as_nanos() as u64,
-        max_captures: c.max_captures,
-    };
-    Ok(Capturing {
-        watchdog: Watchdog::new(policy),
-        worker,
-        watch,
-        signals,
-        closing: Vec::new(),
-    })
+/// Watchdog key of a handler call: the request-index half is tagged so it never meets a request.
+fn handler_key(tgid: u32, start_ns: u64, handler: u32) -> crate::capture::watchdog::RequestKey {
+    (tgid, start_ns, 0x8000_0000 | handler)
 }
 
-impl Capturing {
-    /// Move finished captures from the worker to their requests.
-    fn collect(&mut self) {
-        let results: Vec<_> = self.worker.results().collect();
-        for (key, res) in results {
-            match self.closing.iter_mut().find(|c| c.key == key) {
-                Some(c) => {
-                    c.pending = c.pending.saturating_sub(1);
-                    match res {
-                        Ok(cap) => c.slow.captures.push(cap),
-                        Err(()) => c.slow.captures_missed += 1,
-                    }
-                }
-                None => self.watchdog.record(&key, res),
-            }
-        }
-    }
-
-    /// Held-back slow requests whose captures are all in (or that waited long enough; all of
-    /// them when `all`).
-    fn ready(&mut self, all: bool) -> Vec<SlowRequest> {
-        self.collect();
-        let now = std::time::Instant::now();
-        let (done, keep): (Vec<Closing>, Vec<Closing>) = std::mem::take(&mut self.closing)
-            .into_iter()
-            .partition(|c| all || c.pending == 0 || now >= c.deadline);
-        self.closing = keep;
-        done.into_iter()
-            .map(|mut c| {
-                c.slow.captures.sort_by_key(|k| k.offset_ms);
-                c.slow.captures_missed += c.pending;
-                c.slow
-            })
-            .collect()
-    }
-
-    /// At exit: give outstanding captures a moment to come back.
-    fn drain(&mut self) -> Vec<SlowRequest> {
-        let start = std::time::Instant::now();
-        while !self.closing.is_empty() && start.elapsed() < Duration::from_secs(2) {
-            self.collect();
-            if self.closing.iter().all(|c| c.pending == 0) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        self.ready(true)
-    }
-
-    /// The slow-request record for `r`, if it was slow or killed.
-    fn finish(&mut self, r: &RequestRecord, end: EndReason, req: &Request) -> Option<SlowRequest> {
-        self.collect();
-        let key = (r.tgid, r.conn_id, r.seq);
-        let watched = self.watchdog.finish(&key);
-        if let Some((w, true)) = &watched {
-            let _ = self.watch.remove(&w.tid);
-        }
-        let killed = self.killed(r, end, req);
-        let threshold_ms = self.watchdog.policy().threshold_ns / 1_000_000;
-        if req.duration_us / 1000 < threshold_ms && killed.is_none() {
-            return None;
-        }
-        let pending = watched.as_ref().map_or(0, |(w, _)| w.pending());
-        let (captures, missed) = watched
-            .map(|(w, _)| (w.captures, w.missed))
-            .unwrap_or_default();
-        let slow = SlowRequest {
-            kind: if killed.is_some() { "killed" } else { "slow" },
-            threshold_ms,
-            request: req.clone(),
-            killed,
-            captures,
-            captures_missed: missed,
-        };
-        if pending > 0 {
-            self.closing.push(Closing {
-                key,
-                slow,
-                pending,
-                deadline: std::time::Instant::now() + CLOSING_WAIT,
-            });
-            return None;
-        }
-        Some(slow)
-    }
-
-    /// A fatal signal sent to the serving thread or process while the request ran, or the
-    /// process dying with it open.
-    fn killed(&mut self, r: &RequestRecord, end: EndReason, req: &Request) -> Option<Killed> {
-        let died = end == EndReason::ProcessExit;
-        let end_ns = r.start_ns + req.duration_us * 1000;
-        let note = [r.tid, r.tgid]
-            .iter()
-            .filter_map(|t| self.signals.get(t, 0).ok())
-            .filter(|n| {
-                slow::is_fatal(n.sig) && n.ts >= r.start_ns && (died || n.ts <= end_ns + 1_000_000)
-            })
-            .max_by_key(|n| n.ts);
-        match note {
-            Some(n) => Some(Killed {
-                signal: slow::signal_name(n.sig),
-                signo: n.sig,
-                sender_pid: n.sender,
-                at_ms: (n.ts - r.start_ns) / 1_000_000,
-                process_died: died,
-            }),
-            None if died => Some(Killed {
-                signal: "none seen (process exited)".into(),
-                signo: 0,
-                sender_pid: 0,
-                at_ms: req.duration_us / 1000,
-                process_died: true,
-            }),
-            None => None,
-        }
+/// Readiness of an optional ring buffer; never ready when there is none.
+async fn readable_opt(
+    fd: &mut Option<AsyncFd<RingBuf<MapData>>>,
+) -> std::io::Result<tokio::io::unix::AsyncFdReadyMutGuard<'_, RingBuf<MapData>>> {
+    match fd {
+        Some(f) => f.readable_mut().await,
+        None => std::future::pending().await,
     }
 }
 

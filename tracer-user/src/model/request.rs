@@ -50,6 +50,10 @@ pub struct Request {
     /// Position in a pipeline when several requests came in one read.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pipeline_index: Option<u16>,
+    /// Signals slowtrace sent to the serving thread during this request (`--interrupt-after`,
+    /// `--dump-signal`); empty, and absent from the JSON, unless asked for.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub signals: Vec<crate::act::Sent>,
 }
 
 impl Request {
@@ -120,6 +124,7 @@ impl Request {
             end: end_reason_name(end),
             seq: r.seq,
             pipeline_index: (r.flags & FLAG_PIPELINED != 0).then_some(r.pipeline_index),
+            signals: Vec::new(),
         }
     }
 

@@ -52,11 +52,16 @@ impl Stats {
             self.in_flight.push(r.clone());
             return;
         }
+        self.sample(&r.endpoint, r.duration_us, r.is_5xx());
+    }
+
+    /// One completed call of anything with a name and a duration (requests, handler calls).
+    pub fn sample(&mut self, name: &str, duration_us: u64, is_5xx: bool) {
         self.total += 1;
-        let e = self.endpoints.entry_ref_or_default(&r.endpoint);
+        let e = self.endpoints.entry_ref_or_default(name);
         e.count += 1;
-        e.errors_5xx += u64::from(r.is_5xx());
-        e.hist.saturating_record(r.duration_us.max(1));
+        e.errors_5xx += u64::from(is_5xx);
+        e.hist.saturating_record(duration_us.max(1));
     }
 
     /// Rows by total time spent (count × mean), the hottest first.
@@ -130,6 +135,7 @@ mod tests {
             end: "close",
             seq: 0,
             pipeline_index: None,
+            signals: Vec::new(),
         }
     }
 

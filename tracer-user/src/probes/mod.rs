@@ -14,7 +14,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use tracer_common::{
-    target, ConnKey, ConnState, Counter, SignalNote, StackSample, TracepointOffsets,
+    target, ConnKey, ConnState, Counter, HandlerStack, SignalNote, StackSample, TracepointOffsets,
 };
 
 /// On-CPU sampling rate for watched (slow-request) threads.
@@ -52,6 +52,13 @@ pub enum ProbeError {
         name: &'static str,
         category: &'static str,
         tracepoint: &'static str,
+        source: Box<aya::programs::ProgramError>,
+    },
+    #[error("attaching a uprobe ({name}) to {symbol} in {path}: {source}")]
+    Uprobe {
+        name: &'static str,
+        symbol: String,
+        path: String,
         source: Box<aya::programs::ProgramError>,
     },
     #[error("eBPF map {name}: {source}")]
@@ -117,6 +124,9 @@ pub struct Probes {
     ports: HashMap<MapData, u16, u8>,
     conns: HashMap<MapData, ConnKey, ConnState>,
     counters: PerCpuArray<MapData, u64>,
+    /// Handler calls, taken by the agent when `--handler` is given.
+    pub handler_events: Option<RingBuf<MapData>>,
+    hstack: HashMap<MapData, u32, HandlerStack>,
     /// How the programs are attached, for the user.
     pub attach_mode: String,
 }
@@ -174,6 +184,15 @@ impl Probes {
             ports: typed(&mut ebpf, "WATCH_PORTS")?,
             conns: typed(&mut ebpf, "CONNS")?,
             counters: typed(&mut ebpf, "COUNTERS")?,
+            handler_events: Some(
+                RingBuf::try_from(take(&mut ebpf, "HANDLER_EVENTS")?).map_err(|source| {
+                    ProbeError::Map {
+                        name: "HANDLER_EVENTS",
+                        source: Box::new(source),
+                    }
+                })?,
+            ),
+            hstack: typed(&mut ebpf, "HSTACK")?,
             attach_mode: format!("tracepoints ({attached} syscall and sched tracepoints)"),
             _ebpf: ebpf,
         };
@@ -202,6 +221,54 @@ impl Probes {
     /// consistent copy of one value at one moment.
     pub fn conns(&self) -> Vec<(ConnKey, ConnState)> {
         self.conns.iter().filter_map(Result::ok).collect()
+    }
+
+    /// uprobe + uretprobe on every handler function, the index being the attach cookie. Any
+    /// process mapping the binary hits the probe; the program keeps only targets' calls.
+    pub fn attach_handlers(
+        &mut self,
+        handlers: &[crate::handlers::Handler],
+    ) -> Result<(), ProbeError> {
+        use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope};
+        for name in ["handler_entry", "handler_return"] {
+            let prog: &mut aya::programs::UProbe = self
+                ._ebpf
+                .program_mut(name)
+                .ok_or(ProbeError::MissingProgram(name))?
+                .try_into()
+                .map_err(|source| ProbeError::Program {
+                    name,
+                    source: Box::new(source),
+                })?;
+            prog.load().map_err(|source| ProbeError::Program {
+                name,
+                source: Box::new(source),
+            })?;
+            for (i, h) in handlers.iter().enumerate() {
+                let point = UProbeAttachPoint {
+                    location: UProbeAttachLocation::Symbol(&h.symbol),
+                    cookie: Some(i as u64),
+                };
+                prog.attach(point, &h.path, UProbeScope::AllProcesses)
+                    .map_err(|source| ProbeError::Uprobe {
+                        name,
+                        symbol: h.name.clone(),
+                        path: h.path.display().to_string(),
+                        source: Box::new(source),
+                    })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Handler calls in progress: (tid, stack).
+    pub fn handler_stacks(&self) -> Vec<(u32, HandlerStack)> {
+        self.hstack.iter().filter_map(Result::ok).collect()
+    }
+
+    /// A snapshot of one connection, if it is still the same connection.
+    pub fn conn(&self, tgid: u32, fd: u32) -> Option<ConnState> {
+        self.conns.get(&ConnKey { tgid, fd }, 0).ok()
     }
 
     pub fn forget_conn(&mut self, key: &ConnKey) {

@@ -23,12 +23,19 @@ impl JsonlSink {
     }
 }
 
-impl Sink for JsonlSink {
-    fn request(&mut self, r: &Request) -> std::io::Result<()> {
-        serde_json::to_writer(&mut self.out, r)?;
+impl JsonlSink {
+    /// Any record type: one JSON object per line.
+    pub fn line<T: serde::Serialize>(&mut self, v: &T) -> std::io::Result<()> {
+        serde_json::to_writer(&mut self.out, v)?;
         self.out.write_all(b"\n")?;
         self.written += 1;
         Ok(())
+    }
+}
+
+impl Sink for JsonlSink {
+    fn request(&mut self, r: &Request) -> std::io::Result<()> {
+        self.line(r)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {

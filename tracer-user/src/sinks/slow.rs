@@ -105,6 +105,13 @@ pub fn report(s: &SlowRequest) -> String {
             }
         );
     }
+    for sent in &r.signals {
+        let _ = writeln!(
+            o,
+            "slowtrace sent {} at +{}ms ({})",
+            sent.signal, sent.at_ms, sent.why
+        );
+    }
     if s.captures.is_empty() {
         let _ = writeln!(
             o,
@@ -202,6 +209,7 @@ mod tests {
             end: "close",
             seq: 0,
             pipeline_index: None,
+            signals: Vec::new(),
         };
         let s = SlowRequest {
             kind: "killed",

@@ -126,6 +126,8 @@ pub fn run(cfg: TopConfig) -> anyhow::Result<ExitCode> {
             // The dashboard does not show stack captures yet (the detail view keeps their
             // place); until it does, it does not pay for taking them.
             capture: None,
+            handlers: cfg.handlers.clone(),
+            act: cfg.act,
         },
         sink,
     )?;

@@ -295,6 +295,7 @@ pub mod tests {
             end: "close",
             seq: 0,
             pipeline_index: None,
+            signals: Vec::new(),
         }
     }
 

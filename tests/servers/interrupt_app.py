@@ -1,0 +1,23 @@
+"""WSGI app for the --interrupt-after test: SIGALRM raises in the running view (interruptingcow's
+idea), so a runaway request fails with a 500 instead of waiting for the server's hard kill."""
+import signal
+import time
+
+
+class Interrupted(Exception):
+    pass
+
+
+def _raise(signum, frame):
+    raise Interrupted(f"interrupted by signal {signum}")
+
+
+signal.signal(signal.SIGALRM, _raise)
+
+
+def app(environ, start_response):
+    if environ.get("PATH_INFO") == "/slow":
+        time.sleep(5)  # MARK:slow
+    body = b"done\n"
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]

@@ -1,0 +1,201 @@
+//! Root tests: `--handler` uprobes on a native server, and the opt-in `--interrupt-after`.
+
+use std::{
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use integration_tests::*;
+
+fn build_native(dir: &std::path::Path) -> PathBuf {
+    let exe = dir.join("native_server");
+    let st = Command::new("gcc")
+        .args(["-O1", "-g", "-fno-omit-frame-pointer", "-o"])
+        .arg(&exe)
+        .arg(server_script("native_server.c"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    exe
+}
+
+fn jsonl(path: &std::path::Path) -> Vec<serde_json::Value> {
+    read_records(path)
+}
+
+#[test]
+fn handler_calls_match_requests() {
+    if !root_or_skip("handler_calls_match_requests") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let exe = build_native(dir.path());
+    let mut server = Proc::spawn(Command::new(&exe).stdout(Stdio::piped()));
+    let port = read_port(server.child.stdout.take().unwrap());
+    let handler = format!("{}:handle_request", exe.display());
+    let glob = format!("{}:*_handler*", exe.display());
+    let trace = Trace::start(&[
+        "--pid",
+        &server.pid().to_string(),
+        "--handler",
+        &handler,
+        "--handler",
+        &glob,
+    ]);
+    for i in 0..8 {
+        assert_eq!(curl(&[format!("http://127.0.0.1:{port}/fast/{i}")]), [200]);
+    }
+    assert_eq!(curl(&[format!("http://127.0.0.1:{port}/spin")]), [200]);
+    let done = trace.stop();
+    assert!(done.success, "{}", done.stderr);
+    let calls = jsonl(&done.dir.join("handlers.jsonl"));
+    let named = |n: &str| {
+        calls
+            .iter()
+            .filter(|c| c["handler"] == n)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(named("handle_request").len(), 9, "{calls:#?}");
+    assert_eq!(
+        named("fast_handler").len(),
+        8,
+        "the glob matched fast_handler"
+    );
+    assert_eq!(
+        named("slow_handler_spin").len(),
+        1,
+        "…and slow_handler_spin"
+    );
+    assert!(
+        named("fast_handler").iter().all(|c| c["depth"] == 1),
+        "nested inside handle_request"
+    );
+    // Each handler call lies within its request's duration.
+    assert_eq!(done.records.len(), 9);
+    let spin_req = done.with_endpoint("GET /spin")[0]["duration_us"]
+        .as_u64()
+        .unwrap();
+    let spin_call = named("handle_request")
+        .iter()
+        .map(|c| c["duration_us"].as_u64().unwrap())
+        .max()
+        .unwrap();
+    assert!(
+        spin_call <= spin_req && spin_call >= 1_900_000,
+        "call {spin_call} µs, request {spin_req} µs"
+    );
+    let with_req: Vec<_> = named("handle_request")
+        .into_iter()
+        .filter(|c| c["request"]["endpoint"].is_string())
+        .collect();
+    assert!(with_req.len() >= 8, "enclosing requests named: {calls:#?}");
+    // Over the threshold (1 s): captured like a slow request.
+    let spin = named("slow_handler_spin");
+    assert!(
+        spin[0]["captures"]
+            .as_array()
+            .is_some_and(|c| !c.is_empty()),
+        "{:#?}",
+        spin[0]
+    );
+    assert!(
+        done.stdout.contains("handle_request"),
+        "summary has handler rows: {}",
+        done.stdout
+    );
+}
+
+#[test]
+fn unknown_handler_lists_closest_symbols() {
+    if !root_or_skip("unknown_handler_lists_closest_symbols") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let exe = build_native(dir.path());
+    let out = Command::new(slowtrace_bin())
+        .args(["record", "--pid", &std::process::id().to_string(), "-o"])
+        .arg(dir.path().join("out"))
+        .arg("--handler")
+        .arg(format!("{}:handle_reqest", exe.display()))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("no function matches") && err.contains("handle_request"),
+        "{err}"
+    );
+}
+
+#[test]
+fn interrupt_after_fails_a_runaway_request_early() {
+    if !root_or_skip("interrupt_after_fails_a_runaway_request_early") {
+        return;
+    }
+    let port = free_port();
+    let master = Proc::spawn(
+        Command::new(venv().join("bin/gunicorn"))
+            .current_dir(server_script(""))
+            .args([
+                "--workers",
+                "1",
+                "--bind",
+                &format!("127.0.0.1:{port}"),
+                "--log-level",
+                "critical",
+            ])
+            .arg("interrupt_app:app")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    wait_port(port);
+    std::thread::sleep(Duration::from_secs(1));
+    let trace = Trace::start(&[
+        "--pid",
+        &master.pid().to_string(),
+        "--interrupt-after",
+        "1s:SIGALRM",
+    ]);
+    let t = Instant::now();
+    let status = curl(&[format!("http://127.0.0.1:{port}/slow")]);
+    let took = t.elapsed();
+    assert_eq!(status, [500], "the app raised on SIGALRM");
+    assert!(took < Duration::from_secs(4), "ended early: {took:?}");
+    let done = trace.stop();
+    let r = &done.with_endpoint("GET /slow")[0];
+    assert_eq!(r["status"], 500);
+    assert_eq!(r["signals"][0]["signal"], "SIGALRM");
+    assert_eq!(r["signals"][0]["why"], "interrupt");
+    let slow = jsonl(&done.dir.join("slow.jsonl"));
+    assert_eq!(slow[0]["signals"][0]["signal"], "SIGALRM", "{slow:#?}");
+}
+
+#[test]
+fn interrupt_is_refused_for_a_process_that_does_not_catch_it() {
+    if !root_or_skip("interrupt_is_refused_for_a_process_that_does_not_catch_it") {
+        return;
+    }
+    let (server, port) = py_server(&["threading"]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(slowtrace_bin())
+        .args([
+            "record",
+            "--pid",
+            &server.pid().to_string(),
+            "--interrupt-after",
+            "1s:SIGALRM",
+            "-o",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("does not catch SIGALRM"), "{err}");
+    assert_eq!(
+        curl(&[format!("http://127.0.0.1:{port}/hello")]),
+        [200],
+        "the server is alive"
+    );
+}
