@@ -39,8 +39,7 @@ pub struct Code {
     key: Key,
     pub qualname: String,
     pub filename: String,
-    linetable: Vec<u8>,
-    firstlineno: i32,
+    lines: linetable::Lines,
     /// Number of code units in `co_code_adaptive`.
     units: u64,
 }
@@ -58,7 +57,7 @@ impl Code {
         if unit < -1 || unit >= self.units as i64 {
             return None;
         }
-        linetable::line_at(&self.linetable, self.firstlineno, unit)
+        self.lines.at(unit)
     }
 }
 
@@ -217,8 +216,7 @@ fn read_codes(
                 key,
                 qualname,
                 filename,
-                linetable,
-                firstlineno: key.firstlineno,
+                lines: linetable::Lines::new(&linetable, key.firstlineno),
                 units: key.units,
             },
         ));

@@ -7,12 +7,13 @@ use std::io;
 
 use super::PyError;
 
-/// Page size used to split remote ranges: a fault then only loses the page that faulted, not the
-/// rest of a read that speculatively ran past the end of an object.
-const PAGE: u64 = 4096;
-
 /// The kernel's `UIO_MAXIOV`: more iovecs per call are refused with EINVAL.
 const MAX_IOV: usize = 1024;
+
+/// Consecutive reads at most this far apart are fetched as one remote range, the gap going to a
+/// scratch buffer: the kernel's cost is per remote range (it pins the pages of each), not per
+/// byte, and code objects of one module tend to sit close together.
+const MERGE_GAP: u64 = 512;
 
 /// One remote range to copy into `buf`; `got` says how many leading bytes arrived.
 pub struct Read<'a> {
@@ -74,36 +75,60 @@ impl ProcessMemory {
 
     /// One `process_vm_readv` over `reads[first..]`, stopping at the iovec limit. Returns the index
     /// of the first read not completely attempted (where the next call must resume).
+    ///
+    /// A remote range that faults part-way still delivers the pages before the fault (the kernel
+    /// copies page by page and reports what it copied), so a read running past the end of a
+    /// mapping keeps its prefix.
     fn one_call(&mut self, reads: &mut [Read<'_>], first: usize) -> Result<usize, PyError> {
+        let mut scratch = [0u8; MERGE_GAP as usize];
         let mut local: Vec<libc::iovec> = Vec::new();
+        // Which read each local iovec fills (None: a gap between two merged reads).
+        let mut owner: Vec<Option<usize>> = Vec::new();
         let mut remote: Vec<libc::iovec> = Vec::new();
+        let mut remote_end = 0u64;
         let mut end = first;
-        for r in &mut reads[first..] {
-            let pieces = page_pieces(r.addr, r.buf.len() as u64);
-            if !local.is_empty() && remote.len() + pieces.len() > MAX_IOV {
+        for (idx, r) in reads.iter_mut().enumerate().skip(first) {
+            if local.len() + 2 > MAX_IOV || remote.len() + 1 > MAX_IOV {
                 break;
             }
-            if pieces.len() > MAX_IOV {
-                // A single huge read: callers bound their sizes far below 4 MiB, so this is a bug.
-                return Err(PyError::Torn("read larger than one call can carry"));
+            r.got = 0;
+            end = idx + 1;
+            let len = r.buf.len() as u64;
+            if len == 0 {
+                continue;
             }
+            let gap = r.addr.wrapping_sub(remote_end);
+            match remote.last_mut() {
+                Some(last) if r.addr >= remote_end && gap <= MERGE_GAP => {
+                    if gap > 0 {
+                        local.push(libc::iovec {
+                            iov_base: scratch.as_mut_ptr().cast(),
+                            iov_len: gap as usize,
+                        });
+                        owner.push(None);
+                    }
+                    last.iov_len += (gap + len) as usize;
+                }
+                _ => remote.push(libc::iovec {
+                    // The remote address is only a number to the kernel; never dereferenced here.
+                    iov_base: r.addr as usize as *mut libc::c_void,
+                    iov_len: len as usize,
+                }),
+            }
+            remote_end = r.addr.saturating_add(len);
             local.push(libc::iovec {
                 iov_base: r.buf.as_mut_ptr().cast(),
                 iov_len: r.buf.len(),
             });
-            for (a, l) in pieces {
-                remote.push(libc::iovec {
-                    // The remote address is only a number to the kernel; it is never dereferenced here.
-                    iov_base: a as usize as *mut libc::c_void,
-                    iov_len: l as usize,
-                });
-            }
-            r.got = 0;
-            end += 1;
+            owner.push(Some(idx));
+        }
+        if remote.is_empty() {
+            return Ok(end);
         }
         self.syscalls += 1;
-        // SAFETY: every local iovec points into a live, exclusively borrowed buffer of that length;
-        // remote iovecs are addresses in another process, which the kernel validates.
+        // SAFETY: every local iovec points into a live, exclusively borrowed buffer (a read's or
+        // `scratch`) of that length; remote iovecs are addresses in another process, which the
+        // kernel validates.
         let n = unsafe {
             libc::process_vm_readv(
                 self.pid as libc::pid_t,
@@ -119,8 +144,8 @@ impl ProcessMemory {
             return match err.raw_os_error() {
                 Some(libc::ESRCH) => Err(PyError::ProcessGone(self.pid)),
                 Some(libc::EPERM) => Err(PyError::Permission(self.pid)),
-                // EFAULT before the first byte: the first read faults at once; the rest resume.
-                Some(libc::EFAULT) => Ok(first + 1),
+                // Nothing copied: the first read faults at once; the rest resume after it.
+                Some(libc::EFAULT) => Ok(first_nonempty(reads, first) + 1),
                 _ => Err(PyError::Io {
                     what: format!("process_vm_readv on {}", self.pid),
                     source: err,
@@ -129,17 +154,35 @@ impl ProcessMemory {
         }
         // The kernel copies in order and stops at the first fault: hand the count out in order.
         let mut left = n as usize;
-        for (i, r) in reads[first..end].iter_mut().enumerate() {
-            let take = left.min(r.buf.len());
-            r.got = take;
+        for (k, iov) in local.iter().enumerate() {
+            let take = left.min(iov.iov_len);
             left -= take;
-            if take < r.buf.len() {
-                // This read faulted (or the batch ended here); resume after it.
-                return Ok(first + i + 1);
+            if let Some(idx) = owner[k] {
+                reads[idx].got = take;
+            }
+            if take < iov.iov_len {
+                // A fault here: a read keeps its prefix and we resume after it; a fault in a gap
+                // costs nothing, we resume at the read after it.
+                return Ok(match owner[k] {
+                    Some(idx) => idx + 1,
+                    None => owner[k + 1..]
+                        .iter()
+                        .flatten()
+                        .next()
+                        .copied()
+                        .unwrap_or(end),
+                });
             }
         }
         Ok(end)
     }
+}
+
+/// The first read from `first` on that has bytes to read (a zero-length one is complete as is).
+fn first_nonempty(reads: &[Read<'_>], first: usize) -> usize {
+    (first..reads.len())
+        .find(|&i| !reads[i].buf.is_empty())
+        .unwrap_or(first)
 }
 
 impl AddressSpace for ProcessMemory {
@@ -154,20 +197,6 @@ impl AddressSpace for ProcessMemory {
     fn syscalls(&self) -> u32 {
         self.syscalls
     }
-}
-
-/// Split `[addr, addr+len)` at page boundaries.
-fn page_pieces(addr: u64, len: u64) -> Vec<(u64, u64)> {
-    let mut out = Vec::new();
-    let mut a = addr;
-    let end = addr.saturating_add(len);
-    while a < end {
-        let page_end = (a / PAGE + 1) * PAGE;
-        let piece_end = page_end.min(end);
-        out.push((a, piece_end - a));
-        a = piece_end;
-    }
-    out
 }
 
 /// Little-endian field access on a buffer of remote bytes. Out of range reads as `None`: the
@@ -200,18 +229,6 @@ impl Fields for [u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pieces_split_at_pages() {
-        assert_eq!(page_pieces(0x1000, 16), vec![(0x1000, 16)]);
-        assert_eq!(
-            page_pieces(0x1ff8, 16),
-            vec![(0x1ff8, 8), (0x2000, 8)],
-            "a read crossing a page is two remote iovecs"
-        );
-        assert_eq!(page_pieces(0x1000, 0), vec![]);
-        assert_eq!(page_pieces(0, 0x2001).len(), 3);
-    }
 
     #[test]
     fn reads_own_memory() {
@@ -247,6 +264,48 @@ mod tests {
         assert_eq!(reads[1].got, 0);
         assert!(reads[2].complete());
         assert_eq!(u64::from_le_bytes(c), 42);
+    }
+
+    #[test]
+    fn close_reads_are_merged_and_faults_keep_prefixes() {
+        // Two pages: the first readable, the second not.
+        // SAFETY: plain mmap/mprotect of memory we own and unmap below.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                8192,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(base, libc::MAP_FAILED);
+        let base_addr = base as u64;
+        // SAFETY: `base` maps 8192 writable bytes.
+        unsafe {
+            std::ptr::write_bytes(base.cast::<u8>(), 7, 4096);
+            assert_eq!(
+                libc::mprotect(base.cast::<u8>().add(4096).cast(), 4096, libc::PROT_NONE),
+                0
+            );
+        }
+        let mut mem = ProcessMemory::new(std::process::id());
+        let (mut a, mut b, mut c, mut d) = ([0u8; 16], [0u8; 16], [0u8; 64], [0u8; 8]);
+        let mut reads = [
+            Read::new(base_addr, &mut a),
+            Read::new(base_addr + 100, &mut b), // merged with a (gap 84)
+            Read::new(base_addr + 4096 - 32, &mut c), // runs into the unreadable page
+            Read::new(base_addr + 8, &mut d),   // behind: its own range
+        ];
+        mem.read_batch(&mut reads).unwrap();
+        assert!(reads[0].complete() && reads[1].complete());
+        assert_eq!(reads[2].got, 32, "the readable prefix");
+        assert!(reads[3].complete(), "read again after the fault");
+        assert_eq!((a[0], b[15], c[31], d[7]), (7, 7, 7, 7));
+        assert_eq!(mem.syscalls(), 2);
+        // SAFETY: unmapping what we mapped.
+        unsafe { libc::munmap(base, 8192) };
     }
 
     #[test]
