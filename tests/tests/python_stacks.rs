@@ -358,3 +358,25 @@ fn not_python_is_a_clear_error() {
     assert!(err.contains("runs no CPython 3.11-3.13"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn a_foreign_thread_is_a_clear_error() {
+    if !root_or_skip("a_foreign_thread_is_a_clear_error") {
+        return;
+    }
+    let Some(python) = [13, 12, 11].into_iter().find_map(python_for) else {
+        eprintln!("SKIPPED a_foreign_thread_is_a_clear_error: no pyenv CPython 3.11-3.13");
+        return;
+    };
+    let t = Target::start(&python);
+    let out = Command::new(slowtrace_bin())
+        .args(["pystack", "--pid", &t.pid().to_string(), "--tid", "1"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("thread 1 is not a thread of process {}", t.pid())),
+        "{err}"
+    );
+}

@@ -34,7 +34,8 @@ pub fn cli_main(args: PyStackArgs) -> anyhow::Result<ExitCode> {
         bail!("process {pid} runs no CPython 3.11-3.13 (-vv says why)");
     };
     let tids = match args.tid {
-        Some(t) => vec![t],
+        Some(t) if std::path::Path::new(&format!("/proc/{pid}/task/{t}")).exists() => vec![t],
+        Some(t) => bail!("thread {t} is not a thread of process {pid}"),
         None => threads_of(pid)?,
     };
     let (major, minor) = proc.version();

@@ -11,13 +11,18 @@
 //!   → _PyInterpreterFrame.previous → …   each with f_code/f_executable → PyCodeObject
 //! ```
 //!
-//! All reads are `process_vm_readv` (memory.rs). Per `stack()` call: one read of the thread
-//! state, one of the cframe (3.11/3.12), one of the thread's whole current data-stack chunk (most
-//! frames are in it), one batched read of every code object's header (which validates the
-//! code-object cache), plus one per frame outside the chunk (3.12+ shim frames on the C stack,
-//! generator frames). The thread keeps running, so anything read can be stale or half-written:
-//! every pointer is checked, loops are bounded, and an inconsistency is [`PyError::Torn`] rather
-//! than a wrong answer.
+//! All reads are `process_vm_readv` (memory.rs). Per `stack()` call, once warm: one read of the
+//! thread state; one call copying the thread's current data-stack chunk twice, each copy followed
+//! by the innermost-frame pointer (most frames are in it); one read per frame outside it (3.12+
+//! shim frames on the C stack, generator and coroutine frames, plus one more to re-read those);
+//! and one batched read of every code object's header, which also validates the code-object
+//! cache. Measured: 3 system calls and ~14 µs for a 30-frame stack, 4 on 3.12/3.13.
+//!
+//! The thread keeps running while we read, so anything read can be stale or half-written. Every
+//! pointer is checked, loops are bounded (256 frames, 1 KiB strings, 64 KiB location tables),
+//! and the frames are compared between the two copies: only the part of the stack that held
+//! still is returned (walk.rs). An inconsistency nothing can be salvaged from is
+//! [`PyError::Torn`]: read again.
 
 mod cli;
 mod codes;
@@ -185,7 +190,9 @@ impl PythonProcess {
     }
 
     /// Python frames of host thread `tid`, innermost first. Empty if that thread runs no Python
-    /// now. [`PyError::Torn`] if the thread changed its stack under us: try again.
+    /// now. For a thread calling and returning faster than we read, the innermost frames that
+    /// changed while we read are left out (what is returned existed as a whole); when nothing
+    /// held still it is [`PyError::Torn`]: try again. Deeper than [`MAX_FRAMES`]: cut.
     pub fn stack(&mut self, tid: u32) -> Result<Vec<PyFrame>, PyError> {
         let before = self.mem.syscalls();
         let proc_before = self.threads.proc_syscalls();

@@ -103,7 +103,7 @@ pub fn decode(data: &[u8], s: StrData) -> String {
 }
 
 /// Decode a whole unicode object if `obj` (read from its address) holds all its characters;
-/// `Ok(None)` says how many bytes from the object's start a complete read needs.
+/// `Ok(Err(n))`: a complete read needs `n` bytes from the object's start.
 pub fn unicode(obj: &[u8], l: &Layout) -> Result<Result<String, usize>, BadObject> {
     let s = unicode_header(obj, l)?;
     let start = s.offset as usize;
