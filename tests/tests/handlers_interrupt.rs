@@ -71,7 +71,9 @@ fn handler_calls_match_requests() {
         named("fast_handler").iter().all(|c| c["depth"] == 1),
         "nested inside handle_request"
     );
-    // Each handler call lies within its request's duration.
+    // Each handler call lies within its request's duration. This handler itself calls recv and
+    // send, so it starts a few µs before the request's first byte and ends just after its last:
+    // the bound allows 1 ms of that.
     assert_eq!(done.records.len(), 9);
     let spin_req = done.with_endpoint("GET /spin")[0]["duration_us"]
         .as_u64()
@@ -82,7 +84,7 @@ fn handler_calls_match_requests() {
         .max()
         .unwrap();
     assert!(
-        spin_call <= spin_req && spin_call >= 1_900_000,
+        spin_call <= spin_req + 1000 && spin_call >= 1_900_000,
         "call {spin_call} µs, request {spin_req} µs"
     );
     let with_req: Vec<_> = named("handle_request")
@@ -90,14 +92,20 @@ fn handler_calls_match_requests() {
         .filter(|c| c["request"]["endpoint"].is_string())
         .collect();
     assert!(with_req.len() >= 8, "enclosing requests named: {calls:#?}");
-    // Over the threshold (1 s): captured like a slow request.
-    let spin = named("slow_handler_spin");
+    // Over the threshold (1 s): the outermost call is captured like a slow request, and the
+    // nested slow function shows in its native frames.
+    let outer = named("handle_request")
+        .into_iter()
+        .max_by_key(|c| c["duration_us"].as_u64().unwrap())
+        .unwrap();
+    let caps = outer["captures"].as_array().cloned().unwrap_or_default();
     assert!(
-        spin[0]["captures"]
+        caps.iter().any(|c| c["native"]
             .as_array()
-            .is_some_and(|c| !c.is_empty()),
-        "{:#?}",
-        spin[0]
+            .unwrap()
+            .iter()
+            .any(|f| f["function"] == "slow_handler_spin")),
+        "{outer:#?}"
     );
     assert!(
         done.stdout.contains("handle_request"),

@@ -61,7 +61,7 @@ pub struct SignalNote {
 
 /// One call of a `--handler` function (ring buffer `HANDLER_EVENTS`).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HandlerRecord {
     pub tgid: u32,
     pub tid: u32,
@@ -74,9 +74,17 @@ pub struct HandlerRecord {
     /// The request this thread was serving when the call started (0 when none).
     pub conn_id: u64,
     pub seq: u32,
-    /// Socket of that request (to find its request line).
+    /// Socket of that request.
     pub fd: u32,
+    /// Start of that request's bytes (its request line), copied at return: by the time user
+    /// space reads the record the connection may be closed.
+    pub req_len: u32,
+    pub _pad: u32,
+    pub req: [u8; HANDLER_REQ_PREFIX],
 }
+
+/// Bytes of the enclosing request kept with a handler call.
+pub const HANDLER_REQ_PREFIX: usize = 96;
 
 /// Calls in progress on one thread; deeper recursion is counted but not timed.
 pub const HANDLER_DEPTH: usize = 8;

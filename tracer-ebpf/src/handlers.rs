@@ -9,9 +9,12 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
     EbpfContext as _,
 };
-use tracer_common::{Counter, CurrentRequest, HandlerRecord, HandlerStack, HANDLER_DEPTH};
+use tracer_common::{
+    ConnKey, Counter, CurrentRequest, HandlerRecord, HandlerStack, HANDLER_DEPTH,
+    HANDLER_REQ_PREFIX,
+};
 
-use crate::maps::{count, is_target};
+use crate::maps::{count, is_target, CONNS};
 
 #[map]
 pub static HSTACK: HashMap<u32, HandlerStack> = HashMap::with_max_entries(16384, 0);
@@ -75,7 +78,11 @@ pub fn handler_return(_ctx: RetProbeContext) -> u32 {
         return 0;
     }
     let cur = unsafe { CURRENT.get(&tid) }.copied().unwrap_or_default();
-    let rec = HandlerRecord {
+    let Some(mut rec) = HANDLER_EVENTS.reserve::<HandlerRecord>(0) else {
+        count(Counter::RingFull);
+        return 0;
+    };
+    let r = HandlerRecord {
         tgid,
         tid,
         handler: st.handler[d],
@@ -85,11 +92,26 @@ pub fn handler_return(_ctx: RetProbeContext) -> u32 {
         conn_id: cur.conn_id,
         seq: cur.seq,
         fd: cur.fd,
+        req_len: 0,
+        _pad: 0,
+        req: [0; HANDLER_REQ_PREFIX],
     };
-    match HANDLER_EVENTS.output::<HandlerRecord>(&rec, 0) {
-        Ok(()) => count(Counter::Events),
-        Err(_) => count(Counter::RingFull),
+    let out = rec.as_mut_ptr();
+    unsafe { core::ptr::write(out, r) };
+    if cur.conn_id != 0 {
+        let key = ConnKey { tgid, fd: cur.fd };
+        if let Some(c) = unsafe { CONNS.get(&key) } {
+            if c.rec.conn_id == cur.conn_id {
+                let n = (c.rec.req_len as usize).min(HANDLER_REQ_PREFIX);
+                unsafe {
+                    (*out).req.copy_from_slice(&c.rec.req[..HANDLER_REQ_PREFIX]);
+                    (*out).req_len = n as u32;
+                }
+            }
+        }
     }
+    rec.submit(0);
+    count(Counter::Events);
     if st.depth == 0 {
         let _ = HSTACK.remove(&tid);
     }

@@ -75,7 +75,7 @@ pub fn catches(pid: u32, sig: i32) -> Option<bool> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let mask = status.lines().find_map(|l| l.strip_prefix("SigCgt:"))?;
     let mask = u64::from_str_radix(mask.trim(), 16).ok()?;
-    Some(sig >= 1 && sig <= 64 && mask & (1u64 << (sig - 1)) != 0)
+    Some((1..=64).contains(&sig) && mask & (1u64 << (sig - 1)) != 0)
 }
 
 fn comm(pid: u32) -> String {

@@ -17,6 +17,30 @@ pub fn alive(pid: u32) -> bool {
     }
 }
 
+/// Children, grandchildren… of `pid` that exist now (e.g. the workers of a pre-fork server).
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        let Ok(tasks) = fs::read_dir(format!("/proc/{p}/task")) else {
+            continue;
+        };
+        for t in tasks.flatten() {
+            let kids = fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            for k in kids
+                .split_whitespace()
+                .filter_map(|k| k.parse::<u32>().ok())
+            {
+                if !out.contains(&k) && out.len() < 4096 {
+                    out.push(k);
+                    todo.push(k);
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Socket inodes of TCP listeners on `port` in the network namespace of `netns_pid`'s view
 /// (`/proc/PID/net/tcp*`).
 fn listening_inodes(proc_net: &str, port: Option<u16>) -> HashMap<u64, u16> {
@@ -116,6 +140,18 @@ mod tests {
         let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 0100007F:1F40 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 123456 1 0000000000000000 100 0 0 10 0\n   1: 0100007F:1F40 0100007F:D431 01 00000000:00000000 00:00000000 00000000     0        0 123457 1 0000000000000000 100 0 0 10 0\n";
         let v: Vec<(u64, u16)> = parse_listeners(text).collect();
         assert_eq!(v, [(123456, 8000)]);
+    }
+
+    #[test]
+    fn finds_a_child() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let found = descendants(std::process::id());
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(found.contains(&child.id()), "{found:?}");
     }
 
     #[test]

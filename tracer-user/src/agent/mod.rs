@@ -182,6 +182,11 @@ impl Agent {
         for &pid in &cfg.targets.pids {
             probes.add_target(pid)?;
             known.push(pid);
+            // Children forked before attach (a gunicorn master's workers) are targets too;
+            // later forks are followed in the kernel.
+            for child in procfs::descendants(pid) {
+                probes.add_target(child)?;
+            }
             described.push(format!("pid {pid}"));
         }
         for &port in &cfg.targets.ports {
@@ -304,13 +309,8 @@ impl Agent {
                 self.malformed += 1;
                 continue;
             };
-            let conn = (rec.conn_id != 0)
-                .then(|| self.probes.conn(rec.tgid, rec.fd))
-                .flatten()
-                .filter(|c| c.rec.conn_id == rec.conn_id && c.rec.seq == rec.seq);
-            let prefix = conn
-                .as_ref()
-                .map(|c| &c.rec.req[..usize::from(c.rec.req_len).min(c.rec.req.len())]);
+            let n = (rec.req_len as usize).min(rec.req.len());
+            let prefix = (n > 0).then(|| &rec.req[..n]);
             let mut call = HandlerCall::from_record(&rec, h, prefix, &self.ctx);
             if let (Some(c), 0) = (self.capturing.as_mut(), rec.depth) {
                 call.captures = c.finish_handler(

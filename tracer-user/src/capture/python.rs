@@ -24,7 +24,16 @@ impl PythonStacks {
         let Some(proc) = entry else {
             return Ok(Vec::new());
         };
-        let frames = proc.stack(tid).map_err(|e| format!("python: {e}"))?;
+        // A thread that keeps running can move under a read; the reader rejects such a torn
+        // read, and a retry a moment later usually gets a consistent one.
+        let mut tries = 0;
+        let frames = loop {
+            match proc.stack(tid) {
+                Ok(f) => break f,
+                Err(e) if tries < 3 && matches!(e, crate::python::PyError::Torn(..)) => tries += 1,
+                Err(e) => return Err(format!("python: {e}")),
+            }
+        };
         Ok(frames
             .into_iter()
             .map(|f| Frame {

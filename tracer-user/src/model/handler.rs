@@ -95,6 +95,9 @@ mod tests {
             conn_id: 9,
             seq: 2,
             fd: 4,
+            req_len: 0,
+            _pad: 0,
+            req: [0; tracer_common::HANDLER_REQ_PREFIX],
         };
         let ctx = Context {
             keep_query: false,

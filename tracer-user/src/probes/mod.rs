@@ -266,11 +266,6 @@ impl Probes {
         self.hstack.iter().filter_map(Result::ok).collect()
     }
 
-    /// A snapshot of one connection, if it is still the same connection.
-    pub fn conn(&self, tgid: u32, fd: u32) -> Option<ConnState> {
-        self.conns.get(&ConnKey { tgid, fd }, 0).ok()
-    }
-
     pub fn forget_conn(&mut self, key: &ConnKey) {
         // Gone already is fine: the process died and the kernel may have cleaned up.
         let _ = self.conns.remove(key);
