@@ -68,6 +68,19 @@ def forever_view(request):
     return HttpResponse("never\n")
 
 
+def descend(n, seconds):
+    if n == 0:
+        time.sleep(seconds)  # MARK:deep
+        return
+    descend(n - 1, seconds)
+
+
+def deep_view(request):
+    # A deeper stack (Django's own frames plus these) for the reader benchmark.
+    descend(int(request.GET.get("n", "10")), float(request.GET.get("s", "60")))
+    return HttpResponse("deep\n")
+
+
 def fast_view(request):
     return HttpResponse("fast\n")
 
@@ -78,6 +91,7 @@ urlpatterns = [
     path("lock", lock_view),
     path("forever", forever_view),
     path("fast", fast_view),
+    path("deep", deep_view),
 ]
 
 application = get_wsgi_application()

@@ -14,7 +14,7 @@ pub enum Counter {
     ArgsMapFull = 3,
     /// Request/response prefixes that could not be read from user memory.
     PrefixFault = 4,
-    /// Processes added to the targets because a traced process forked them.
+    /// Tasks (processes and threads) added because a traced process created them.
     Forks = 5,
     /// Processes added because they bound a watched port.
     PortBinds = 6,
@@ -39,7 +39,7 @@ impl Counter {
             Self::ConnMapFull => "conn_map_full",
             Self::ArgsMapFull => "args_map_full",
             Self::PrefixFault => "prefix_read_faults",
-            Self::Forks => "forks_followed",
+            Self::Forks => "tasks_followed",
             Self::PortBinds => "port_binds",
         }
     }

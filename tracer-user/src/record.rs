@@ -160,7 +160,7 @@ pub fn loss_report(c: &Counters) -> Vec<String> {
     let dropped = c.get(Counter::RingFull);
     let mut lines = vec![format!(
         "kernel: {} request events, {} dropped (ring buffer full), {} connections untracked \
-         (map full), {} prefix read faults, {} forks followed, {} port binds",
+         (map full), {} prefix read faults, {} tasks followed (forked processes and threads), {} port binds",
         c.get(Counter::Events),
         dropped,
         c.get(Counter::ConnMapFull),

@@ -415,6 +415,113 @@ fn table(name: &str, s: &Series) -> String {
     out
 }
 
+/// `slowtrace pystack --bench` on a gunicorn + Django worker parked 10 frames deep in a view
+/// (25+ Python frames), once per Python the tests use.
+fn python_reader() -> anyhow::Result<String> {
+    let mut out = String::from(
+        "\n### Python stack reader (out of process, no pause)\n\n| Python | workload | frames | p50 | p99 | syscalls/read (p50) |\n|---|---|---|---|---|---|\n",
+    );
+    let root = util::root();
+    for (minor, venv) in [
+        ("3.11", util::venv()),
+        ("3.12", root.join("target/venv-3.12")),
+        ("3.13", root.join("target/venv-3.13")),
+    ] {
+        if !venv.join("bin/gunicorn").exists() {
+            let _ = writeln!(out, "| {minor} | (no venv) | | | | |");
+            continue;
+        }
+        let port = free_port()?;
+        let g = spawn_group(
+            Command::new(venv.join("bin/gunicorn"))
+                .current_dir(root.join("tests/servers"))
+                .args([
+                    "--workers",
+                    "1",
+                    "--timeout",
+                    "120",
+                    "--bind",
+                    &format!("127.0.0.1:{port}"),
+                ])
+                .args(["--log-level", "warning", "djangoapp:application"])
+                .stdout(Stdio::null()),
+        )?;
+        wait_port(port)?;
+        std::thread::sleep(Duration::from_secs(2));
+        let curl = spawn_group(Command::new("curl").args([
+            "-s",
+            "-o",
+            "/dev/null",
+            &format!("http://127.0.0.1:{port}/deep?n=10&s=60"),
+        ]))?;
+        std::thread::sleep(Duration::from_secs(1));
+        let master = g.0.id();
+        let worker = fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.parse::<u32>().ok())
+            .context("gunicorn worker not found")?;
+        let text = util::output(Command::new(util::slowtrace_bin()).args([
+            "pystack",
+            "--pid",
+            &worker.to_string(),
+            "--tid",
+            &worker.to_string(),
+            "--bench",
+            "1000",
+        ]))
+        .unwrap_or_default();
+        drop(curl);
+        drop(g);
+        let line = text.lines().find(|l| l.contains("reads of")).unwrap_or("");
+        eprintln!("bench: python {minor}: {line}");
+        let grab = |key: &str| -> String {
+            line.split(key)
+                .nth(1)
+                .and_then(|r| r.split([' ', ';']).find(|s| !s.is_empty()))
+                .unwrap_or("?")
+                .to_owned()
+        };
+        let frames = line
+            .split("reads of ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .unwrap_or("?");
+        let _ = writeln!(
+            out,
+            "| {minor} | gunicorn + Django view, 10 frames deep, blocked | {frames} | {} | {} | {} |",
+            grab(" p50 "),
+            grab(" p99 "),
+            grab("syscalls per read p50 "),
+        );
+    }
+    out.push_str("\nTarget: p50 ≤ 50 µs. Command: `slowtrace pystack --pid W --tid W --bench 1000` on the worker.\n");
+    Ok(out)
+}
+
+/// The dashboard under a synthetic flood (`slowtrace bench-ui`), when that command exists.
+fn ui_lag() -> String {
+    let out = util::output(Command::new(util::slowtrace_bin()).args([
+        "bench-ui",
+        "--rate",
+        "50000",
+        "--seconds",
+        "5",
+    ]));
+    let Some(line) = out
+        .as_deref()
+        .and_then(|t| t.lines().rev().find(|l| l.starts_with('{')))
+    else {
+        return "\n### Dashboard\n\n`slowtrace bench-ui` is not available in this build.\n"
+            .to_owned();
+    };
+    format!(
+        "\n### Dashboard at 50k synthetic events/s\n\n`slowtrace bench-ui --rate 50000 --seconds 5` \
+         (real dashboard state, 160×48 TestBackend at 4 fps):\n\n```\n{line}\n```\n"
+    )
+}
+
 pub fn run(long: bool) -> anyhow::Result<()> {
     setup::run(true)?;
     util::build_release()?;
@@ -452,7 +559,9 @@ pub fn run(long: bool) -> anyhow::Result<()> {
         )?;
         drop(g);
         Ok(table("nginx static file, wrk -t1 -c32 keep-alive", &n)
-            + &table("gunicorn 2 sync workers, WSGI view, wrk -t1 -c4", &g_series))
+            + &table("gunicorn 2 sync workers, WSGI view, wrk -t1 -c4", &g_series)
+            + &python_reader()?
+            + &ui_lag())
     })();
     let _ = fs::write(stats_path, old_stats.trim());
     let tables = result?;

@@ -1,6 +1,7 @@
 //! `cargo xtask demo`: the bundled demo app under load, traced by `slowtrace record`.
 
 use std::{
+    io::IsTerminal as _,
     net::TcpStream,
     process::{Child, Command},
     time::{Duration, Instant},
@@ -10,7 +11,6 @@ use anyhow::{bail, Context as _};
 
 use crate::{setup, util};
 
-const PORT: u16 = 8765;
 
 /// Kills the child when dropped, so an error never leaves a server behind.
 struct Guard(Child);
@@ -29,13 +29,15 @@ extern "C" {
 }
 
 pub fn run(duration: &str) -> anyhow::Result<()> {
+    // A free port, so a server already on some fixed port is never mistaken for the demo.
+    let port_num = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     setup::run(true)?;
     util::build_release()?;
     let root = util::root();
     let venv = util::venv();
     let out = root.join("target/demo-out");
 
-    eprintln!("xtask: starting the demo app (gunicorn, 4 sync workers) on 127.0.0.1:{PORT}");
+    eprintln!("xtask: starting the demo app (gunicorn, 4 sync workers) on 127.0.0.1:{port_num}");
     let server = Guard(
         Command::new(venv.join("bin/gunicorn"))
             .current_dir(root.join("demo"))
@@ -43,7 +45,7 @@ pub fn run(duration: &str) -> anyhow::Result<()> {
                 "--workers",
                 "4",
                 "--bind",
-                &format!("127.0.0.1:{PORT}"),
+                &format!("127.0.0.1:{port_num}"),
                 "--log-level",
                 "warning",
                 "app:app",
@@ -51,34 +53,49 @@ pub fn run(duration: &str) -> anyhow::Result<()> {
             .spawn()
             .context("starting gunicorn")?,
     );
-    wait_listening(PORT)?;
+    wait_listening(port_num)?;
 
     let secs = humantime_secs(duration)?;
-    eprintln!("xtask: load generator for {secs}s; tracing with slowtrace record --port {PORT}");
+    // In a terminal the demo is the live dashboard (quit with q); without one (CI, a pipe) it
+    // records for the duration and prints the summary.
+    let interactive = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+    let load_secs = if interactive { 3600 } else { secs + 2 };
+    eprintln!("xtask: load generator running; tracing port {port_num}");
     let load = Guard(
         Command::new(venv.join("bin/python"))
             .arg(root.join("demo/load.py"))
             .args([
                 "--port",
-                &PORT.to_string(),
+                &port_num.to_string(),
                 "--seconds",
-                &(secs + 2).to_string(),
+                &load_secs.to_string(),
             ])
             .spawn()
             .context("starting the load generator")?,
     );
-    let status = Command::new(util::slowtrace_bin())
-        .args([
+    let port = port_num.to_string();
+    let mut cmd = Command::new(util::slowtrace_bin());
+    if interactive {
+        eprintln!(
+            "xtask: opening slowtrace top (q quits); files go to {}",
+            out.display()
+        );
+        cmd.args(["top", "--port", &port, "--threshold", "300ms", "--export"])
+            .arg(&out);
+    } else {
+        cmd.args([
             "record",
             "--port",
-            &PORT.to_string(),
+            &port,
+            "--threshold",
+            "300ms",
             "--duration",
             duration,
             "-o",
         ])
-        .arg(&out)
-        .status()
-        .context("running slowtrace")?;
+        .arg(&out);
+    }
+    let status = cmd.status().context("running slowtrace")?;
     drop(load);
     drop(server);
     if !status.success() {
