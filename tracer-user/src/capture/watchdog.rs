@@ -40,6 +40,8 @@ pub struct Job {
     pub pid: u32,
     pub tid: u32,
     pub offset_ms: u64,
+    /// Kernel stack samples older than this belong to an earlier request of the thread.
+    pub start_ns: u64,
 }
 
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -114,6 +116,7 @@ impl Watchdog {
                     pid: r.pid,
                     tid: r.tid,
                     offset_ms: age / 1_000_000,
+                    start_ns: r.start_ns,
                 });
             }
         }

@@ -147,7 +147,7 @@ impl Reader {
                 .unwrap_or_default();
             c.kernel = self
                 .stack(s.kern_id)
-                .map(|ips| self.symbols.kernel(&ips))
+                .map(|ips| without_probe_frames(self.symbols.kernel(&ips)))
                 .unwrap_or_default();
             c.native_source = if blocked {
                 "switch-out"
@@ -179,11 +179,51 @@ impl Reader {
     }
 }
 
+/// The innermost kernel frames of a sample are the sampling machinery itself (our BPF program,
+/// the tracepoint or perf-event path, the timer interrupt): drop everything up to the last of
+/// them. A sample taken while the thread ran in user space has nothing left, as it should.
+fn without_probe_frames(frames: Vec<Frame>) -> Vec<Frame> {
+    const MACHINERY: [&str; 9] = [
+        "bpf_", "__bpf_", "__traceiter_", "perf_", "__perf_", "asm_sysvec_", "sysvec_",
+        "__sysvec_", "hrtimer_",
+    ];
+    let cut = frames
+        .iter()
+        .rposition(|f| MACHINERY.iter().any(|m| f.function.starts_with(m)))
+        .map_or(0, |i| i + 1);
+    frames.into_iter().skip(cut).collect()
+}
+
 /// Frames for humans in reports: `function (file:line)` or `function [module]`.
 pub fn describe(f: &Frame) -> String {
     match (&f.file, f.line, &f.module) {
         (Some(file), Some(line), _) => format!("{} ({file}:{line})", f.function),
         (_, _, Some(m)) => format!("{} [{m}]", f.function),
         _ => f.function.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(name: &str) -> Frame {
+        Frame { function: name.into(), file: None, line: None, module: None }
+    }
+
+    #[test]
+    fn probe_frames_are_dropped() {
+        let off = vec![
+            f("bpf_prog_09a9_off_cpu"),
+            f("bpf_trace_run4"),
+            f("__traceiter_sched_switch"),
+            f("__schedule"),
+            f("schedule"),
+            f("do_nanosleep"),
+        ];
+        let names: Vec<String> = without_probe_frames(off).into_iter().map(|x| x.function).collect();
+        assert_eq!(names, ["__schedule", "schedule", "do_nanosleep"]);
+        let in_user = vec![f("bpf_prog_x"), f("perf_swevent_hrtimer"), f("asm_sysvec_apic_timer_interrupt")];
+        assert!(without_probe_frames(in_user).is_empty());
     }
 }

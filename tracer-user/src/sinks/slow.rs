@@ -24,6 +24,13 @@ impl SlowSink {
     pub fn create(out_dir: &Path) -> std::io::Result<Self> {
         let dir = out_dir.join("slow");
         std::fs::create_dir_all(&dir)?;
+        // Reports of an earlier run in the same directory would read as this run's; slow.jsonl
+        // is truncated too.
+        for e in std::fs::read_dir(&dir)?.flatten() {
+            if e.path().extension().is_some_and(|x| x == "txt") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
         std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
         Ok(Self {
             jsonl: BufWriter::new(super::create_private(&out_dir.join("slow.jsonl"))?),
