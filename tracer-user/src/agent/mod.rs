@@ -511,6 +511,9 @@ impl Agent {
                 _ = sigterm.recv() => break Stop::Sigterm,
             }
         };
+        // A request or handler call finishing right as we stop (the client got its response, the
+        // server is one syscall away from the close) is still recorded: a short grace period.
+        tokio::time::sleep(Duration::from_millis(100)).await;
         // Records the kernel wrote before we stopped listening.
         self.drain(ring.get_mut(), out)?;
         if let Some(h) = handler_ring.as_mut() {
