@@ -41,8 +41,9 @@ pub enum Command {
     ///   slowtrace top --pid 1234 --threshold 300ms --export ./trace
     ///   slowtrace top -- gunicorn -w 4 app:app
     ///
-    /// Press ? for the keys, q to quit. Requests are streamed to requests.jsonl in a private
-    /// temporary directory, or in --export DIR (press e to export without --export).
+    /// Press ? for the keys, q to quit. Slow requests are captured as in `record`; Enter on one
+    /// shows its stacks, f ranks hot frames. Requests (and slow.jsonl, slow/*.txt) are streamed to
+    /// a private temporary directory, or to --export DIR (press e to export without --export).
     #[command(verbatim_doc_comment)]
     Top(TopArgs),
 
@@ -56,6 +57,27 @@ pub enum Command {
     /// never paused. Frames are printed outermost first, as in a Python traceback.
     #[command(name = "pystack", verbatim_doc_comment)]
     PyStack(crate::python::PyStackArgs),
+
+    /// Benchmark hook (hidden): synthetic requests at --rate into the real dashboard state while
+    /// it is drawn at 4 fps into an off-screen 160×48 terminal; prints one JSON line. Needs no
+    /// root. `cargo xtask bench` runs it.
+    #[command(name = "bench-ui", hide = true)]
+    BenchUi(BenchUiArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct BenchUiArgs {
+    /// Requests per second to generate.
+    #[arg(long, default_value_t = 50_000)]
+    pub rate: u64,
+
+    /// How long to generate for.
+    #[arg(long, default_value_t = 5.0)]
+    pub seconds: f64,
+
+    /// Distinct endpoints the requests are spread over.
+    #[arg(long, default_value_t = 200)]
+    pub endpoints: usize,
 }
 
 /// Where `record -o` writes by default, and where `top` exports on `e` without `--export`.
@@ -128,9 +150,9 @@ pub struct TopArgs {
           value_name = "DURATION", hide_short_help = true)]
     pub idle_flush: Duration,
 
-    /// Write requests.jsonl to DIR, as `record -o DIR` does: kept up to date while the dashboard
-    /// runs, complete on exit. Without it requests go to a private temporary file, deleted on
-    /// exit unless `e` was pressed (which exports to ./slowtrace-out).
+    /// Write requests.jsonl, slow.jsonl and slow/*.txt to DIR, as `record -o DIR` does: kept up to
+    /// date while the dashboard runs, complete on exit. Without it they go to a private temporary
+    /// directory, deleted on exit unless `e` was pressed (which exports to ./slowtrace-out).
     #[arg(long, value_name = "DIR")]
     pub export: Option<PathBuf>,
 }
@@ -139,15 +161,17 @@ pub struct TopArgs {
 #[derive(Debug, Args, Clone)]
 pub struct CaptureArgs {
     /// A request running longer than this is slow: its thread's Python, native and kernel frames
-    /// are captured while it runs (written to slow.jsonl and slow/*.txt). `0` turns captures off.
+    /// are captured while it runs, and it is written with them to slow.jsonl and slow/*.txt next
+    /// to requests.jsonl (top also lists it and shows its captures). `0` turns captures off.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "1s", value_name = "DURATION")]
     pub threshold: Duration,
 
-    /// Capture a slow request again this often until it ends. Default: half the threshold.
+    /// Capture a slow request again this often until it ends. Default: half the threshold
+    /// (at least 250 ms, the scan period).
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub resample: Option<Duration>,
 
-    /// At most this many captures per request.
+    /// At most this many captures per slow request.
     #[arg(long, default_value_t = 20, value_name = "N")]
     pub max_captures: u32,
 

@@ -104,6 +104,8 @@ pub struct TopConfig {
     pub idle_flush: Duration,
     /// Checked writable; requests.jsonl is streamed there.
     pub export: Option<PathBuf>,
+    /// As `record`'s: None with `--threshold 0`.
+    pub capture: Option<CaptureConfig>,
     pub handlers: Vec<crate::handlers::Handler>,
     pub act: Option<crate::act::Policy>,
 }
@@ -168,6 +170,7 @@ impl TopConfig {
             keep_query: a.keep_query,
             idle_flush: a.idle_flush,
             export: a.export.clone(),
+            capture: capture_config(&a.capture),
             handlers,
             act,
         })
@@ -287,5 +290,12 @@ mod tests {
         a.export = None;
         let c = TopConfig::from_args(&a).unwrap();
         assert_eq!(c.threshold, Duration::from_secs(1));
+        let cap = c.capture.expect("top takes captures, as record does");
+        assert_eq!(
+            (cap.resample, cap.max_captures),
+            (Duration::from_millis(500), 20)
+        );
+        a.capture.threshold = Duration::ZERO;
+        assert!(TopConfig::from_args(&a).unwrap().capture.is_none());
     }
 }

@@ -5,7 +5,7 @@ use serde::Serialize;
 use super::Request;
 
 /// One symbolized frame.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, Hash)]
 pub struct Frame {
     pub function: String,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -2,12 +2,12 @@
 //! as crossterm `KeyEvent`s and the result is an `Action` for the loop; no terminal, no clock,
 //! so tests press keys and check the state or the drawn screen.
 
-use std::time::Duration;
+use std::{cell::Cell, time::Duration};
 
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
-use super::state::{key, Dashboard, Endpoint, Meta, ReqKey};
-use crate::{agent::AgentEvent, model::Request};
+use super::state::{key, Dashboard, Endpoint, Meta, ReqKey, Update};
+use crate::model::Request;
 
 /// Endpoint table columns, in screen order; keys 1..9 pick them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,9 +69,9 @@ pub enum Focus {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Screen {
     Main,
-    /// One slow request, all its fields.
+    /// One slow request, all its fields and its captures.
     Detail,
-    /// Where stack captures will be ranked.
+    /// Frames ranked over the captures of the kept slow requests.
     Frames,
 }
 
@@ -92,6 +92,15 @@ pub struct EndpointRow<'a> {
 /// Rows a page key moves by.
 const PAGE: isize = 10;
 
+/// How far the detail screen can scroll, as of the last draw. Only drawing knows the text's
+/// wrapped length and the screen's height; keys need both so that scrolling stops at the end (and
+/// a key back up moves at once). A `Cell`, so drawing can stay `&App`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ScrollRoom {
+    pub max: u16,
+    pub page: u16,
+}
+
 pub struct App {
     live: Dashboard,
     /// While paused: what the screen shows. The live dashboard keeps counting underneath, so
@@ -111,6 +120,9 @@ pub struct App {
     selected_slow: Option<ReqKey>,
     /// The request the detail screen opened with, in case it leaves the slow list.
     detail: Option<Request>,
+    /// First line of the detail screen's captures shown.
+    pub detail_scroll: u16,
+    pub detail_room: Cell<ScrollRoom>,
     /// A one-off message for the footer (export result), cleared by the next key.
     pub status: Option<String>,
 }
@@ -130,12 +142,14 @@ impl App {
             selected_endpoint: None,
             selected_slow: None,
             detail: None,
+            detail_scroll: 0,
+            detail_room: Cell::default(),
             status: None,
         }
     }
 
-    pub fn apply(&mut self, ev: AgentEvent, now: Duration) {
-        self.live.apply(ev, now);
+    pub fn apply(&mut self, u: impl Into<Update>, now: Duration) {
+        self.live.apply(u, now);
     }
 
     /// Before drawing: time moves on even without events, and changed percentiles are
@@ -303,6 +317,26 @@ impl App {
                     self.sort_by(col);
                 }
             }
+            KeyCode::Left | KeyCode::Char('h') if self.screen == Screen::Detail => {
+                self.move_selection(-1);
+            }
+            KeyCode::Right | KeyCode::Char('l') if self.screen == Screen::Detail => {
+                self.move_selection(1);
+            }
+            KeyCode::Up
+            | KeyCode::Char('k')
+            | KeyCode::Down
+            | KeyCode::Char('j')
+            | KeyCode::PageUp
+            | KeyCode::PageDown
+            | KeyCode::Home
+            | KeyCode::Char('g')
+            | KeyCode::End
+            | KeyCode::Char('G')
+                if self.screen == Screen::Detail =>
+            {
+                self.scroll_detail(k.code);
+            }
             KeyCode::Tab | KeyCode::BackTab => {
                 self.focus = match self.focus {
                     Focus::Endpoints => Focus::Slow,
@@ -348,7 +382,23 @@ impl App {
         };
     }
 
-    /// Up/down in the focused pane (on the detail screen: the previous/next slow request).
+    /// The detail screen's captures: a line, a page, the ends.
+    fn scroll_detail(&mut self, code: KeyCode) {
+        let room = self.detail_room.get();
+        let page = room.page.max(1);
+        let at = self.detail_scroll.min(room.max);
+        self.detail_scroll = match code {
+            KeyCode::Up | KeyCode::Char('k') => at.saturating_sub(1),
+            KeyCode::Down | KeyCode::Char('j') => at.saturating_add(1),
+            KeyCode::PageUp => at.saturating_sub(page),
+            KeyCode::PageDown => at.saturating_add(page),
+            KeyCode::Home | KeyCode::Char('g') => 0,
+            _ => room.max,
+        }
+        .min(room.max);
+    }
+
+    /// Up/down in the focused pane (on the detail screen, ←→: the previous/next slow request).
     /// `isize::MIN`/`MAX` go to the top/bottom; the top of the slow pane follows the newest.
     fn move_selection(&mut self, by: isize) {
         let target = |cur: usize, len: usize| -> usize {
@@ -375,6 +425,7 @@ impl App {
         };
         if self.screen == Screen::Detail && picked.is_some() {
             self.detail = picked;
+            self.detail_scroll = 0;
         }
     }
 
@@ -385,6 +436,7 @@ impl App {
                 match rows.get(self.selected_slow_index(&rows)) {
                     Some(r) => {
                         self.detail = Some((*r).clone());
+                        self.detail_scroll = 0;
                         self.screen = Screen::Detail;
                     }
                     None => self.status = Some("no slow request to show yet".into()),
@@ -407,6 +459,7 @@ impl App {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent::AgentEvent;
     use crate::tui::state::tests::{meta, req, tick};
 
     pub fn press(app: &mut App, keys: &str) -> Action {

@@ -1,8 +1,9 @@
 //! Where `top` keeps its requests: it always streams them to a requests.jsonl, the same file
-//! `record` writes, so exporting never depends on what the screen kept.
+//! `record` writes (and slow.jsonl, slow/*.txt, handlers.jsonl when it takes captures or times
+//! handlers), so exporting never depends on what the screen kept.
 //!
-//! - `--export DIR`: the file is DIR/requests.jsonl from the start, flushed every 250 ms and
-//!   complete on exit.
+//! - `--export DIR`: the files are in DIR from the start, flushed every 250 ms and complete on
+//!   exit.
 //! - otherwise: a private temporary directory, deleted on exit. `e` copies what is on disk so far
 //!   to ./slowtrace-out and marks it to be copied again, complete, on exit.
 
@@ -15,6 +16,10 @@ use std::{
 use crate::sinks::create_private;
 
 pub const REQUESTS: &str = "requests.jsonl";
+pub const SLOW: &str = "slow.jsonl";
+/// The dogslow-style text reports, one file per slow request.
+pub const SLOW_REPORTS: &str = "slow";
+pub const HANDLERS: &str = "handlers.jsonl";
 /// A launched command's output, which cannot go to the terminal the dashboard draws on.
 pub const COMMAND_LOG: &str = "command.log";
 
@@ -58,6 +63,11 @@ impl Spool {
         })
     }
 
+    /// Where the sinks write.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     pub fn requests(&self) -> PathBuf {
         self.dir.join(REQUESTS)
     }
@@ -76,23 +86,39 @@ impl Spool {
             ));
         }
         crate::config::prepare_output_dir(default_dir).map_err(|e| e.to_string())?;
-        let n = self
+        let (n, slow) = self
             .copy_into(default_dir)
             .map_err(|e| format!("exporting to {}: {e}", default_dir.display()))?;
         self.copy_to = Some(default_dir.to_owned());
+        let slow = match slow {
+            0 => String::new(),
+            n => format!(" and {n} slow requests"),
+        };
         Ok(format!(
-            "exported {n} requests to {}; completed again on exit",
-            default_dir.join(REQUESTS).display()
+            "exported {n} requests{slow} to {}; completed again on exit",
+            default_dir.display()
         ))
     }
 
-    fn copy_into(&self, dir: &Path) -> io::Result<u64> {
+    /// Returns the requests and slow requests copied.
+    fn copy_into(&self, dir: &Path) -> io::Result<(u64, u64)> {
         let n = copy_complete_lines(&self.requests(), &dir.join(REQUESTS))?;
-        let log = self.command_log();
-        if log.exists() {
-            copy_complete_lines(&log, &dir.join(COMMAND_LOG))?;
+        let mut slow = 0;
+        for (name, lines) in [
+            (SLOW, Some(&mut slow)),
+            (HANDLERS, None),
+            (COMMAND_LOG, None),
+        ] {
+            let from = self.dir.join(name);
+            if from.exists() {
+                let n = copy_complete_lines(&from, &dir.join(name))?;
+                if let Some(l) = lines {
+                    *l = n;
+                }
+            }
         }
-        Ok(n)
+        copy_reports(&self.dir.join(SLOW_REPORTS), &dir.join(SLOW_REPORTS))?;
+        Ok((n, slow))
     }
 
     /// On exit, once the agent has flushed everything: complete the export, if any, and delete
@@ -129,6 +155,34 @@ fn copy_complete_lines(from: &Path, to: &Path) -> io::Result<u64> {
     }
     dst.flush()?;
     Ok(lines)
+}
+
+/// The slow/*.txt reports, whole files (each is written in one go, and copied again, complete,
+/// on exit). The directory is private, as `record` makes it.
+fn copy_reports(from: &Path, to: &Path) -> io::Result<()> {
+    let entries = match std::fs::read_dir(from) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    std::fs::create_dir_all(to)?;
+    std::fs::set_permissions(to, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+    // Reports of an earlier run there would read as this run's (as `SlowSink` clears its own).
+    for e in std::fs::read_dir(to)?.flatten() {
+        if e.path().extension().is_some_and(|x| x == "txt") {
+            std::fs::remove_file(e.path())?;
+        }
+    }
+    for entry in entries {
+        let entry = entry?;
+        if !entry.file_type()?.is_file() {
+            continue;
+        }
+        let mut src = File::open(entry.path())?;
+        let mut dst = create_private(&to.join(entry.file_name()))?;
+        io::copy(&mut src, &mut dst)?;
+    }
+    Ok(())
 }
 
 /// Length of `f` up to and including its last newline.
@@ -171,7 +225,7 @@ mod tests {
         // A writer mid-line: the partial line is not exported.
         std::fs::write(spool.requests(), "{\"a\":1}\n{\"a\":2}\n{\"a\"").unwrap();
         let msg = spool.export_now(2, &dest).unwrap();
-        assert!(msg.starts_with("exported 2 requests"), "{msg}");
+        assert!(msg.starts_with("exported 2 requests to"), "{msg}");
         let copied = dest.join(REQUESTS);
         assert_eq!(
             std::fs::read_to_string(&copied).unwrap(),
@@ -182,6 +236,43 @@ mod tests {
         std::fs::write(spool.requests(), "{\"a\":1}\n{\"a\":2}\n{\"a\":3}\n").unwrap();
         assert_eq!(spool.finish().unwrap(), Kept::In(dest.clone()));
         assert_eq!(std::fs::read_to_string(&copied).unwrap().lines().count(), 3);
+    }
+
+    #[test]
+    fn e_exports_slow_requests_and_their_reports() {
+        let out = tempfile::tempdir().unwrap();
+        let dest = out.path().join("export");
+        std::fs::create_dir_all(dest.join(SLOW_REPORTS)).unwrap();
+        std::fs::write(dest.join("slow/old-run.txt"), "stale").unwrap();
+        let mut spool = Spool::new(None).unwrap();
+        std::fs::write(spool.requests(), "{\"a\":1}\n").unwrap();
+        std::fs::write(spool.dir().join(SLOW), "{\"kind\":\"slow\"}\n{\"kind\"").unwrap();
+        std::fs::create_dir(spool.dir().join(SLOW_REPORTS)).unwrap();
+        std::fs::write(spool.dir().join("slow/a-1-2.txt"), "Slow request: GET /\n").unwrap();
+        let msg = spool.export_now(1, &dest).unwrap();
+        assert!(msg.contains("1 requests and 1 slow requests"), "{msg}");
+        assert_eq!(
+            std::fs::read_to_string(dest.join(SLOW)).unwrap(),
+            "{\"kind\":\"slow\"}\n"
+        );
+        let report = dest.join("slow/a-1-2.txt");
+        assert_eq!(
+            std::fs::read_to_string(&report).unwrap(),
+            "Slow request: GET /\n"
+        );
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(
+            (mode(&report), mode(&dest.join(SLOW_REPORTS))),
+            (0o600, 0o700)
+        );
+        assert!(
+            !dest.join("slow/old-run.txt").exists(),
+            "an earlier run's report"
+        );
+        // More arrive; exit completes the copy.
+        std::fs::write(spool.dir().join("slow/b-1-2.txt"), "Killed request\n").unwrap();
+        assert_eq!(spool.finish().unwrap(), Kept::In(dest.clone()));
+        assert!(dest.join("slow/b-1-2.txt").exists());
     }
 
     #[test]

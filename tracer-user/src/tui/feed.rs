@@ -1,9 +1,10 @@
 //! The agent on its own thread, feeding the dashboard through a bounded channel.
 //!
-//! Every request goes to requests.jsonl on the agent thread first, so the file is complete
-//! whatever happens to the screen; only then is the event offered to the dashboard. If the
-//! dashboard falls behind, the channel is full and the event is dropped for the screen only, and
-//! counted ("ui overflow" in the header): the agent never waits for drawing.
+//! Every request goes to requests.jsonl on the agent thread first (slow requests also to
+//! slow.jsonl and slow/*.txt, handler calls to handlers.jsonl, as `record` writes them), so the
+//! files are complete whatever happens to the screen; only then is the event offered to the
+//! dashboard. If the dashboard falls behind, the channel is full and the event is dropped for the
+//! screen only, and counted ("ui overflow" in the header): the agent never waits for drawing.
 
 use std::{
     sync::{
@@ -16,9 +17,11 @@ use std::{
 
 use anyhow::Context as _;
 
+use super::state::Update;
 use crate::{
     agent::{Agent, AgentConfig, AgentEvent, Consumer, Finished, Stop},
-    sinks::{jsonl::JsonlSink, Sink as _},
+    model::{handler::HandlerCall, slow::SlowRequest},
+    sinks::{jsonl::JsonlSink, slow::SlowSink, Sink as _},
 };
 
 /// Events queued for the dashboard at most. At 250 ms per frame this is tens of thousands of
@@ -28,7 +31,7 @@ pub const CAPACITY: usize = 16 * 1024;
 /// Where the dashboard's events come from: the agent thread, or a test.
 pub trait Source {
     /// An event if one is ready, without waiting.
-    fn try_next(&mut self) -> Option<AgentEvent>;
+    fn try_next(&mut self) -> Option<Update>;
     /// Events the dashboard missed so far.
     fn overflow(&self) -> u64;
     /// Requests on disk in requests.jsonl so far.
@@ -46,32 +49,81 @@ pub struct Ended {
     pub quit: bool,
 }
 
-/// The agent's consumer: the file first, then the screen.
+/// The files `top` writes, in one directory (see `export::Spool`).
+pub struct Sinks {
+    pub requests: JsonlSink,
+    /// slow.jsonl and slow/*.txt; None when captures are off (`--threshold 0`).
+    pub slow: Option<SlowSink>,
+    /// handlers.jsonl; None without `--handler`.
+    pub handlers: Option<JsonlSink>,
+}
+
+impl Sinks {
+    fn flush(&mut self) -> anyhow::Result<()> {
+        self.requests.flush().context("writing requests.jsonl")?;
+        if let Some(s) = self.slow.as_mut() {
+            s.flush().context("writing slow.jsonl")?;
+        }
+        if let Some(h) = self.handlers.as_mut() {
+            h.flush().context("writing handlers.jsonl")?;
+        }
+        Ok(())
+    }
+}
+
+/// The agent's consumer: the files first, then the screen.
 struct Forwarder {
-    sink: JsonlSink,
-    tx: SyncSender<AgentEvent>,
+    sinks: Sinks,
+    tx: SyncSender<Update>,
     overflow: Arc<AtomicU64>,
     flushed: Arc<AtomicU64>,
+}
+
+impl Forwarder {
+    fn offer(&self, u: Update) {
+        match self.tx.try_send(u) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                self.overflow.fetch_add(1, Ordering::Relaxed);
+            }
+            // The dashboard has quit; the files still get everything until the agent stops.
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
 }
 
 impl Consumer for Forwarder {
     fn on_event(&mut self, ev: AgentEvent) -> anyhow::Result<()> {
         match &ev {
-            AgentEvent::Request(r) => self.sink.request(r).context("writing requests.jsonl")?,
+            AgentEvent::Request(r) => self
+                .sinks
+                .requests
+                .request(r)
+                .context("writing requests.jsonl")?,
             // Flushed every scan, as `record` does: on disk within 250 ms.
             AgentEvent::Tick { .. } => {
-                self.sink.flush().context("writing requests.jsonl")?;
-                self.flushed.store(self.sink.written, Ordering::Relaxed);
+                self.sinks.flush()?;
+                self.flushed
+                    .store(self.sinks.requests.written, Ordering::Relaxed);
             }
         }
-        match self.tx.try_send(ev) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                self.overflow.fetch_add(1, Ordering::Relaxed);
-            }
-            // The dashboard has quit; the file still gets everything until the agent stops.
-            Err(TrySendError::Disconnected(_)) => {}
+        self.offer(Update::Agent(ev));
+        Ok(())
+    }
+
+    fn on_slow(&mut self, slow: &SlowRequest) -> anyhow::Result<()> {
+        if let Some(sink) = self.sinks.slow.as_mut() {
+            sink.write(slow).context("writing a slow-request report")?;
         }
+        self.offer(Update::Slow(Box::new(slow.clone())));
+        Ok(())
+    }
+
+    fn on_handler(&mut self, call: &HandlerCall) -> anyhow::Result<()> {
+        if let Some(sink) = self.sinks.handlers.as_mut() {
+            sink.line(call).context("writing handlers.jsonl")?;
+        }
+        self.offer(Update::Handler(Box::new(call.clone())));
         Ok(())
     }
 }
@@ -82,11 +134,15 @@ pub struct Outcome {
     pub finished: Finished,
     /// Requests written to requests.jsonl.
     pub written: u64,
+    /// Slow and killed requests written to slow.jsonl (None: captures were off).
+    pub slow: Option<(u64, u64)>,
+    /// Calls written to handlers.jsonl.
+    pub handler_calls: u64,
 }
 
 /// The running agent thread.
 pub struct Feed {
-    rx: Receiver<AgentEvent>,
+    rx: Receiver<Update>,
     stop: Arc<AtomicBool>,
     overflow: Arc<AtomicU64>,
     flushed: Arc<AtomicU64>,
@@ -95,19 +151,24 @@ pub struct Feed {
     result: Option<anyhow::Result<Outcome>>,
     pub described: String,
     pub attach_mode: String,
+    /// Capture pieces that could not be attached (e.g. no perf events: no native stacks).
+    pub degraded: Vec<String>,
 }
+
+/// What the agent thread reports once attached.
+type Ready = (String, String, Vec<String>);
 
 impl Feed {
     /// Attach on a new thread and return once attached, so an attach error is reported before
     /// the dashboard takes the terminal. The agent is built on its thread and never moves.
-    pub fn start(cfg: AgentConfig, sink: JsonlSink) -> anyhow::Result<Feed> {
+    pub fn start(cfg: AgentConfig, sinks: Sinks) -> anyhow::Result<Feed> {
         let (tx, rx) = mpsc::sync_channel(CAPACITY);
-        let (ready_tx, ready_rx) = mpsc::channel::<anyhow::Result<(String, String)>>();
+        let (ready_tx, ready_rx) = mpsc::channel::<anyhow::Result<Ready>>();
         let stop = Arc::new(AtomicBool::new(false));
         let overflow = Arc::new(AtomicU64::new(0));
         let flushed = Arc::new(AtomicU64::new(0));
         let mut fwd = Forwarder {
-            sink,
+            sinks,
             tx,
             overflow: overflow.clone(),
             flushed: flushed.clone(),
@@ -124,16 +185,23 @@ impl Feed {
                         anyhow::bail!(msg);
                     }
                 };
-                let _ = ready_tx.send(Ok((agent.described.clone(), agent.attach_mode.clone())));
+                let _ = ready_tx.send(Ok((
+                    agent.described.clone(),
+                    agent.attach_mode.clone(),
+                    agent.degraded.clone(),
+                )));
                 let finished = agent.run(&mut fwd, None, stop_flag)?;
-                fwd.sink.flush().context("writing requests.jsonl")?;
+                let s = &mut fwd.sinks;
+                s.flush()?;
                 Ok(Outcome {
                     finished,
-                    written: fwd.sink.written,
+                    written: s.requests.written,
+                    slow: s.slow.as_ref().map(|s| (s.slow, s.killed)),
+                    handler_calls: s.handlers.as_ref().map_or(0, |h| h.written),
                 })
             })
             .context("starting the tracing thread")?;
-        let (described, attach_mode) = match ready_rx.recv() {
+        let (described, attach_mode, degraded) = match ready_rx.recv() {
             Ok(Ok(ready)) => ready,
             Ok(Err(e)) => {
                 let _ = thread.join();
@@ -154,6 +222,7 @@ impl Feed {
             result: None,
             described,
             attach_mode,
+            degraded,
         })
     }
 
@@ -184,7 +253,7 @@ fn join(t: JoinHandle<anyhow::Result<Outcome>>) -> anyhow::Result<Outcome> {
 }
 
 impl Source for Feed {
-    fn try_next(&mut self) -> Option<AgentEvent> {
+    fn try_next(&mut self) -> Option<Update> {
         self.rx.try_recv().ok()
     }
 
@@ -230,7 +299,11 @@ mod tests {
         let path = dir.path().join("requests.jsonl");
         let (tx, rx) = mpsc::sync_channel(2);
         let mut fwd = Forwarder {
-            sink: JsonlSink::create(&path).unwrap(),
+            sinks: Sinks {
+                requests: JsonlSink::create(&path).unwrap(),
+                slow: None,
+                handlers: None,
+            },
             tx,
             overflow: Arc::default(),
             flushed: Arc::default(),
@@ -261,5 +334,43 @@ mod tests {
             4,
             "quitting is not overflow"
         );
+    }
+
+    #[test]
+    fn slow_requests_go_to_their_files_then_the_screen() {
+        use crate::tui::captures::tests::{capture, py, slow_request};
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, rx) = mpsc::sync_channel(1);
+        let mut fwd = Forwarder {
+            sinks: Sinks {
+                requests: JsonlSink::create(&dir.path().join("requests.jsonl")).unwrap(),
+                slow: Some(SlowSink::create(dir.path()).unwrap()),
+                handlers: None,
+            },
+            tx,
+            overflow: Arc::default(),
+            flushed: Arc::default(),
+        };
+        let r = crate::tui::state::tests::req("GET /slow", 1500, 200);
+        let s = slow_request(
+            r,
+            vec![capture(1000, vec![py("view", "app.py", 3)], vec![])],
+        );
+        fwd.on_slow(&s).unwrap();
+        fwd.on_slow(&s).unwrap();
+        assert_eq!(
+            fwd.overflow.load(Ordering::Relaxed),
+            1,
+            "the second did not fit"
+        );
+        match rx.try_recv().unwrap() {
+            Update::Slow(got) => assert_eq!(*got, s),
+            other => panic!("{other:?}"),
+        }
+        fwd.sinks.flush().unwrap();
+        let lines = std::fs::read_to_string(dir.path().join("slow.jsonl")).unwrap();
+        assert_eq!(lines.lines().count(), 2, "the file has both");
+        let reports = std::fs::read_dir(dir.path().join("slow")).unwrap().count();
+        assert_eq!(reports, 2);
     }
 }

@@ -1,19 +1,26 @@
 //! `slowtrace top`: a live dashboard over the same agent and model as `record`.
 //!
 //! Threads: the agent runs on its own thread (`feed`), writes every request to requests.jsonl
-//! and offers events to this thread over a bounded channel; this thread owns the terminal and
+//! (slow ones with their captures to slow.jsonl and slow/*.txt) and offers events to this thread
+//! over a bounded channel; this thread owns the terminal and
 //! runs `event_loop`: apply events to the pure `App`/`Dashboard` state, draw it (`ui`), wait up
 //! to one tick for a key. Events, keys and time all come in through `Io`, so tests drive the whole
 //! loop with synthetic events, scripted keys and a fake clock on ratatui's `TestBackend`.
 
 mod app;
+pub mod bench;
+mod captures;
+mod detail;
 mod export;
 mod feed;
+mod frames;
 mod rate;
 mod state;
 mod terminal;
 mod ui;
 
+#[cfg(test)]
+mod capture_tests;
 #[cfg(test)]
 mod tests;
 
@@ -29,13 +36,16 @@ use ratatui::{backend::Backend, crossterm::event::Event, Terminal};
 use self::{
     app::{Action, App},
     export::{Kept, Spool},
-    feed::{Ended, Feed, Source},
+    feed::{Ended, Feed, Sinks, Source},
     state::Meta,
     terminal::Input,
 };
 use crate::{
-    agent::AgentConfig, cli::DEFAULT_OUTPUT_DIR, config::TopConfig, record::loss_report,
-    sinks::jsonl::JsonlSink,
+    agent::AgentConfig,
+    cli::DEFAULT_OUTPUT_DIR,
+    config::TopConfig,
+    record::loss_report,
+    sinks::{jsonl::JsonlSink, slow::SlowSink},
 };
 
 /// The screen is redrawn at least this often: 4 frames per second, and the agent's scan
@@ -75,13 +85,7 @@ where
     let mut ended_seen = false;
     loop {
         let now = (io.clock)();
-        for _ in 0..MAX_EVENTS_PER_FRAME {
-            match io.source.try_next() {
-                Some(ev) => app.apply(ev, now),
-                None => break,
-            }
-        }
-        app.set_ui_overflow(io.source.overflow());
+        drain(app, io.source, now);
         if !ended_seen {
             if let Some(end) = io.source.ended() {
                 if end.quit {
@@ -109,11 +113,43 @@ where
     }
 }
 
+/// Apply what the agent sent since the last frame (at most `MAX_EVENTS_PER_FRAME`). Returns how
+/// many events were applied. Shared with `bench`, so it measures what `top` does.
+fn drain(app: &mut App, source: &mut dyn Source, now: Duration) -> usize {
+    let mut n = 0;
+    while n < MAX_EVENTS_PER_FRAME {
+        match source.try_next() {
+            Some(ev) => app.apply(ev, now),
+            None => break,
+        }
+        n += 1;
+    }
+    app.set_ui_overflow(source.overflow());
+    n
+}
+
+/// The files `record` would write, in the spool directory.
+fn create_sinks(cfg: &TopConfig, spool: &Spool) -> anyhow::Result<Sinks> {
+    let create = |name: &str| {
+        let path = spool.dir().join(name);
+        JsonlSink::create(&path).with_context(|| format!("creating {}", path.display()))
+    };
+    Ok(Sinks {
+        requests: create(export::REQUESTS)?,
+        slow: match cfg.capture {
+            Some(_) => Some(SlowSink::create(spool.dir()).context("creating slow.jsonl")?),
+            None => None,
+        },
+        handlers: match cfg.handlers.is_empty() {
+            true => None,
+            false => Some(create(export::HANDLERS)?),
+        },
+    })
+}
+
 pub fn run(cfg: TopConfig) -> anyhow::Result<ExitCode> {
     let mut spool = Spool::new(cfg.export.as_deref()).context("creating requests.jsonl")?;
-    let requests = spool.requests();
-    let sink =
-        JsonlSink::create(&requests).with_context(|| format!("creating {}", requests.display()))?;
+    let sinks = create_sinks(&cfg, &spool)?;
     if cfg.targets.command.is_some() {
         crate::launch::send_output_to(spool.command_log());
     }
@@ -123,14 +159,13 @@ pub fn run(cfg: TopConfig) -> anyhow::Result<ExitCode> {
             targets: cfg.targets.clone(),
             keep_query: cfg.keep_query,
             idle_flush: cfg.idle_flush,
-            // The dashboard does not show stack captures yet (the detail view keeps their
-            // place); until it does, it does not pay for taking them.
-            capture: None,
+            capture: cfg.capture,
             handlers: cfg.handlers.clone(),
             act: cfg.act,
         },
-        sink,
+        sinks,
     )?;
+    let feed_degraded = feed.degraded.clone();
     let mut app = App::new(Meta {
         targets: feed.described.clone(),
         attach_mode: feed.attach_mode.clone(),
@@ -191,6 +226,30 @@ pub fn run(cfg: TopConfig) -> anyhow::Result<ExitCode> {
             outcome.written
         ),
     });
+    if let Some((slow, killed)) = outcome.slow {
+        let whither = match &kept {
+            Kept::In(dir) => format!(
+                "in {} and {}",
+                dir.join(export::SLOW).display(),
+                dir.join(export::SLOW_REPORTS).display()
+            ),
+            Kept::Discarded => "not kept".into(),
+        };
+        lines.push(format!(
+            "slowtrace: {slow} slow requests, {killed} killed with a request in flight; \
+             captures {whither}"
+        ));
+    }
+    if let (n @ 1.., Kept::In(dir)) = (outcome.handler_calls, &kept) {
+        lines.push(format!(
+            "slowtrace: {n} handler calls in {}",
+            dir.join(export::HANDLERS).display()
+        ));
+    }
+    // Said at the end: while the dashboard runs, the terminal is its.
+    for d in &feed_degraded {
+        lines.push(format!("slowtrace: note: {d}"));
+    }
     if let (Some(_), Kept::In(dir)) = (&cfg.targets.command, &kept) {
         lines.push(format!(
             "slowtrace: the command's output is in {}",

@@ -1,7 +1,8 @@
 //! What the dashboard knows, built from `AgentEvent`s. Pure: time comes in as an argument (the
 //! time since the dashboard started), so tests replay synthetic events and get the same screen
-//! every time. Each event costs O(1) (a histogram record, a few counters); memory is bounded
-//! (histograms of fixed size, capped endpoints, a ring of recent slow requests).
+//! every time. Each event costs O(1) (a histogram record, a few counters), a slow request's
+//! captures O(their frames); memory is bounded (histograms of fixed size, capped endpoints, a ring
+//! of recent slow requests with their captures).
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -11,13 +12,16 @@ use std::{
 use hdrhistogram::Histogram;
 use tracer_common::Counter;
 
-use super::rate::RateWindow;
+use super::{
+    captures::{Captured, HotFrames},
+    rate::RateWindow,
+};
 use crate::{
     agent::{AgentEvent, Counters},
-    model::Request,
+    model::{handler::HandlerCall, slow::SlowRequest, Request},
 };
 
-/// Slow requests remembered for the slow pane (the newest).
+/// Slow requests remembered for the slow pane (the newest), with their captures.
 pub const MAX_SLOW: usize = 500;
 /// Endpoints with their own row; later ones share `OTHER_ENDPOINTS` (unnormalized ids in paths
 /// would otherwise grow memory without bound).
@@ -35,6 +39,27 @@ pub fn key(r: &Request) -> ReqKey {
 /// Whether a request ended because its process died (a killed or crashed worker).
 pub fn killed(r: &Request) -> bool {
     r.end == "process_exit"
+}
+
+/// What the agent thread hands the dashboard.
+#[derive(Debug, Clone)]
+pub enum Update {
+    Agent(AgentEvent),
+    /// A slow or killed request's captures; its request came before as an `AgentEvent::Request`.
+    Slow(Box<SlowRequest>),
+    /// A `--handler` function call returned.
+    Handler(Box<HandlerCall>),
+}
+
+impl From<AgentEvent> for Update {
+    fn from(ev: AgentEvent) -> Self {
+        Update::Agent(ev)
+    }
+}
+
+/// Endpoint-table row of a `--handler` function, next to the HTTP endpoints.
+pub fn handler_row(name: &str) -> String {
+    format!("handler {name}")
 }
 
 /// What the header shows about the run itself.
@@ -103,6 +128,10 @@ pub struct Dashboard {
     dirty: Vec<usize>,
     /// Finished slow requests, newest first.
     pub slow: VecDeque<Request>,
+    /// Captures of requests in `slow`, for those the agent reported on (the same bound).
+    pub captured: HashMap<ReqKey, Captured>,
+    /// Frame counts over `captured`.
+    pub hot: HotFrames,
     /// Requests running now that are already past the threshold, longest first.
     pub slow_in_flight: Vec<Request>,
     /// All requests running at the last scan.
@@ -127,6 +156,8 @@ impl Dashboard {
             by_name: HashMap::new(),
             dirty: Vec::new(),
             slow: VecDeque::new(),
+            captured: HashMap::new(),
+            hot: HotFrames::default(),
             slow_in_flight: Vec::new(),
             in_flight: 0,
             total: 0,
@@ -138,14 +169,16 @@ impl Dashboard {
         }
     }
 
-    pub fn apply(&mut self, ev: AgentEvent, now: Duration) {
+    pub fn apply(&mut self, u: impl Into<Update>, now: Duration) {
         self.set_now(now);
-        match ev {
-            AgentEvent::Request(r) => self.request(*r),
-            AgentEvent::Tick {
+        match u.into() {
+            Update::Agent(AgentEvent::Request(r)) => self.request(*r),
+            Update::Agent(AgentEvent::Tick {
                 in_flight,
                 counters,
-            } => self.tick(in_flight, counters),
+            }) => self.tick(in_flight, counters),
+            Update::Slow(s) => self.slow_request(*s),
+            Update::Handler(c) => self.handler(&c),
         }
     }
 
@@ -168,26 +201,75 @@ impl Dashboard {
         if r.end != "in_flight" {
             self.total += 1;
             self.requests.add(self.now, 1);
-            let i = self.endpoint_index(&r.endpoint);
-            let e = &mut self.endpoints[i];
-            e.count += 1;
-            e.errors_5xx += u64::from(r.is_5xx());
-            e.slow += u64::from(slow);
-            e.rate.add(self.now, 1);
-            e.hist.saturating_record(r.duration_us.max(1));
-            e.min_us = e.min_us.min(r.duration_us);
-            e.max_us = e.max_us.max(r.duration_us);
-            if !e.stale {
-                e.stale = true;
-                self.dirty.push(i);
-            }
+            self.sample(&r.endpoint, r.duration_us, r.is_5xx(), slow);
         }
         if slow || killed(&r) {
-            if self.slow.len() == MAX_SLOW {
-                self.slow.pop_back();
-            }
-            self.slow.push_front(r);
+            self.push_slow(r);
         }
+    }
+
+    /// One finished call or request into its endpoint row.
+    fn sample(&mut self, endpoint: &str, duration_us: u64, is_5xx: bool, slow: bool) {
+        let i = self.endpoint_index(endpoint);
+        let e = &mut self.endpoints[i];
+        e.count += 1;
+        e.errors_5xx += u64::from(is_5xx);
+        e.slow += u64::from(slow);
+        e.rate.add(self.now, 1);
+        e.hist.saturating_record(duration_us.max(1));
+        e.min_us = e.min_us.min(duration_us);
+        e.max_us = e.max_us.max(duration_us);
+        if !e.stale {
+            e.stale = true;
+            self.dirty.push(i);
+        }
+    }
+
+    fn push_slow(&mut self, r: Request) {
+        if self.slow.len() == MAX_SLOW {
+            if let Some(old) = self.slow.pop_back() {
+                if let Some(c) = self.captured.remove(&key(&old)) {
+                    self.hot.evict(&c);
+                }
+            }
+        }
+        self.slow.push_front(r);
+    }
+
+    /// The agent's report on a slow or killed request: captures, and the signal that killed it.
+    /// It comes after the request itself (up to a few seconds, while captures finish).
+    fn slow_request(&mut self, s: SlowRequest) {
+        let k = key(&s.request);
+        // Usually near the front: it ended moments ago.
+        if !self.slow.iter().any(|r| key(r) == k) {
+            // The screen skipped its request (ui overflow), or a fatal signal hit a request that
+            // still ended, fast: list it now, or its captures have nowhere to go.
+            self.slow_in_flight.retain(|f| key(f) != k);
+            self.push_slow(s.request.clone());
+        }
+        let c = self.hot.admit(s);
+        if let Some(old) = self.captured.insert(k, c) {
+            self.hot.evict(&old);
+        }
+    }
+
+    /// A `--handler` call: its own row in the endpoint table (not a request: not in the totals).
+    fn handler(&mut self, c: &HandlerCall) {
+        let slow = c.duration_us >= self.meta.threshold.as_micros() as u64;
+        self.sample(&handler_row(&c.handler), c.duration_us, false, slow);
+    }
+
+    /// Killed: its process died with it open, or the agent saw a fatal signal hit it.
+    pub fn is_killed(&self, r: &Request) -> bool {
+        killed(r)
+            || self
+                .captured
+                .get(&key(r))
+                .is_some_and(|c| c.kind == "killed")
+    }
+
+    pub fn captured(&self, r: &Request) -> Option<&Captured> {
+        self.captured.get(&key(r))
     }
 
     fn endpoint_index(&mut self, name: &str) -> usize {
@@ -393,6 +475,58 @@ pub mod tests {
         assert_eq!((other.name.as_str(), other.count), (OTHER_ENDPOINTS, 50));
         assert_eq!(d.slow.len(), MAX_SLOW);
         assert_eq!(d.slow[0].endpoint, format!("GET /p{}", MAX_ENDPOINTS + 49));
+    }
+
+    #[test]
+    fn captures_join_their_request_or_list_it() {
+        use crate::tui::captures::tests::{capture, py, slow_request};
+        let mut d = Dashboard::new(meta());
+        let r = req("GET /slow", 1500, 200);
+        d.apply(AgentEvent::Request(Box::new(r.clone())), at(1.0));
+        let caps = vec![capture(1000, vec![py("view", "app.py", 3)], vec![])];
+        d.apply(
+            Update::Slow(Box::new(slow_request(r.clone(), caps.clone()))),
+            at(1.2),
+        );
+        assert_eq!(d.slow.len(), 1, "joined, not listed twice");
+        assert_eq!(d.captured(&r).unwrap().stacks.len(), 1);
+        assert!(!d.is_killed(&d.slow[0]));
+        // A fast request a fatal signal hit (it still answered): listed with its report.
+        let mut fast = req("GET /abort", 20, 500);
+        fast.start_us += 1_000_000;
+        d.apply(AgentEvent::Request(Box::new(fast.clone())), at(2.0));
+        assert_eq!(d.slow.len(), 1, "not slow, not dead");
+        let mut s = slow_request(fast.clone(), caps);
+        s.kind = "killed";
+        d.apply(Update::Slow(Box::new(s)), at(2.1));
+        assert_eq!(d.slow.len(), 2);
+        assert!(d.is_killed(&d.slow[0]));
+        assert_eq!(d.hot.captures, 2);
+    }
+
+    #[test]
+    fn handler_calls_get_their_own_rows() {
+        let mut d = Dashboard::new(meta());
+        let call = crate::model::handler::HandlerCall {
+            start_us: 0,
+            start: String::new(),
+            pid: 1,
+            tid: 1,
+            handler: "handle_request".into(),
+            binary: "/srv/server".into(),
+            depth: 0,
+            duration_us: 1_200_000,
+            request: None,
+            captures: vec![],
+        };
+        d.apply(Update::Handler(Box::new(call)), at(1.0));
+        d.refresh();
+        let e = &d.endpoints()[0];
+        assert_eq!(
+            (e.name.as_str(), e.count, e.slow),
+            ("handler handle_request", 1, 1)
+        );
+        assert_eq!(d.total, 0, "a call is not a request");
     }
 
     #[test]

@@ -15,17 +15,20 @@ use super::{
     app::App,
     event_loop,
     feed::{Ended, Source},
-    state::tests::{meta, req, tick},
+    state::{
+        tests::{meta, req, tick},
+        Update,
+    },
     terminal::Input,
     Exit, Io,
 };
 use crate::{agent::AgentEvent, model::Request};
 
-fn secs(s: f64) -> Duration {
+pub(super) fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s)
 }
 
-fn render(app: &mut App, w: u16, h: u16) -> Terminal<TestBackend> {
+pub(super) fn render(app: &mut App, w: u16, h: u16) -> Terminal<TestBackend> {
     let mut t = Terminal::new(TestBackend::new(w, h)).unwrap();
     let now = app.live().now;
     app.prepare(now);
@@ -33,22 +36,22 @@ fn render(app: &mut App, w: u16, h: u16) -> Terminal<TestBackend> {
     t
 }
 
-fn screen(app: &mut App, w: u16, h: u16) -> String {
+pub(super) fn screen(app: &mut App, w: u16, h: u16) -> String {
     render(app, w, h).backend().to_string()
 }
 
-fn keys(app: &mut App, codes: &[KeyCode]) {
+pub(super) fn keys(app: &mut App, codes: &[KeyCode]) {
     for c in codes {
         app.on_key(KeyEvent::new(*c, KeyModifiers::NONE));
     }
 }
 
-fn done(app: &mut App, r: Request, at: f64) {
+pub(super) fn done(app: &mut App, r: Request, at: f64) {
     app.apply(AgentEvent::Request(Box::new(r)), secs(at));
 }
 
 /// A slow request with its own identity and time of day.
-fn slow(endpoint: &str, ms: u64, status: u16, pid: u32, clock: &str) -> Request {
+pub(super) fn slow(endpoint: &str, ms: u64, status: u16, pid: u32, clock: &str) -> Request {
     let mut r = req(endpoint, ms, status);
     r.pid = pid;
     r.tid = pid + 1;
@@ -95,7 +98,7 @@ fn busy_app() -> App {
 }
 
 /// Two requests still running past the threshold, a killed worker's request, a 5xx, plain slow.
-fn incident_app() -> App {
+pub(super) fn incident_app() -> App {
     let mut app = App::new(meta());
     for i in 0..50 {
         done(&mut app, req("GET /hello", 3, 200), 0.1 * i as f64);
@@ -281,12 +284,12 @@ fn any_size_draws_without_panicking() {
 
 /// Synthetic agent: a queue of events, then "ended" if asked to.
 struct FakeSource {
-    events: VecDeque<AgentEvent>,
+    events: VecDeque<Update>,
     end: Option<Ended>,
 }
 
 impl Source for FakeSource {
-    fn try_next(&mut self) -> Option<AgentEvent> {
+    fn try_next(&mut self) -> Option<Update> {
         self.events.pop_front()
     }
     fn overflow(&self) -> u64 {
@@ -328,9 +331,9 @@ fn key(c: char) -> Event {
 fn the_loop_applies_events_exports_and_quits() {
     let mut source = FakeSource {
         events: [
-            AgentEvent::Request(Box::new(req("GET /hello", 4, 200))),
-            AgentEvent::Request(Box::new(slow("GET /sleep", 1500, 200, 9, "12:00:00"))),
-            tick(vec![], 2),
+            AgentEvent::Request(Box::new(req("GET /hello", 4, 200))).into(),
+            AgentEvent::Request(Box::new(slow("GET /sleep", 1500, 200, 9, "12:00:00"))).into(),
+            tick(vec![], 2).into(),
         ]
         .into(),
         end: None,
@@ -384,7 +387,7 @@ fn the_loop_leaves_on_a_signal_and_stays_when_the_command_exits() {
     let clock = Cell::new(Duration::ZERO);
     let run = |end: Ended, script: Vec<Event>| {
         let mut source = FakeSource {
-            events: [tick(vec![], 0)].into(),
+            events: [tick(vec![], 0).into()].into(),
             end: Some(end),
         };
         let mut input = Script {

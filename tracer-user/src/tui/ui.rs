@@ -7,7 +7,7 @@ use std::time::Duration;
 use ratatui::{
     layout::{Constraint, Layout, Rect},
     style::{Color, Modifier, Style, Stylize as _},
-    text::{Line, Span, Text},
+    text::{Line, Span},
     widgets::{Block, Cell, Clear, HighlightSpacing, Paragraph, Row, Table, TableState, Wrap},
     Frame,
 };
@@ -15,7 +15,7 @@ use ratatui::{
 use super::{
     app::{App, Focus, Screen, SortColumn},
     rate::WINDOW_SECS,
-    state::{key, killed},
+    state::{key, Dashboard},
 };
 use crate::{model::Request, sinks::summary::human_us};
 
@@ -31,8 +31,8 @@ pub fn draw(f: &mut Frame, app: &App) {
     draw_header(f, header, app);
     match app.screen {
         Screen::Main => draw_main(f, body, app),
-        Screen::Detail => draw_detail(f, body, app),
-        Screen::Frames => draw_frames(f, body),
+        Screen::Detail => super::detail::draw(f, body, app),
+        Screen::Frames => super::frames::draw(f, body, app),
     }
     draw_footer(f, footer, app);
     if app.help {
@@ -93,7 +93,7 @@ fn draw_main(f: &mut Frame, area: Rect, app: &App) {
     draw_slow(f, bottom, app);
 }
 
-fn pane(title: Line<'static>, focused: bool) -> Block<'static> {
+pub fn pane(title: Line<'static>, focused: bool) -> Block<'static> {
     let b = Block::bordered().title(title);
     if focused {
         b.border_style(Style::new().fg(Color::Cyan))
@@ -222,8 +222,8 @@ fn draw_endpoints(f: &mut Frame, area: Rect, app: &App) {
     f.render_stateful_widget(table, area, &mut state);
 }
 
-/// START, STATE, DURATION, (ENDPOINT), PID/TID.
-const SLOW_COLS: [u16; 4] = [8, 7, 8, 13];
+/// START, STATE, DURATION, CAPS, (ENDPOINT), PID/TID.
+const SLOW_COLS: [u16; 5] = [8, 7, 8, 4, 13];
 
 fn draw_slow(f: &mut Frame, area: Rect, app: &App) {
     let d = app.shown();
@@ -250,11 +250,12 @@ fn draw_slow(f: &mut Frame, area: Rect, app: &App) {
         return;
     }
     let fixed: u16 = SLOW_COLS.iter().sum();
-    let name_width = usize::from(area.width.saturating_sub(fixed + 4 + 3)).max(8);
+    let name_width = usize::from(area.width.saturating_sub(fixed + 5 + 3)).max(8);
     let header = Row::new([
         Cell::from("START"),
         Cell::from("STATE"),
         Cell::from(Line::from("DURATION").right_aligned()),
+        Cell::from(Line::from("CAPS").right_aligned()),
         Cell::from("ENDPOINT"),
         Cell::from("PID/TID"),
     ])
@@ -262,20 +263,26 @@ fn draw_slow(f: &mut Frame, area: Rect, app: &App) {
     let running: Vec<_> = d.slow_in_flight.iter().map(key).collect();
     let body = rows.iter().map(|r| {
         let is_running = r.end == "in_flight" || running.contains(&key(r));
-        let (state, style) = state_of(r, is_running);
+        let (state, style) = state_of(d, r, is_running);
         let mut dur = human_us(r.duration_us);
         if is_running {
             // Still going: at least this long.
             dur.push('+');
         }
+        // How many stacks Enter will show; blank until the agent has reported on it (captures
+        // follow the end of a request).
+        let caps = d
+            .captured(r)
+            .map_or(String::new(), |c| c.stacks.len().to_string());
         let row = Row::new([
             Cell::from(r.start.get(11..19).unwrap_or("-").to_owned()),
             Cell::from(state).style(style),
             Cell::from(Line::from(dur).right_aligned()),
+            Cell::from(Line::from(caps).right_aligned()),
             Cell::from(ellipsize_middle(&r.endpoint, name_width)),
             Cell::from(format!("{}/{}", r.pid, r.tid)),
         ]);
-        if killed(r) {
+        if d.is_killed(r) {
             row.style(Style::new().fg(Color::Red))
         } else {
             row
@@ -285,8 +292,9 @@ fn draw_slow(f: &mut Frame, area: Rect, app: &App) {
         Constraint::Length(SLOW_COLS[0]),
         Constraint::Length(SLOW_COLS[1]),
         Constraint::Length(SLOW_COLS[2]),
-        Constraint::Fill(1),
         Constraint::Length(SLOW_COLS[3]),
+        Constraint::Fill(1),
+        Constraint::Length(SLOW_COLS[4]),
     ];
     let table = Table::new(body, widths)
         .header(header)
@@ -302,8 +310,8 @@ fn draw_slow(f: &mut Frame, area: Rect, app: &App) {
 }
 
 /// The STATE column: what happened to the request, and how loudly to say it.
-fn state_of(r: &Request, running: bool) -> (String, Style) {
-    if killed(r) {
+pub fn state_of(d: &Dashboard, r: &Request, running: bool) -> (String, Style) {
+    if d.is_killed(r) {
         return ("KILLED".into(), Style::new().fg(Color::Red).bold());
     }
     if running {
@@ -314,114 +322,6 @@ fn state_of(r: &Request, running: bool) -> (String, Style) {
         Some(s) => (s.to_string(), Style::new()),
         None => ("-".into(), Style::new()),
     }
-}
-
-fn draw_detail(f: &mut Frame, area: Rect, app: &App) {
-    let [top, bottom] = Layout::vertical([Constraint::Min(0), Constraint::Length(5)]).areas(area);
-    let Some(r) = app.detail_request() else {
-        f.render_widget(
-            Paragraph::new("No request selected.").block(Block::bordered()),
-            top,
-        );
-        return;
-    };
-    let running =
-        r.end == "in_flight" || app.shown().slow_in_flight.iter().any(|f| key(f) == key(r));
-    let (state, style) = state_of(r, running);
-    let what = if killed(r) {
-        "its process died mid-request (killed or crashed worker)".to_owned()
-    } else if running {
-        "still in flight; the duration keeps growing".to_owned()
-    } else {
-        format!("finished, ended by {}", r.end)
-    };
-    let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
-    let field = |label: &'static str, value: String| {
-        Line::from(vec![
-            Span::styled(format!("{label:<11}"), Style::new().bold()),
-            Span::raw(value),
-        ])
-    };
-    let lines = vec![
-        field("endpoint", r.endpoint.clone()),
-        field("path", opt(&r.path)),
-        Line::from(vec![
-            Span::styled(format!("{:<11}", "state"), Style::new().bold()),
-            Span::styled(state, style),
-            Span::raw(format!(" — {what}")),
-        ]),
-        field(
-            "status",
-            format!(
-                "{}   duration {}{}   ttfb {}",
-                r.status.map_or("-".into(), |s| s.to_string()),
-                human_us(r.duration_us),
-                if running { "+" } else { "" },
-                r.ttfb_us.map_or("-".into(), human_us)
-            ),
-        ),
-        field("start", r.start.clone()),
-        field(
-            "process",
-            format!("pid {}   tid {}   comm {}", r.pid, r.tid, r.comm),
-        ),
-        field(
-            "connection",
-            format!(
-                "fd {}   local port {}   peer {}",
-                r.fd,
-                r.local_port.map_or("-".into(), |p| p.to_string()),
-                opt(&r.peer)
-            ),
-        ),
-        field(
-            "http",
-            format!("{} {}   host {}", r.protocol, opt(&r.method), opt(&r.host)),
-        ),
-        field("bytes", format!("in {}   out {}", r.bytes_in, r.bytes_out)),
-        field(
-            "keep-alive",
-            format!(
-                "request #{} on its connection{}",
-                r.seq,
-                r.pipeline_index
-                    .map_or(String::new(), |i| format!(", pipelined #{i}"))
-            ),
-        ),
-    ];
-    f.render_widget(
-        Paragraph::new(lines)
-            .block(Block::bordered().title(Line::from(" Slow request ").bold()))
-            .wrap(Wrap { trim: false }),
-        top,
-    );
-    f.render_widget(
-        Paragraph::new(
-            "No stack captures: top does not take them yet; they will be listed here. \
-             `slowtrace record` captures the stacks of slow requests (slow.jsonl, slow/*.txt).",
-        )
-        .block(Block::bordered().title(Line::from(" Captures ").bold()))
-        .wrap(Wrap { trim: true }),
-        bottom,
-    );
-}
-
-fn draw_frames(f: &mut Frame, area: Rect) {
-    let text = Text::from(vec![
-        Line::from(""),
-        Line::from("No hot frames to show.").bold(),
-        Line::from(""),
-        Line::from("top does not take stack captures yet."),
-        Line::from("`slowtrace record` does: slow.jsonl and slow/*.txt."),
-        Line::from("This view will rank the functions slow requests spend their time in."),
-    ])
-    .centered();
-    f.render_widget(
-        Paragraph::new(text)
-            .block(Block::bordered().title(Line::from(" Hot frames ").bold()))
-            .wrap(Wrap { trim: true }),
-        area,
-    );
 }
 
 fn draw_footer(f: &mut Frame, area: Rect, app: &App) {
@@ -448,7 +348,8 @@ fn draw_footer(f: &mut Frame, area: Rect, app: &App) {
             ],
             Screen::Detail => &[
                 ("Esc", "back"),
-                ("↑↓", "previous/next slow request"),
+                ("↑↓ PgUp PgDn", "scroll"),
+                ("←→", "previous/next request"),
                 ("q", "quit"),
                 ("?", "help"),
             ],
@@ -477,9 +378,13 @@ const HELP: &[(&str, &str)] = &[
     ("1 … 9", "sort by column N (again: reverse)"),
     ("Tab", "switch pane: endpoints / slow requests"),
     ("↑↓  j k", "move (PgUp PgDn); g top, follows newest; G end"),
-    ("Enter", "slow request: details; endpoint: its slow ones"),
-    ("f", "hot frames (top takes no stack captures yet)"),
-    ("e", "export requests.jsonl (see docs/top.md)"),
+    (
+        "Enter",
+        "slow request: details, captures; endpoint: its slow",
+    ),
+    ("←→  h l", "details: previous/next slow request (↑↓ scroll)"),
+    ("f", "hot frames: where captured slow requests were"),
+    ("e", "export requests.jsonl, slow.jsonl, slow/*.txt"),
 ];
 
 fn draw_help(f: &mut Frame, area: Rect) {
@@ -496,6 +401,7 @@ fn draw_help(f: &mut Frame, area: Rect) {
     lines.push(Line::from(format!(" REQ/S       over the last {WINDOW_SECS} seconds")).dim());
     lines.push(Line::from(" P50 … MAX   latency of finished requests").dim());
     lines.push(Line::from(" SLOW        finished requests at or over the threshold").dim());
+    lines.push(Line::from(" CAPS        stack captures taken of it (Enter shows them)").dim());
     let w = area.width.min(66);
     let h = area.height.min(lines.len() as u16 + 2);
     let popup = Rect {
