@@ -1,6 +1,7 @@
 //! Root test: `slowtrace top` in a real terminal. tmux gives it one (160×48, on a private tmux
-//! server), we drive the Python test server with curl, read the screen with `capture-pane`, press
-//! `q`, and check the process exited cleanly, gave the terminal back and exported its requests.
+//! server), we drive the Python test server with curl, read the screen with `capture-pane`, open
+//! the slow request's captures, press `q`, and check the process exited cleanly, gave the terminal
+//! back and exported its requests and slow requests.
 
 use std::{
     path::{Path, PathBuf},
@@ -151,6 +152,25 @@ fn top_shows_endpoints_and_slow_requests_live_and_quits_cleanly() {
         done.unwrap_or_else(|s| panic!("GET /hello ×5 and a finished slow GET /sleep:\n{s}"));
     eprintln!("after:\n{done}");
 
+    // The slow pane has the focus and its top row (the newest slow request, /sleep) selected:
+    // Enter opens it. Its captures follow its end by up to a few seconds; the handler's Python
+    // frame, blocked in time.sleep, is in them.
+    tmux.keys("Enter");
+    let detail = tmux.wait_for(Duration::from_secs(10), |s| {
+        s.contains("Slow request") && s.contains("GET /sleep") && s.contains("do_GET")
+    });
+    let detail = detail.unwrap_or_else(|s| panic!("no do_GET frame in the detail view:\n{s}"));
+    eprintln!("detail of the slow request:\n{detail}");
+    assert!(
+        detail.contains("Traceback (most recent call last):"),
+        "{detail}"
+    );
+    assert!(
+        detail.contains("clock_nanosleep"),
+        "blocked in time.sleep: {detail}"
+    );
+    tmux.keys("Escape");
+
     tmux.keys("q");
     let start = Instant::now();
     let exit = loop {
@@ -181,4 +201,19 @@ fn top_shows_endpoints_and_slow_requests_live_and_quits_cleanly() {
         .collect();
     assert_eq!(sleep.len(), 1, "{records:#?}");
     assert!(sleep[0]["duration_us"].as_u64().unwrap() >= 1_500_000);
+
+    // The slow request went to slow.jsonl with its captures, and to a report, as with record.
+    let slow = read_records(&export.join("slow.jsonl"));
+    assert_eq!(slow.len(), 1, "{slow:#?}");
+    assert_eq!(slow[0]["endpoint"], "GET /sleep");
+    let has_do_get = slow[0]["captures"].as_array().unwrap().iter().any(|c| {
+        c["python"].as_array().unwrap().iter().any(|f| {
+            f["function"]
+                .as_str()
+                .is_some_and(|f| f.ends_with("do_GET"))
+        })
+    });
+    assert!(has_do_get, "{:#}", slow[0]);
+    let reports = std::fs::read_dir(export.join("slow")).unwrap().count();
+    assert_eq!(reports, 1);
 }

@@ -277,7 +277,11 @@ impl Generator {
         } else {
             1 + self.next() % 50
         };
-        let status = if self.next().is_multiple_of(100) { 500 } else { 200 };
+        let status = if self.next().is_multiple_of(100) {
+            500
+        } else {
+            200
+        };
         let r = synthetic(n, e, ms * 1000, status);
         if slow {
             let s = self.slow(r.clone());

@@ -199,7 +199,7 @@ fn capture_lines(
         // A thread that sleeps through several captures: say so instead of repeating them.
         let same_as = c.stacks[..i]
             .iter()
-            .rposition(|prev| !st.is_empty() && prev.same_frames(st));
+            .position(|prev| !st.is_empty() && prev.same_frames(st));
         stack(&mut out, i + 1, st, same_as.map(|j| j + 1));
     }
     if c.missed > 0 {
