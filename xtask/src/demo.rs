@@ -11,7 +11,6 @@ use anyhow::{bail, Context as _};
 
 use crate::{setup, util};
 
-
 /// Kills the child when dropped, so an error never leaves a server behind.
 struct Guard(Child);
 
@@ -30,7 +29,9 @@ extern "C" {
 
 pub fn run(duration: &str) -> anyhow::Result<()> {
     // A free port, so a server already on some fixed port is never mistaken for the demo.
-    let port_num = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port_num = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     setup::run(true)?;
     util::build_release()?;
     let root = util::root();

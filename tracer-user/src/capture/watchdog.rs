@@ -110,7 +110,8 @@ impl Watchdog {
             });
             if now_ns >= w.next_ns && w.taken < p.max_captures {
                 w.taken += 1;
-                w.next_ns = now_ns + p.resample_ns;
+                // The scan's own jitter must not push every other resample to the next tick.
+                w.next_ns = now_ns + p.resample_ns - p.resample_ns / 10;
                 plan.jobs.push(Job {
                     key: r.key,
                     pid: r.pid,

@@ -184,8 +184,15 @@ impl Reader {
 /// them. A sample taken while the thread ran in user space has nothing left, as it should.
 fn without_probe_frames(frames: Vec<Frame>) -> Vec<Frame> {
     const MACHINERY: [&str; 9] = [
-        "bpf_", "__bpf_", "__traceiter_", "perf_", "__perf_", "asm_sysvec_", "sysvec_",
-        "__sysvec_", "hrtimer_",
+        "bpf_",
+        "__bpf_",
+        "__traceiter_",
+        "perf_",
+        "__perf_",
+        "asm_sysvec_",
+        "sysvec_",
+        "__sysvec_",
+        "hrtimer_",
     ];
     let cut = frames
         .iter()
@@ -208,7 +215,12 @@ mod tests {
     use super::*;
 
     fn f(name: &str) -> Frame {
-        Frame { function: name.into(), file: None, line: None, module: None }
+        Frame {
+            function: name.into(),
+            file: None,
+            line: None,
+            module: None,
+        }
     }
 
     #[test]
@@ -221,9 +233,16 @@ mod tests {
             f("schedule"),
             f("do_nanosleep"),
         ];
-        let names: Vec<String> = without_probe_frames(off).into_iter().map(|x| x.function).collect();
+        let names: Vec<String> = without_probe_frames(off)
+            .into_iter()
+            .map(|x| x.function)
+            .collect();
         assert_eq!(names, ["__schedule", "schedule", "do_nanosleep"]);
-        let in_user = vec![f("bpf_prog_x"), f("perf_swevent_hrtimer"), f("asm_sysvec_apic_timer_interrupt")];
+        let in_user = vec![
+            f("bpf_prog_x"),
+            f("perf_swevent_hrtimer"),
+            f("asm_sysvec_apic_timer_interrupt"),
+        ];
         assert!(without_probe_frames(in_user).is_empty());
     }
 }
