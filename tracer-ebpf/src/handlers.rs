@@ -110,7 +110,7 @@ pub fn handler_return(_ctx: RetProbeContext) -> u32 {
             }
         }
     }
-    rec.submit(0);
+    rec.submit(crate::io::wake_flags(&HANDLER_EVENTS, 256 * 1024));
     count(Counter::Events);
     if st.depth == 0 {
         let _ = HSTACK.remove(&tid);

@@ -22,9 +22,25 @@ fn arg(ctx: &TracePointContext, i: usize) -> u64 {
     unsafe { ctx.read_at::<u64>(16 + 8 * i) }.unwrap_or(0)
 }
 
+/// Waking user space for every record costs a wakeup (and a context switch) per request; user
+/// space drains on a short timer instead, and is woken only when the ring fills up.
+const WAKE_AT_BYTES: u64 = 2 * 1024 * 1024;
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+
+#[inline(always)]
+pub fn wake_flags(ring: &aya_ebpf::maps::RingBuf, at: u64) -> u64 {
+    if ring.query(BPF_RB_AVAIL_DATA) >= at {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    }
+}
+
 #[inline(always)]
 fn emit(r: &RequestRecord) {
-    match EVENTS.output::<RequestRecord>(r, 0) {
+    match EVENTS.output::<RequestRecord>(r, wake_flags(&EVENTS, WAKE_AT_BYTES)) {
         Ok(()) => count(Counter::Events),
         Err(_) => count(Counter::RingFull),
     }

@@ -10,7 +10,7 @@
 
 mod capture;
 mod handlers;
-mod io;
+pub mod io;
 mod maps;
 mod procs;
 

@@ -35,6 +35,9 @@ use crate::{
 /// in-flight requests).
 pub const SCAN_EVERY: Duration = Duration::from_millis(250);
 
+/// How often the ring buffers are drained without a wakeup from the kernel.
+const DRAIN_EVERY: Duration = Duration::from_millis(50);
+
 /// What the agent tells its consumer.
 #[derive(Debug, Clone)]
 pub enum AgentEvent {
@@ -477,6 +480,10 @@ impl Agent {
             ),
             None => None,
         };
+        // The kernel wakes us only when its ring fills up (a wakeup per request would cost more
+        // than the request): drain on this short timer.
+        let mut drain_tick = tokio::time::interval(DRAIN_EVERY);
+        drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut tick = tokio::time::interval(SCAN_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let deadline = tokio::time::sleep(duration.unwrap_or(Duration::from_secs(u64::MAX / 4)));
@@ -495,7 +502,14 @@ impl Agent {
                     self.drain_handlers(guard.get_inner_mut(), out)?;
                     guard.clear_ready();
                 }
+                _ = drain_tick.tick() => {
+                    self.drain(ring.get_mut(), out)?;
+                    if let Some(h) = handler_ring.as_mut() {
+                        self.drain_handlers(h.get_mut(), out)?;
+                    }
+                }
                 _ = tick.tick() => {
+                    self.drain(ring.get_mut(), out)?;
                     self.scan(out)?;
                     if stop.load(Ordering::Relaxed) {
                         break Stop::Requested;
