@@ -126,6 +126,19 @@ pub fn wait_port(port: u16) {
     panic!("nothing listens on {port}");
 }
 
+/// Build tests/servers/native_server.c with frame pointers and debug info into `dir`.
+pub fn build_native_server(dir: &Path) -> PathBuf {
+    let exe = dir.join("native_server");
+    let st = Command::new("gcc")
+        .args(["-O1", "-g", "-fno-omit-frame-pointer", "-o"])
+        .arg(&exe)
+        .arg(server_script("native_server.c"))
+        .status()
+        .expect("gcc");
+    assert!(st.success(), "building the native test server");
+    exe
+}
+
 /// A free TCP port on 127.0.0.1 (for servers that need one up front).
 pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -1,24 +1,11 @@
 //! Root tests: `--handler` uprobes on a native server, and the opt-in `--interrupt-after`.
 
 use std::{
-    path::PathBuf,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use integration_tests::*;
-
-fn build_native(dir: &std::path::Path) -> PathBuf {
-    let exe = dir.join("native_server");
-    let st = Command::new("gcc")
-        .args(["-O1", "-g", "-fno-omit-frame-pointer", "-o"])
-        .arg(&exe)
-        .arg(server_script("native_server.c"))
-        .status()
-        .unwrap();
-    assert!(st.success());
-    exe
-}
 
 fn jsonl(path: &std::path::Path) -> Vec<serde_json::Value> {
     read_records(path)
@@ -30,7 +17,7 @@ fn handler_calls_match_requests() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let exe = build_native(dir.path());
+    let exe = build_native_server(dir.path());
     let mut server = Proc::spawn(Command::new(&exe).stdout(Stdio::piped()));
     let port = read_port(server.child.stdout.take().unwrap());
     let handler = format!("{}:handle_request", exe.display());
@@ -120,7 +107,7 @@ fn unknown_handler_lists_closest_symbols() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let exe = build_native(dir.path());
+    let exe = build_native_server(dir.path());
     let out = Command::new(slowtrace_bin())
         .args(["record", "--pid", &std::process::id().to_string(), "-o"])
         .arg(dir.path().join("out"))

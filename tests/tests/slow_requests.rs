@@ -238,14 +238,7 @@ fn native_handler_is_named_in_native_frames() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let exe = dir.path().join("native_server");
-    let st = Command::new("gcc")
-        .args(["-O1", "-g", "-fno-omit-frame-pointer", "-o"])
-        .arg(&exe)
-        .arg(server_script("native_server.c"))
-        .status()
-        .unwrap();
-    assert!(st.success());
+    let exe = build_native_server(dir.path());
     let mut server = Proc::spawn(Command::new(&exe).stdout(Stdio::piped()));
     let port = read_port(server.child.stdout.take().unwrap());
     let trace = Trace::start(&["--pid", &server.pid().to_string(), "--threshold", "500ms"]);

@@ -47,8 +47,7 @@ impl HandlerCall {
         req_prefix: Option<&[u8]>,
         ctx: &Context,
     ) -> Self {
-        let start_us =
-            u64::try_from((i128::from(r.start_ns) + ctx.mono_to_unix_ns) / 1000).unwrap_or(0);
+        let (start_us, start) = ctx.unix_time(r.start_ns);
         let request = (r.conn_id != 0).then(|| Enclosing {
             seq: r.seq,
             endpoint: req_prefix.and_then(|b| match http::parse_request(b, 0) {
@@ -58,10 +57,7 @@ impl HandlerCall {
         });
         Self {
             start_us,
-            start: humantime::format_rfc3339_micros(
-                std::time::UNIX_EPOCH + std::time::Duration::from_micros(start_us),
-            )
-            .to_string(),
+            start,
             pid: r.tgid,
             tid: r.tid,
             handler: handler.name.clone(),

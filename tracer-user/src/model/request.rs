@@ -18,6 +18,18 @@ pub struct Context {
     pub mono_to_unix_ns: i128,
 }
 
+impl Context {
+    /// A kernel (monotonic) timestamp as Unix µs and RFC 3339.
+    pub fn unix_time(&self, mono_ns: u64) -> (u64, String) {
+        let us = u64::try_from((i128::from(mono_ns) + self.mono_to_unix_ns) / 1000).unwrap_or(0);
+        let text = humantime::format_rfc3339_micros(
+            std::time::UNIX_EPOCH + std::time::Duration::from_micros(us),
+        )
+        .to_string();
+        (us, text)
+    }
+}
+
 /// One line of requests.jsonl (docs/output-formats.md).
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Request {
@@ -97,14 +109,10 @@ impl Request {
             EndReason::ProcessExit if r.end_ns == 0 => now_ns,
             _ => r.end_ns.max(r.start_ns),
         };
-        let start_unix_ns = i128::from(r.start_ns) + ctx.mono_to_unix_ns;
-        let start_us = u64::try_from(start_unix_ns / 1000).unwrap_or(0);
+        let (start_us, start) = ctx.unix_time(r.start_ns);
         Self {
             start_us,
-            start: humantime::format_rfc3339_micros(
-                std::time::UNIX_EPOCH + std::time::Duration::from_micros(start_us),
-            )
-            .to_string(),
+            start,
             pid: r.tgid,
             tid: r.tid,
             comm: cstr(&r.comm),
