@@ -54,7 +54,8 @@ class Handler(BaseHTTPRequestHandler):
 
 def serve_threading(limit=None):
     Handler.limit = limit
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    # SLOWTRACE_TEST_PORT: a fixed port, for servers that start after slowtrace watches it.
+    srv = ThreadingHTTPServer(("127.0.0.1", int(os.environ.get("SLOWTRACE_TEST_PORT", "0"))), Handler)
     print("PORT", srv.server_address[1], flush=True)
     srv.serve_forever()
 

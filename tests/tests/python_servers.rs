@@ -218,3 +218,27 @@ fn launched_command_is_traced_and_ends_the_trace() {
     let records = read_records(&dir.path().join("requests.jsonl"));
     assert_eq!(records.len(), 5, "{records:#?}");
 }
+
+#[test]
+fn port_target_that_starts_later_is_traced() {
+    if !root_or_skip("port_target_that_starts_later_is_traced") {
+        return;
+    }
+    let port = free_port();
+    let trace = Trace::start(&["--port", &port.to_string()]);
+    // Only now does a server bind the port: sys_enter_bind makes it a target.
+    let mut server = Proc::spawn(
+        std::process::Command::new(python())
+            .arg(server_script("pyserver.py"))
+            .arg("threading")
+            .env("SLOWTRACE_TEST_PORT", port.to_string())
+            .stdout(std::process::Stdio::piped()),
+    );
+    assert_eq!(read_port(server.child.stdout.take().unwrap()), port);
+    for i in 0..3 {
+        assert_eq!(curl(&[url(port, &format!("/users/{i}"))]), [200]);
+    }
+    let done = trace.stop();
+    assert_eq!(done.records.len(), 3, "{:#?}", done.records);
+    assert!(done.stdout.contains("1 port binds"), "{}", done.stdout);
+}

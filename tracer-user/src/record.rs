@@ -159,7 +159,7 @@ pub fn run(cfg: RecordConfig) -> anyhow::Result<ExitCode> {
 pub fn loss_report(c: &Counters) -> Vec<String> {
     let dropped = c.get(Counter::RingFull);
     let mut lines = vec![format!(
-        "kernel: {} request events, {} dropped (ring buffer full), {} connections untracked \
+        "kernel: {} events (requests and handler calls), {} dropped (ring buffer full), {} connections untracked \
          (map full), {} prefix read faults, {} tasks followed (forked processes and threads), {} port binds",
         c.get(Counter::Events),
         dropped,

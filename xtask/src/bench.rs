@@ -274,7 +274,7 @@ fn wait_for_line(child: &mut Child, prefix: &str) -> anyhow::Result<()> {
     bail!("slowtrace exited before tracing")
 }
 
-/// "kernel: N request events, M dropped ..." from the summary.
+/// "kernel: N events (requests and handler calls), M dropped ..." from the summary.
 fn parse_kernel_line(summary: &str) -> Option<(u64, u64)> {
     let line = summary.lines().find(|l| l.starts_with("kernel: "))?;
     let mut nums = line
@@ -616,7 +616,7 @@ mod tests {
 
     #[test]
     fn parses_kernel_line() {
-        let s = "x\nkernel: 1234 request events, 5 dropped (ring buffer full), 0 connections\n";
+        let s = "x\nkernel: 1234 events (requests and handler calls), 5 dropped (ring buffer full), 0 connections\n";
         assert_eq!(parse_kernel_line(s), Some((1234, 5)));
     }
 }
