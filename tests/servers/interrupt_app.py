@@ -1,5 +1,7 @@
 """WSGI app for the --interrupt-after test: SIGALRM raises in the running view (interruptingcow's
 idea), so a runaway request fails with a 500 instead of waiting for the server's hard kill."""
+import faulthandler
+import os
 import signal
 import time
 
@@ -13,6 +15,10 @@ def _raise(signum, frame):
 
 
 signal.signal(signal.SIGALRM, _raise)
+
+# For --dump-signal: the app's own traceback dump, the cooperative way.
+if os.environ.get("DUMP_FILE"):
+    faulthandler.register(signal.SIGUSR2, file=open(os.environ["DUMP_FILE"], "w"), all_threads=True)
 
 
 def app(environ, start_response):

@@ -194,3 +194,49 @@ fn interrupt_is_refused_for_a_process_that_does_not_catch_it() {
         "the server is alive"
     );
 }
+
+#[test]
+fn dump_signal_lets_the_app_dump_its_own_traceback() {
+    if !root_or_skip("dump_signal_lets_the_app_dump_its_own_traceback") {
+        return;
+    }
+    let port = free_port();
+    let dump = tempfile::NamedTempFile::new().unwrap();
+    let master = Proc::spawn(
+        Command::new(venv().join("bin/gunicorn"))
+            .current_dir(server_script(""))
+            .env("DUMP_FILE", dump.path())
+            .args([
+                "--workers",
+                "1",
+                "--bind",
+                &format!("127.0.0.1:{port}"),
+                "--log-level",
+                "critical",
+            ])
+            .arg("interrupt_app:app")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    wait_port(port);
+    std::thread::sleep(Duration::from_secs(1));
+    let trace = Trace::start(&[
+        "--pid",
+        &master.pid().to_string(),
+        "--threshold",
+        "1s",
+        "--dump-signal",
+        "SIGUSR2",
+    ]);
+    // The view sleeps 5 s; faulthandler's handler is not an exception, so it keeps sleeping.
+    assert_eq!(curl(&[format!("http://127.0.0.1:{port}/slow")]), [200]);
+    let done = trace.stop();
+    let r = &done.with_endpoint("GET /slow")[0];
+    assert_eq!(r["signals"][0]["signal"], "SIGUSR2", "{r:#?}");
+    assert_eq!(r["signals"][0]["why"], "dump");
+    let text = std::fs::read_to_string(dump.path()).unwrap();
+    assert!(
+        text.contains("interrupt_app.py") && text.contains("in app"),
+        "faulthandler dump: {text}"
+    );
+}
