@@ -123,29 +123,39 @@ fn unknown_handler_lists_closest_symbols() {
     );
 }
 
+/// gunicorn, one sync worker, serving tests/servers/interrupt_app.py (SIGALRM raises; with a
+/// dump file, faulthandler dumps on SIGUSR2).
+fn interrupt_app(dump: Option<&std::path::Path>) -> (Proc, u16) {
+    let port = free_port();
+    let mut cmd = Command::new(venv().join("bin/gunicorn"));
+    cmd.current_dir(server_script(""))
+        .args([
+            "--workers",
+            "1",
+            "--bind",
+            &format!("127.0.0.1:{port}"),
+            "--log-level",
+            "critical",
+        ])
+        .arg("interrupt_app:app")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if let Some(d) = dump {
+        cmd.env("DUMP_FILE", d);
+    }
+    let master = Proc::spawn(&mut cmd);
+    wait_port(port);
+    // The worker imports the app (and installs its handlers) after the master listens.
+    std::thread::sleep(Duration::from_secs(1));
+    (master, port)
+}
+
 #[test]
 fn interrupt_after_fails_a_runaway_request_early() {
     if !root_or_skip("interrupt_after_fails_a_runaway_request_early") {
         return;
     }
-    let port = free_port();
-    let master = Proc::spawn(
-        Command::new(venv().join("bin/gunicorn"))
-            .current_dir(server_script(""))
-            .args([
-                "--workers",
-                "1",
-                "--bind",
-                &format!("127.0.0.1:{port}"),
-                "--log-level",
-                "critical",
-            ])
-            .arg("interrupt_app:app")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
-    wait_port(port);
-    std::thread::sleep(Duration::from_secs(1));
+    let (master, port) = interrupt_app(None);
     let trace = Trace::start(&[
         "--pid",
         &master.pid().to_string(),
@@ -200,26 +210,8 @@ fn dump_signal_lets_the_app_dump_its_own_traceback() {
     if !root_or_skip("dump_signal_lets_the_app_dump_its_own_traceback") {
         return;
     }
-    let port = free_port();
     let dump = tempfile::NamedTempFile::new().unwrap();
-    let master = Proc::spawn(
-        Command::new(venv().join("bin/gunicorn"))
-            .current_dir(server_script(""))
-            .env("DUMP_FILE", dump.path())
-            .args([
-                "--workers",
-                "1",
-                "--bind",
-                &format!("127.0.0.1:{port}"),
-                "--log-level",
-                "critical",
-            ])
-            .arg("interrupt_app:app")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
-    wait_port(port);
-    std::thread::sleep(Duration::from_secs(1));
+    let (master, port) = interrupt_app(Some(dump.path()));
     let trace = Trace::start(&[
         "--pid",
         &master.pid().to_string(),
