@@ -191,6 +191,13 @@ impl Capturing {
         req: &Request,
     ) -> Option<Killed> {
         let died = end == EndReason::ProcessExit;
+        // Each look-up is two map syscalls: only requests that could have been killed pay them
+        // (slow ones, 5xx answers such as gunicorn's after SIGABRT, and dead processes), not
+        // every fast 200.
+        let threshold_us = self.watchdog.policy().threshold_ns / 1000;
+        if !died && !req.is_5xx() && req.duration_us < threshold_us {
+            return None;
+        }
         let end_ns = r.start_ns + req.duration_us * 1000;
         let note = [r.tid, r.tgid]
             .iter()

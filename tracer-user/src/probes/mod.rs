@@ -142,18 +142,7 @@ impl Probes {
             .map_err(|e| ProbeError::Load(Box::new(e)))?;
         let mut attached = 0;
         for &(name, category, tracepoints) in ATTACH {
-            let prog: &mut TracePoint = ebpf
-                .program_mut(name)
-                .ok_or(ProbeError::MissingProgram(name))?
-                .try_into()
-                .map_err(|source| ProbeError::Program {
-                    name,
-                    source: Box::new(source),
-                })?;
-            prog.load().map_err(|source| ProbeError::Program {
-                name,
-                source: Box::new(source),
-            })?;
+            let prog: &mut TracePoint = loaded(&mut ebpf, name)?;
             for &tracepoint in tracepoints {
                 prog.attach(category, tracepoint)
                     .map_err(|source| ProbeError::Attach {
@@ -231,19 +220,7 @@ impl Probes {
     ) -> Result<(), ProbeError> {
         use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope};
         for name in ["handler_entry", "handler_return"] {
-            let prog: &mut aya::programs::UProbe = self
-                ._ebpf
-                .program_mut(name)
-                .ok_or(ProbeError::MissingProgram(name))?
-                .try_into()
-                .map_err(|source| ProbeError::Program {
-                    name,
-                    source: Box::new(source),
-                })?;
-            prog.load().map_err(|source| ProbeError::Program {
-                name,
-                source: Box::new(source),
-            })?;
+            let prog: &mut aya::programs::UProbe = loaded(&mut self._ebpf, name)?;
             for (i, h) in handlers.iter().enumerate() {
                 let point = UProbeAttachPoint {
                     location: UProbeAttachLocation::Symbol(&h.symbol),
@@ -350,6 +327,44 @@ fn attach_capture(ebpf: &mut Ebpf) -> Vec<String> {
         None => note("signal notes", &"program missing"),
     }
     degraded
+}
+
+/// A program of the object, as its type, loaded into the kernel.
+fn loaded<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, ProbeError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+    T: ProgramLoad,
+{
+    let prog: &mut T = ebpf
+        .program_mut(name)
+        .ok_or(ProbeError::MissingProgram(name))?
+        .try_into()
+        .map_err(|source| ProbeError::Program {
+            name,
+            source: Box::new(source),
+        })?;
+    prog.load_it().map_err(|source| ProbeError::Program {
+        name,
+        source: Box::new(source),
+    })?;
+    Ok(prog)
+}
+
+/// The `load()` that tracepoint and uprobe programs share without a common trait in aya.
+trait ProgramLoad {
+    fn load_it(&mut self) -> Result<(), aya::programs::ProgramError>;
+}
+
+impl ProgramLoad for TracePoint {
+    fn load_it(&mut self) -> Result<(), aya::programs::ProgramError> {
+        self.load()
+    }
+}
+
+impl ProgramLoad for aya::programs::UProbe {
+    fn load_it(&mut self) -> Result<(), aya::programs::ProgramError> {
+        self.load()
+    }
 }
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, ProbeError> {

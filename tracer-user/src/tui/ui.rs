@@ -209,17 +209,13 @@ fn draw_endpoints(f: &mut Frame, area: Rect, app: &App) {
         SortColumn::Endpoint => Constraint::Fill(1),
         c => Constraint::Length(column_width(*c)),
     });
-    let table = Table::new(body, widths)
-        .header(header)
-        .block(block)
-        .highlight_spacing(HighlightSpacing::Always)
-        .highlight_symbol(SELECTED)
-        .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED));
-    let mut state = TableState::default();
-    if app.focus == Focus::Endpoints {
-        state.select(Some(app.selected_endpoint_index(&rows)));
-    }
-    f.render_stateful_widget(table, area, &mut state);
+    let selected = (app.focus == Focus::Endpoints).then(|| app.selected_endpoint_index(&rows));
+    render_selectable(
+        f,
+        area,
+        Table::new(body, widths).header(header).block(block),
+        selected,
+    );
 }
 
 /// START, STATE, DURATION, CAPS, (ENDPOINT), PID/TID.
@@ -296,16 +292,23 @@ fn draw_slow(f: &mut Frame, area: Rect, app: &App) {
         Constraint::Fill(1),
         Constraint::Length(SLOW_COLS[4]),
     ];
-    let table = Table::new(body, widths)
-        .header(header)
-        .block(block)
+    let selected = (app.focus == Focus::Slow).then(|| app.selected_slow_index(&rows));
+    render_selectable(
+        f,
+        area,
+        Table::new(body, widths).header(header).block(block),
+        selected,
+    );
+}
+
+/// Both panes draw their rows the same way: the selection marked and reversed when focused.
+fn render_selectable(f: &mut Frame, area: Rect, table: Table<'_>, selected: Option<usize>) {
+    let table = table
         .highlight_spacing(HighlightSpacing::Always)
         .highlight_symbol(SELECTED)
         .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED));
     let mut state = TableState::default();
-    if app.focus == Focus::Slow {
-        state.select(Some(app.selected_slow_index(&rows)));
-    }
+    state.select(selected);
     f.render_stateful_widget(table, area, &mut state);
 }
 
