@@ -18,10 +18,16 @@ pub enum Counter {
     Forks = 5,
     /// Processes added because they bound a watched port.
     PortBinds = 6,
+    /// Profiling samples written (on-CPU and off-CPU).
+    Samples = 7,
+    /// Profiling samples lost: the sample ring buffer was full.
+    SampleRingFull = 8,
+    /// Off-CPU intervals not recorded: the per-thread pending map was full.
+    OffCpuMapFull = 9,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 10;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Self::Events,
         Self::RingFull,
@@ -30,6 +36,9 @@ impl Counter {
         Self::PrefixFault,
         Self::Forks,
         Self::PortBinds,
+        Self::Samples,
+        Self::SampleRingFull,
+        Self::OffCpuMapFull,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -41,6 +50,9 @@ impl Counter {
             Self::PrefixFault => "prefix_read_faults",
             Self::Forks => "tasks_followed",
             Self::PortBinds => "port_binds",
+            Self::Samples => "profile_samples",
+            Self::SampleRingFull => "sample_ring_full_drops",
+            Self::OffCpuMapFull => "off_cpu_map_full",
         }
     }
 }

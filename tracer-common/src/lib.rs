@@ -8,9 +8,11 @@
 
 pub mod conn;
 pub mod counters;
+pub mod profile;
 
 pub use conn::{ConnKey, ConnState, EndReason, Phase, RequestRecord};
 pub use counters::Counter;
+pub use profile::{ProfileRecord, PyFrameRaw, PyProcLayout};
 
 /// Bytes of the request kept per request: the request line and, usually, `Host`. Never the body.
 pub const REQ_PREFIX: usize = 256;
@@ -37,6 +39,9 @@ pub struct TracepointOffsets {
     /// `signal:signal_generate`: the signal number and the receiving task.
     pub signal_sig: u32,
     pub signal_pid: u32,
+    /// `sched:sched_switch`: the state the previous task left in, and the next task's pid.
+    pub switch_prev_state: u32,
+    pub switch_next_pid: u32,
 }
 
 /// Where a watched thread was, as stack-trace-map ids (negative: not captured).
@@ -120,4 +125,6 @@ mod pod {
     unsafe impl aya::Pod for super::HandlerRecord {}
     unsafe impl aya::Pod for super::HandlerStack {}
     unsafe impl aya::Pod for super::CurrentRequest {}
+    unsafe impl aya::Pod for super::ProfileRecord {}
+    unsafe impl aya::Pod for super::PyProcLayout {}
 }

@@ -54,9 +54,13 @@ fn sample<C: EbpfContext + StackIdContext>(ctx: &C, into: &HashMap<u32, StackSam
     let _ = into.insert(&tid, &s, 0);
 }
 
+/// One perf event per CPU serves both the slow-request captures (watched threads) and the
+/// continuous profile (every target thread).
 #[perf_event]
 pub fn on_cpu_sample(ctx: PerfEventContext) -> u32 {
     sample(&ctx, &ON_CPU);
+    let id = bpf_get_current_pid_tgid();
+    crate::profile::on_cpu(&ctx, (id >> 32) as u32, id as u32);
     0
 }
 

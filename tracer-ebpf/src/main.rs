@@ -13,6 +13,8 @@ mod handlers;
 pub mod io;
 mod maps;
 mod procs;
+mod profile;
+mod pywalk;
 
 #[cfg(not(test))]
 #[panic_handler]

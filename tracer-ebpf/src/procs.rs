@@ -16,6 +16,8 @@ pub static OFFSETS: TracepointOffsets = TracepointOffsets {
     fork_child_pid: 20,
     signal_sig: 8,
     signal_pid: 36,
+    switch_prev_state: 32,
+    switch_next_pid: 56,
 };
 
 /// A traced process forked: trace the child (gunicorn/uWSGI workers, nginx workers, respawns).
@@ -30,6 +32,12 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     if let Ok(child) = unsafe { ctx.read_at::<i32>(off.fork_child_pid as usize) } {
         if TARGETS.insert(&(child as u32), &target::FORKED, 0).is_ok() {
             count(Counter::Forks);
+        }
+        // A forked child has the parent's memory, so the parent's Python layout (runtime
+        // address included) is the child's: its samples get Python frames from the start.
+        if let Some(l) = unsafe { crate::pywalk::PY_PROCS.get(&tgid) } {
+            let l = *l;
+            let _ = crate::pywalk::PY_PROCS.insert(&(child as u32), &l, 0);
         }
     }
     0
@@ -47,6 +55,8 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     let _ = TARGETS.remove(&tid);
     let _ = crate::handlers::HSTACK.remove(&tid);
     let _ = crate::handlers::CURRENT.remove(&tid);
+    let _ = crate::pywalk::PY_PROCS.remove(&tid);
+    crate::profile::forget_thread(tid);
     0
 }
 

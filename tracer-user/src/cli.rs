@@ -126,6 +126,20 @@ pub struct RecordArgs {
     #[command(flatten)]
     pub capture: CaptureArgs,
 
+    #[command(flatten)]
+    pub profile: ProfileArgs,
+
+    /// Write flamegraphs: DIR/cpu.folded and cpu.svg (on-CPU samples), DIR/wall.folded and
+    /// wall.svg (wall-clock time inside requests: on-CPU plus time blocked, charged to the stack
+    /// where the thread blocked), DIR/profile.speedscope.json, and DIR/slow/<id>.svg for each slow
+    /// request. The root frame is the endpoint. Adds an off-CPU probe on sched_switch.
+    #[arg(long)]
+    pub flamegraph: bool,
+
+    /// With --flamegraph: keep only endpoints matching this glob, e.g. 'GET /api/*'.
+    #[arg(long, value_name = "PATTERN", requires = "flamegraph")]
+    pub endpoint: Option<String>,
+
     /// A keep-alive connection quiet this long after a response ends that request.
     /// The next request or a close ends it sooner.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "500ms",
@@ -145,6 +159,9 @@ pub struct TopArgs {
     #[command(flatten)]
     pub capture: CaptureArgs,
 
+    #[command(flatten)]
+    pub profile: ProfileArgs,
+
     /// A keep-alive connection quiet this long after a response ends that request.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "500ms",
           value_name = "DURATION", hide_short_help = true)]
@@ -155,6 +172,16 @@ pub struct TopArgs {
     /// directory, deleted on exit unless `e` was pressed (which exports to ./slowtrace-out).
     #[arg(long, value_name = "DIR")]
     pub export: Option<PathBuf>,
+}
+
+/// Continuous profiling.
+#[derive(Debug, Args, Clone)]
+pub struct ProfileArgs {
+    /// Sample every traced thread this often while it runs (perf event, all CPUs): the CPU
+    /// profile behind the flamegraphs and top's hot frames. Each sample carries its request's
+    /// endpoint and, for CPython 3.11-3.13, the Python frames at that instant. 0 turns it off.
+    #[arg(long, default_value_t = 99, value_name = "HZ")]
+    pub sample_hz: u64,
 }
 
 /// When and how often to capture where a slow request is.

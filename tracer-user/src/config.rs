@@ -32,6 +32,43 @@ pub enum ConfigError {
     Handler(#[from] crate::handlers::HandlerError),
     #[error(transparent)]
     Act(#[from] crate::act::ActError),
+    #[error("--sample-hz {0}: use 1 to {MAX_SAMPLE_HZ} (or 0 to turn sampling off)")]
+    SampleHz(u64),
+    #[error("--endpoint {pattern:?}: {source}")]
+    EndpointPattern {
+        pattern: String,
+        source: glob::PatternError,
+    },
+}
+
+/// Above this the sampler itself would be the hotspot.
+pub const MAX_SAMPLE_HZ: u64 = 1000;
+
+fn profile_config(
+    a: &crate::cli::ProfileArgs,
+    flamegraph: Option<(&Path, Option<&str>)>,
+) -> Result<Option<crate::profile::ProfilerConfig>, ConfigError> {
+    if a.sample_hz > MAX_SAMPLE_HZ {
+        return Err(ConfigError::SampleHz(a.sample_hz));
+    }
+    let endpoint = match flamegraph.and_then(|(_, e)| e) {
+        Some(p) => Some(
+            glob::Pattern::new(p).map_err(|source| ConfigError::EndpointPattern {
+                pattern: p.to_owned(),
+                source,
+            })?,
+        ),
+        None => None,
+    };
+    if a.sample_hz == 0 && flamegraph.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(crate::profile::ProfilerConfig {
+        sample_hz: a.sample_hz,
+        out_dir: flamegraph.map(|(d, _)| d.to_owned()),
+        endpoint,
+        wall: flamegraph.is_some(),
+    }))
 }
 
 #[derive(Debug, Clone)]
@@ -52,6 +89,7 @@ pub struct RecordConfig {
     pub capture: Option<CaptureConfig>,
     pub handlers: Vec<crate::handlers::Handler>,
     pub act: Option<crate::act::Policy>,
+    pub profile: Option<crate::profile::ProfilerConfig>,
 }
 
 /// `--threshold 0` means no captures; resampling faster than the scan period is pointless.
@@ -108,6 +146,7 @@ pub struct TopConfig {
     pub capture: Option<CaptureConfig>,
     pub handlers: Vec<crate::handlers::Handler>,
     pub act: Option<crate::act::Policy>,
+    pub profile: Option<crate::profile::ProfilerConfig>,
 }
 
 impl Targets {
@@ -143,7 +182,12 @@ impl RecordConfig {
         }
         let (handlers, act) = probe_options(&a.capture)?;
         prepare_output_dir(&a.output)?;
+        let flame = a
+            .flamegraph
+            .then(|| (a.output.as_path(), a.endpoint.as_deref()));
+        let profile = profile_config(&a.profile, flame)?;
         Ok(Self {
+            profile,
             targets,
             duration: a.duration,
             out_dir: a.output.clone(),
@@ -163,7 +207,9 @@ impl TopConfig {
         if let Some(dir) = &a.export {
             prepare_output_dir(dir)?;
         }
+        let profile = profile_config(&a.profile, None)?;
         Ok(Self {
+            profile,
             targets,
             // The same --threshold as captures: slow on the dashboard is slow for captures.
             threshold: a.capture.threshold,
@@ -259,6 +305,9 @@ mod tests {
                 dump_signal: None,
                 force: false,
             },
+            profile: crate::cli::ProfileArgs { sample_hz: 99 },
+            flamegraph: false,
+            endpoint: None,
         };
         assert!(matches!(
             RecordConfig::from_args(&a),
@@ -280,6 +329,7 @@ mod tests {
                 dump_signal: None,
                 force: false,
             },
+            profile: crate::cli::ProfileArgs { sample_hz: 99 },
             idle_flush: Duration::from_millis(500),
             export: Some("/proc/slowtrace-cannot-be-here".into()),
         };

@@ -12,6 +12,7 @@ mod launch;
 mod model;
 mod probes;
 mod procfs;
+mod profile;
 mod python;
 mod record;
 mod sinks;

@@ -84,6 +84,7 @@ pub fn run(cfg: RecordConfig) -> anyhow::Result<ExitCode> {
         capture: cfg.capture,
         handlers: cfg.handlers.clone(),
         act: cfg.act,
+        profile: cfg.profile.clone(),
     })?;
     for d in &agent.degraded {
         eprintln!("slowtrace: note: {d}");
@@ -147,12 +148,63 @@ pub fn run(cfg: RecordConfig) -> anyhow::Result<ExitCode> {
                 .replacen("ENDPOINT", "HANDLER ", 1),
         );
     }
+    if let Some(p) = &done.profile {
+        footer.extend(profile_report(p, &done.counters));
+    }
     footer.extend(loss_report(&done.counters));
     print!("{}", summary::render(&rec.stats, elapsed, &footer));
     Ok(match done.command_status {
         Some(code) if code != 0 => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         _ => ExitCode::SUCCESS,
     })
+}
+
+/// What the profiler saw and wrote.
+fn profile_report(p: &crate::profile::Report, c: &Counters) -> Vec<String> {
+    let mut lines = vec![format!(
+        "\nprofile: {} samples ({} off-CPU map full, {} sample ring drops, {} queue drops), {} \
+         Python processes walked in the kernel, {} slow-request flamegraphs",
+        p.samples,
+        c.get(Counter::OffCpuMapFull),
+        c.get(Counter::SampleRingFull),
+        c.profile_overflow,
+        p.python_procs,
+        p.slow_svgs,
+    )];
+    let [ok, no_thread, failed, cut] = p.py_walks;
+    if ok + no_thread + failed + cut > 0 {
+        lines.push(format!(
+            "python stacks walked in the kernel: {ok} complete, {cut} cut at 64 frames, {failed} \
+             unreadable (memory paged out or changing), {no_thread} on threads running no Python"
+        ));
+    }
+    if !p.files.is_empty() {
+        let names: Vec<String> = p.files.iter().map(|f| f.display().to_string()).collect();
+        lines.push(format!("flamegraphs: {}", names.join(", ")));
+        for (what, top) in [("cpu", &p.top_cpu), ("wall µs", &p.top_wall)] {
+            if !top.is_empty() {
+                lines.push(format!("heaviest stacks ({what}):"));
+                lines.extend(top.iter().take(5).map(|l| format!("  {}", tail(l, 3))));
+            }
+        }
+    }
+    lines.extend(p.errors.iter().map(|e| format!("WARNING: {e}")));
+    lines
+}
+
+/// `endpoint;a;b;c;d N` → `N  endpoint … c;d`: the root and the innermost frames.
+fn tail(folded: &str, keep: usize) -> String {
+    let Some((stack, n)) = folded.rsplit_once(' ') else {
+        return folded.to_owned();
+    };
+    let frames: Vec<&str> = stack.split(';').collect();
+    let inner = frames.len().saturating_sub(keep).max(1);
+    let skipped = if inner > 1 { " … " } else { " " };
+    format!(
+        "{n:>9}  {}{skipped}{}",
+        frames[0],
+        frames[inner..].join(" ← ").replace(" ← ", ";")
+    )
 }
 
 /// The kernel counters for people, with a warning line when anything was lost.

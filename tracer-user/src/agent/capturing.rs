@@ -163,6 +163,11 @@ impl Capturing {
         Some(slow)
     }
 
+    /// The slow threshold in microseconds.
+    pub fn threshold_us(&self) -> u64 {
+        self.watchdog.policy().threshold_ns / 1000
+    }
+
     /// Captures of a finished handler call, if it ran past the threshold.
     pub(super) fn finish_handler(
         &mut self,

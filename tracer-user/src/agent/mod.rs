@@ -27,8 +27,9 @@ use crate::{
     events,
     handlers::Handler,
     model::{handler::HandlerCall, slow::SlowRequest, Context, Request, Tracker},
-    probes::{preflight, tracefs, Probes},
+    probes::{preflight, tracefs, Probes, ProfileSettings},
     procfs::{self, LocalPorts},
+    profile::{Profiler, ProfilerConfig},
 };
 
 /// How often user space looks at the connection map (idle keep-alive ends, dead processes,
@@ -55,6 +56,8 @@ pub enum AgentEvent {
 pub struct Counters {
     pub kernel: HashMap<Counter, u64>,
     pub malformed: u64,
+    /// Profiling samples the profiler thread could not keep up with.
+    pub profile_overflow: u64,
 }
 
 impl Counters {
@@ -70,6 +73,11 @@ pub trait Consumer {
     /// A request that ran past the threshold (or was killed), with its captures. It has also been
     /// delivered as an ordinary `AgentEvent::Request`.
     fn on_slow(&mut self, _slow: &SlowRequest) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    /// Every scan while profiling: the frames with the most on-CPU samples so far.
+    fn on_profile(&mut self, _hot: &[crate::model::profile::HotFrame]) -> anyhow::Result<()> {
         Ok(())
     }
 
@@ -99,6 +107,8 @@ pub struct AgentConfig {
     pub handlers: Vec<Handler>,
     /// `--interrupt-after` / `--dump-signal`: None unless asked for.
     pub act: Option<act::Policy>,
+    /// Continuous profiling (`--sample-hz`, `--flamegraph`); None: off.
+    pub profile: Option<ProfilerConfig>,
 }
 
 /// Why the agent stopped.
@@ -136,6 +146,8 @@ pub struct Agent {
     handlers: Vec<Handler>,
     handler_ring: Option<RingBuf<MapData>>,
     actor: Option<Actor>,
+    profiler: Option<Profiler>,
+    samples_ring: Option<RingBuf<MapData>>,
     /// Capture pieces that could not be attached (said once at start).
     pub degraded: Vec<String>,
     /// "pid 12, port 8000 (pids [..])" for the user.
@@ -173,7 +185,23 @@ impl Agent {
             eprintln!("slowtrace: mounted tracefs at {}", tracefs_path.display());
         }
         let offsets = tracefs::offsets(&tracefs_path)?;
-        let (mut probes, ring, maps) = Probes::load(offsets)?;
+        let settings = cfg
+            .profile
+            .as_ref()
+            .map(|p| ProfileSettings {
+                sample_hz: p.sample_hz,
+                off_cpu: p.wall,
+            })
+            .unwrap_or_default();
+        let (mut probes, ring, maps, profile_maps) = Probes::load(offsets, settings)?;
+        let mut profiler = match &cfg.profile {
+            Some(p) => Some(
+                Profiler::spawn(p.clone(), profile_maps.py_procs)
+                    .context("starting the profiler thread")?,
+            ),
+            None => None,
+        };
+        let samples_ring = profiler.as_ref().map(|_| profile_maps.samples);
         let degraded = maps.degraded.clone();
         let capturing = match cfg.capture {
             Some(c) => Some(start_capture(c, maps)?),
@@ -189,6 +217,12 @@ impl Agent {
             // later forks are followed in the kernel.
             for child in procfs::descendants(pid) {
                 probes.add_target(child)?;
+                if let Some(p) = profiler.as_mut() {
+                    p.probe(child);
+                }
+            }
+            if let Some(p) = profiler.as_mut() {
+                p.probe(pid);
             }
             described.push(format!("pid {pid}"));
         }
@@ -202,6 +236,9 @@ impl Agent {
             }
             for pid in &pids {
                 probes.add_target(*pid)?;
+                if let Some(p) = profiler.as_mut() {
+                    p.probe(*pid);
+                }
             }
             known.extend(&pids);
             described.push(format!("port {port} (pids {pids:?})"));
@@ -246,6 +283,8 @@ impl Agent {
             handlers: cfg.handlers.clone(),
             handler_ring,
             actor: cfg.act.map(Actor::new),
+            profiler,
+            samples_ring,
             degraded,
             described: described.join(", "),
             attach_mode,
@@ -271,6 +310,15 @@ impl Agent {
             req.signals = a.finish(&(r.tgid, r.conn_id, r.seq));
         }
         let slow = self.capturing.as_mut().and_then(|c| c.finish(r, end, &req));
+        if let Some(p) = self.profiler.as_mut() {
+            // A slow request's own flamegraph is named after its report.
+            let over = self
+                .capturing
+                .as_ref()
+                .is_some_and(|c| req.duration_us >= c.threshold_us());
+            let name = over.then(|| crate::sinks::slow::report_base(&req));
+            p.request_done((r.tgid, r.conn_id, r.seq), name);
+        }
         out.on_event(AgentEvent::Request(Box::new(req)))?;
         match slow {
             Some(s) => out.on_slow(&s),
@@ -375,6 +423,7 @@ impl Agent {
         Counters {
             kernel: self.probes.counters(),
             malformed: self.malformed,
+            profile_overflow: self.profiler.as_ref().map_or(0, |p| p.overflow),
         }
     }
 
@@ -397,6 +446,19 @@ impl Agent {
         Ok(())
     }
 
+    /// Profiling samples go to the profiler thread as they are (no decoding work here).
+    fn drain_samples(&mut self, ring: &mut RingBuf<MapData>) {
+        let Some(p) = self.profiler.as_mut() else {
+            return;
+        };
+        while let Some(item) = ring.next() {
+            match events::decode_profile(&item) {
+                Ok(rec) => p.submit(rec),
+                Err(_) => self.malformed += 1,
+            }
+        }
+    }
+
     fn scan(&mut self, out: &mut dyn Consumer) -> anyhow::Result<()> {
         let now = mono_ns();
         let scan = self.tracker.scan(self.probes.conns(), now, procfs::alive);
@@ -404,6 +466,13 @@ impl Agent {
             self.finish(rec, *why, now, out)?;
         }
         self.act(&scan.in_flight, now);
+        if let Some(p) = self.profiler.as_mut() {
+            // Serving processes we have not looked at (forked, launched, bound a port later):
+            // find their Python now rather than at their first sample.
+            for r in &scan.in_flight {
+                p.probe(r.tgid);
+            }
+        }
         self.plan_captures(&scan.in_flight, now);
         let ready = self
             .capturing
@@ -422,6 +491,9 @@ impl Agent {
             .iter()
             .map(|r| self.request(r, EndReason::InFlight, now))
             .collect();
+        if let Some(p) = self.profiler.as_ref() {
+            out.on_profile(&p.hot())?;
+        }
         out.on_event(AgentEvent::Tick {
             in_flight,
             counters: self.counters(),
@@ -455,10 +527,13 @@ impl Agent {
             out.on_slow(slow)?;
         }
         let command_status = self.child.take().and_then(stop_child);
+        let counters = self.counters();
+        let profile = self.profiler.take().map(Profiler::finish);
         Ok(Finished {
             stop: why,
-            counters: self.counters(),
+            counters,
             command_status,
+            profile,
         })
     }
 
@@ -472,6 +547,14 @@ impl Agent {
         // SAFETY: the ring buffer owns its fd, open for as long as the AsyncFd lives.
         let mut ring = unsafe { AsyncFd::register(ring) }
             .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
+        let mut samples_ring = match self.samples_ring.take() {
+            // SAFETY: as above.
+            Some(r) => Some(
+                unsafe { AsyncFd::register(r) }
+                    .map_err(|e| anyhow::anyhow!("polling the sample ring buffer: {e}"))?,
+            ),
+            None => None,
+        };
         let mut handler_ring = match self.handler_ring.take() {
             // SAFETY: as above.
             Some(r) => Some(
@@ -492,6 +575,11 @@ impl Agent {
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let why = loop {
             tokio::select! {
+                guard = readable_opt(&mut samples_ring) => {
+                    let mut guard = guard?;
+                    self.drain_samples(guard.get_inner_mut());
+                    guard.clear_ready();
+                }
                 guard = ring.readable_mut() => {
                     let mut guard = guard?;
                     self.drain(guard.get_inner_mut(), out)?;
@@ -503,12 +591,19 @@ impl Agent {
                     guard.clear_ready();
                 }
                 _ = drain_tick.tick() => {
+                    // Samples first: a request's last samples come before its end.
+                    if let Some(s) = samples_ring.as_mut() {
+                        self.drain_samples(s.get_mut());
+                    }
                     self.drain(ring.get_mut(), out)?;
                     if let Some(h) = handler_ring.as_mut() {
                         self.drain_handlers(h.get_mut(), out)?;
                     }
                 }
                 _ = tick.tick() => {
+                    if let Some(s) = samples_ring.as_mut() {
+                        self.drain_samples(s.get_mut());
+                    }
                     self.drain(ring.get_mut(), out)?;
                     self.scan(out)?;
                     if stop.load(Ordering::Relaxed) {
@@ -529,6 +624,9 @@ impl Agent {
         // server is one syscall away from the close) is still recorded: a short grace period.
         tokio::time::sleep(Duration::from_millis(100)).await;
         // Records the kernel wrote before we stopped listening.
+        if let Some(s) = samples_ring.as_mut() {
+            self.drain_samples(s.get_mut());
+        }
         self.drain(ring.get_mut(), out)?;
         if let Some(h) = handler_ring.as_mut() {
             self.drain_handlers(h.get_mut(), out)?;
@@ -560,6 +658,8 @@ pub struct Finished {
     pub counters: Counters,
     /// Exit code of the launched command, if there was one and it exited normally.
     pub command_status: Option<i32>,
+    /// What the profiler wrote and saw, when profiling.
+    pub profile: Option<crate::profile::Report>,
 }
 
 /// A command we launched: if it still runs, ask it to stop (we started it), then reap it.

@@ -33,13 +33,29 @@ impl Symbols {
         self.resolve(&src, ips)
     }
 
+    /// Like [`user`](Self::user) for addresses already adjusted by the caller (the profiler
+    /// caches by lookup address, so it does the leaf/return-address adjustment itself).
+    pub fn user_lookups(&self, pid: u32, lookups: &[u64]) -> Vec<Frame> {
+        let src = Source::Process(Process::new(pid.into()));
+        self.lookup(&src, lookups, lookups)
+    }
+
+    pub fn kernel_lookups(&self, lookups: &[u64]) -> Vec<Frame> {
+        let src = Source::Kernel(Kernel::default());
+        self.lookup(&src, lookups, lookups)
+    }
+
     fn resolve(&self, src: &Source<'_>, ips: &[u64]) -> Vec<Frame> {
         let lookups: Vec<u64> = ips
             .iter()
             .enumerate()
             .map(|(i, ip)| if i == 0 { *ip } else { ip.saturating_sub(1) })
             .collect();
-        match self.sym.symbolize(src, Input::AbsAddr(&lookups)) {
+        self.lookup(src, &lookups, ips)
+    }
+
+    fn lookup(&self, src: &Source<'_>, lookups: &[u64], ips: &[u64]) -> Vec<Frame> {
+        match self.sym.symbolize(src, Input::AbsAddr(lookups)) {
             Ok(syms) => syms.iter().zip(ips).map(|(s, ip)| frame(s, *ip)).collect(),
             Err(e) => {
                 // One unreadable module must not cost the other frames: retry one by one.

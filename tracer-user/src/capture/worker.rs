@@ -182,7 +182,7 @@ impl Reader {
 /// The innermost kernel frames of a sample are the sampling machinery itself (our BPF program,
 /// the tracepoint or perf-event path, the timer interrupt): drop everything up to the last of
 /// them. A sample taken while the thread ran in user space has nothing left, as it should.
-fn without_probe_frames(frames: Vec<Frame>) -> Vec<Frame> {
+pub fn without_probe_frames(frames: Vec<Frame>) -> Vec<Frame> {
     const MACHINERY: [&str; 9] = [
         "bpf_",
         "__bpf_",

@@ -3,6 +3,7 @@
 
 pub mod handler;
 pub mod http;
+pub mod profile;
 pub mod request;
 pub mod route;
 pub mod slow;

@@ -141,6 +141,16 @@ impl Request {
     }
 }
 
+/// The endpoint (aggregation key) of a request from its first bytes, as `Request` names it.
+pub fn endpoint_of(prefix: &[u8]) -> String {
+    match http::parse_request(prefix, 0) {
+        Parsed::Http(h) => format!("{} {}", h.method, route::normalize(&h.target)),
+        Parsed::HttpTruncated { method } => format!("{method} (not captured)"),
+        Parsed::Other if prefix.is_empty() => "(not captured)".to_owned(),
+        Parsed::Other => "(non-http)".to_owned(),
+    }
+}
+
 pub fn end_reason_name(e: EndReason) -> &'static str {
     match e {
         EndReason::None => "open",

@@ -17,8 +17,23 @@ use tracer_common::{
     target, ConnKey, ConnState, Counter, HandlerStack, SignalNote, StackSample, TracepointOffsets,
 };
 
-/// On-CPU sampling rate for watched (slow-request) threads.
-const SAMPLE_HZ: u64 = 99;
+/// On-CPU sampling rate for watched (slow-request) threads when profiling is off.
+const CAPTURE_HZ: u64 = 99;
+
+/// What the profiler wants from the kernel.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProfileSettings {
+    /// On-CPU samples of every target thread at this rate (0: off).
+    pub sample_hz: u64,
+    /// Off-CPU records of threads serving a request (the wall-clock profile).
+    pub off_cpu: bool,
+}
+
+/// Maps of the profiler.
+pub struct ProfileMaps {
+    pub samples: RingBuf<MapData>,
+    pub py_procs: HashMap<MapData, u32, tracer_common::PyProcLayout>,
+}
 
 /// Maps of the stack-capture programs, handed to the capture side.
 pub struct CaptureMaps {
@@ -135,9 +150,12 @@ impl Probes {
     /// Load the embedded object and attach every program.
     pub fn load(
         offsets: TracepointOffsets,
-    ) -> Result<(Probes, RingBuf<MapData>, CaptureMaps), ProbeError> {
+        profile: ProfileSettings,
+    ) -> Result<(Probes, RingBuf<MapData>, CaptureMaps, ProfileMaps), ProbeError> {
+        let flags: u32 = u32::from(profile.sample_hz > 0);
         let mut ebpf = EbpfLoader::new()
             .override_global("OFFSETS", &offsets, true)
+            .override_global("PROFILE_FLAGS", &flags, true)
             .load(OBJECT)
             .map_err(|e| ProbeError::Load(Box::new(e)))?;
         let mut attached = 0;
@@ -154,7 +172,37 @@ impl Probes {
                 attached += 1;
             }
         }
-        let degraded = attach_capture(&mut ebpf);
+        let hz = if profile.sample_hz > 0 {
+            profile.sample_hz
+        } else {
+            CAPTURE_HZ
+        };
+        let mut degraded = attach_capture(&mut ebpf, hz);
+        if profile.off_cpu {
+            if let Err(e) = loaded::<TracePoint>(&mut ebpf, "profile_switch").and_then(|p| {
+                p.attach("sched", "sched_switch")
+                    .map(drop)
+                    .map_err(|source| ProbeError::Attach {
+                        name: "profile_switch",
+                        category: "sched",
+                        tracepoint: "sched_switch",
+                        source: Box::new(source),
+                    })
+            }) {
+                degraded.push(format!(
+                    "off-CPU profile (wall-clock flamegraph) unavailable: {e}"
+                ));
+            }
+        }
+        let profile_maps = ProfileMaps {
+            samples: RingBuf::try_from(take(&mut ebpf, "SAMPLES")?).map_err(|source| {
+                ProbeError::Map {
+                    name: "SAMPLES",
+                    source: Box::new(source),
+                }
+            })?,
+            py_procs: typed(&mut ebpf, "PY_PROCS")?,
+        };
         let capture = CaptureMaps {
             watch: typed(&mut ebpf, "WATCH")?,
             stacks: typed(&mut ebpf, "STACKS")?,
@@ -185,7 +233,7 @@ impl Probes {
             attach_mode: format!("tracepoints ({attached} syscall and sched tracepoints)"),
             _ebpf: ebpf,
         };
-        Ok((probes, events, capture))
+        Ok((probes, events, capture, profile_maps))
     }
 
     pub fn add_target(&mut self, tgid: u32) -> Result<(), ProbeError> {
@@ -266,7 +314,7 @@ impl Probes {
 
 /// Stack capture and signal notes: each piece that fails to attach is reported and skipped, since
 /// request timing does not depend on it.
-fn attach_capture(ebpf: &mut Ebpf) -> Vec<String> {
+fn attach_capture(ebpf: &mut Ebpf, hz: u64) -> Vec<String> {
     let mut degraded = Vec::new();
     let mut note = |what: &str, e: &dyn std::fmt::Display| {
         degraded.push(format!("{what} unavailable: {e}"));
@@ -282,7 +330,7 @@ fn attach_capture(ebpf: &mut Ebpf) -> Vec<String> {
                         if let Err(e) = prog.attach(
                             PerfEventConfig::Software(SoftwareEvent::CpuClock),
                             PerfEventScope::AllProcessesOneCpu { cpu },
-                            SamplePolicy::Frequency(SAMPLE_HZ),
+                            SamplePolicy::Frequency(hz),
                             false,
                         ) {
                             note(&format!("on-CPU stacks (perf event, cpu {cpu})"), &e);

@@ -89,7 +89,18 @@ pub fn offsets(tracefs: &Path) -> Result<TracepointOffsets, TracefsError> {
             path: sig_path.clone(),
         })
     };
+    let sw_path = tracefs.join("events/sched/sched_switch/format");
+    let sw_text =
+        fs::read_to_string(&sw_path).map_err(|e| TracefsError::Read(sw_path.clone(), e))?;
+    let sw_field = |field: &'static str| {
+        field_offset(&sw_text, field).ok_or_else(|| TracefsError::MissingField {
+            field,
+            path: sw_path.clone(),
+        })
+    };
     Ok(TracepointOffsets {
+        switch_prev_state: sw_field("prev_state")?,
+        switch_next_pid: sw_field("next_pid")?,
         fork_parent_pid: field("parent_pid")?,
         fork_child_pid: field("child_pid")?,
         signal_sig: sig_field("sig")?,

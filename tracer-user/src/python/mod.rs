@@ -202,6 +202,77 @@ impl PythonProcess {
         result
     }
 
+    /// What the in-kernel frame walker needs to know about this process.
+    pub fn kernel_layout(&self) -> tracer_common::PyProcLayout {
+        use tracer_common::profile::NO_FIELD;
+        let l = &self.layout;
+        let (tstate_frame, cframe_current) = match l.current_frame {
+            layout::CurrentFrame::ViaCFrame {
+                tstate_cframe,
+                cframe_current,
+            } => (tstate_cframe as u32, cframe_current as u32),
+            layout::CurrentFrame::Direct {
+                tstate_current_frame,
+            } => (tstate_current_frame as u32, NO_FIELD),
+        };
+        tracer_common::PyProcLayout {
+            runtime: self.runtime,
+            runtime_interp_head: l.runtime_interpreters_head as u32,
+            interp_threads_head: l.interp_threads_head as u32,
+            tstate_next: l.tstate_next as u32,
+            tstate_native_thread_id: l.tstate_native_thread_id as u32,
+            tstate_frame,
+            cframe_current,
+            frame_previous: l.frame_previous as u32,
+            frame_code: l.frame_code as u32,
+            frame_instr: l.frame_instr as u32,
+            frame_owner: l.frame_owner as u32,
+            // 3.11 marks the first frame of each eval-loop call with `is_entry`, just before
+            // `owner`; 3.12+ push a shim frame instead.
+            frame_is_entry: if self.version == (3, 11) {
+                l.frame_owner as u32 - 1
+            } else {
+                NO_FIELD
+            },
+            _pad: 0,
+        }
+    }
+
+    /// Resolve frames the kernel walked, `(code object, instruction pointer)` innermost first,
+    /// to function, file and line. A frame whose code object cannot be read (freed since, or a
+    /// torn walk) comes back `None`.
+    pub fn resolve(&mut self, frames: &[(u64, u64)]) -> Vec<Option<PyFrame>> {
+        let mut addrs: Vec<u64> = frames.iter().map(|f| f.0).filter(|a| *a != 0).collect();
+        addrs.sort_unstable();
+        addrs.dedup();
+        let layout = self.layout;
+        let mem = self.mem.as_mut();
+        let codes = match self.codes.resolve(mem, &layout, self.code_type, &addrs) {
+            Ok(c) => c,
+            // One bad address must not cost the others.
+            Err(_) => addrs
+                .iter()
+                .filter_map(|a| {
+                    self.codes
+                        .resolve(mem, &layout, self.code_type, &[*a])
+                        .ok()
+                        .and_then(|mut m| m.remove(a).map(|c| (*a, c)))
+                })
+                .collect(),
+        };
+        frames
+            .iter()
+            .map(|(code, instr)| {
+                let c = codes.get(code)?;
+                Some(PyFrame {
+                    function: c.qualname.clone(),
+                    file: c.filename.clone(),
+                    line: c.line(&layout, *code, *instr),
+                })
+            })
+            .collect()
+    }
+
     /// System calls made by the last [`stack`](Self::stack) call: `process_vm_readv`s, plus
     /// three per /proc file read (open, read, close) when a thread's namespace TID had to be
     /// looked up.

@@ -48,13 +48,7 @@ impl SlowSink {
         } else {
             self.slow += 1;
         }
-        let stamp: String = s
-            .request
-            .start
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric() || *c == '.')
-            .collect();
-        let base = format!("{stamp}-{}-{}", s.request.pid, s.request.tid);
+        let base = report_base(&s.request);
         let mut path = self.dir.join(format!("{base}.txt"));
         let mut n = 1;
         while path.exists() {
@@ -73,6 +67,16 @@ impl SlowSink {
 
 /// The human report: request, then each capture with the Python traceback in Python's order
 /// (most recent call last), then native and kernel frames.
+/// File name (without extension) of a slow request's report; its flamegraph shares it.
+pub fn report_base(r: &crate::model::Request) -> String {
+    let stamp: String = r
+        .start
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '.')
+        .collect();
+    format!("{stamp}-{}-{}", r.pid, r.tid)
+}
+
 pub fn report(s: &SlowRequest) -> String {
     let r = &s.request;
     let mut o = String::new();

@@ -162,6 +162,7 @@ pub fn run(cfg: TopConfig) -> anyhow::Result<ExitCode> {
             capture: cfg.capture,
             handlers: cfg.handlers.clone(),
             act: cfg.act,
+            profile: cfg.profile.clone(),
         },
         sinks,
     )?;

@@ -1,0 +1,406 @@
+//! The continuous profile: resolved samples in, folded stacks out, cut by endpoint and by
+//! request. Pure data: the profiler thread feeds it, sinks render it.
+//!
+//! Two weights per stack: `cpu_samples` (on-CPU samples, the CPU profile) and `wall_us` (time
+//! inside requests: on-CPU samples converted at the sampling period plus measured off-CPU time,
+//! the wall-clock profile). Frames and stacks are interned, so a sample costs a hash lookup.
+
+use std::collections::HashMap;
+
+/// A request: (tgid, connection id, index on the connection).
+pub type ReqKey = (u32, u64, u32);
+
+/// Root frame of samples taken while the thread served no request.
+pub const NO_REQUEST: &str = "[no request]";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FrameKind {
+    /// The endpoint (or `NO_REQUEST`).
+    Root,
+    Python,
+    Native,
+    Kernel,
+    /// Added by slowtrace, e.g. `[off-cpu: runnable]`.
+    Marker,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct FrameInfo {
+    pub name: String,
+    pub file: Option<String>,
+    pub line: Option<u32>,
+    pub kind: FrameKind,
+}
+
+impl FrameInfo {
+    pub fn new(kind: FrameKind, name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            file: None,
+            line: None,
+            kind,
+        }
+    }
+
+    /// The frame's text in folded stacks: `function (file:line)`, kernel frames suffixed `_[k]`
+    /// (inferno colours those as kernel). `;` separates frames, so it never appears inside one.
+    pub fn label(&self) -> String {
+        let base = match (&self.file, self.line) {
+            (Some(f), Some(l)) => format!("{} ({f}:{l})", self.name),
+            (Some(f), None) => format!("{} ({f})", self.name),
+            _ => self.name.clone(),
+        };
+        let base = base.replace([';', '\n'], ":");
+        if self.kind == FrameKind::Kernel {
+            format!("{base}_[k]")
+        } else {
+            base
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Weights {
+    pub cpu_samples: u64,
+    pub wall_us: u64,
+}
+
+impl Weights {
+    fn add(&mut self, o: Weights) {
+        self.cpu_samples += o.cpu_samples;
+        self.wall_us += o.wall_us;
+    }
+
+    pub fn get(&self, m: Metric) -> u64 {
+        match m {
+            Metric::Cpu => self.cpu_samples,
+            Metric::Wall => self.wall_us,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Metric {
+    Cpu,
+    Wall,
+}
+
+/// One resolved sample.
+pub struct Sample<'a> {
+    /// The endpoint of the request being served, `None` outside requests.
+    pub endpoint: Option<&'a str>,
+    /// Root to leaf, without the endpoint.
+    pub frames: &'a [FrameInfo],
+    pub request: Option<ReqKey>,
+    pub weights: Weights,
+}
+
+/// Requests whose samples are kept until they end; beyond it the oldest are dropped (counted).
+const MAX_OPEN_REQUESTS: usize = 4096;
+
+#[derive(Default)]
+pub struct Profile {
+    frames: Vec<FrameInfo>,
+    frame_ids: HashMap<FrameInfo, u32>,
+    stacks: Vec<Vec<u32>>,
+    stack_ids: HashMap<Vec<u32>, u32>,
+    totals: HashMap<u32, Weights>,
+    by_request: HashMap<ReqKey, (u64, HashMap<u32, Weights>)>,
+    /// Order requests were opened in (for the drop rule).
+    opened: u64,
+    pub samples: u64,
+    /// Requests whose own samples were dropped because too many were open at once.
+    pub dropped_requests: u64,
+}
+
+impl Profile {
+    fn frame_id(&mut self, f: &FrameInfo) -> u32 {
+        if let Some(&id) = self.frame_ids.get(f) {
+            return id;
+        }
+        let id = self.frames.len() as u32;
+        self.frames.push(f.clone());
+        self.frame_ids.insert(f.clone(), id);
+        id
+    }
+
+    pub fn add(&mut self, s: &Sample<'_>) {
+        self.samples += 1;
+        let root = FrameInfo::new(FrameKind::Root, s.endpoint.unwrap_or(NO_REQUEST));
+        let mut ids = Vec::with_capacity(s.frames.len() + 1);
+        ids.push(self.frame_id(&root));
+        for f in s.frames {
+            let id = self.frame_id(f);
+            ids.push(id);
+        }
+        let stack = match self.stack_ids.get(&ids) {
+            Some(&id) => id,
+            None => {
+                let id = self.stacks.len() as u32;
+                self.stacks.push(ids.clone());
+                self.stack_ids.insert(ids, id);
+                id
+            }
+        };
+        self.totals.entry(stack).or_default().add(s.weights);
+        let Some(key) = s.request else {
+            return;
+        };
+        if !self.by_request.contains_key(&key) && self.by_request.len() >= MAX_OPEN_REQUESTS {
+            let oldest = self
+                .by_request
+                .iter()
+                .min_by_key(|(_, v)| v.0)
+                .map(|(k, _)| *k);
+            if let Some(k) = oldest {
+                self.by_request.remove(&k);
+                self.dropped_requests += 1;
+            }
+        }
+        self.opened += 1;
+        let opened = self.opened;
+        let entry = self
+            .by_request
+            .entry(key)
+            .or_insert((opened, HashMap::new()));
+        entry.1.entry(stack).or_default().add(s.weights);
+    }
+
+    /// The request ended: its own samples, if any, as folded lines (both metrics).
+    pub fn take_request(&mut self, key: &ReqKey) -> Option<RequestProfile> {
+        let (_, stacks) = self.by_request.remove(key)?;
+        let lines = |m: Metric| self.lines(stacks.iter().map(|(s, w)| (*s, *w)), m, None);
+        Some(RequestProfile {
+            cpu: lines(Metric::Cpu),
+            wall: lines(Metric::Wall),
+        })
+    }
+
+    /// Folded stacks (`root;…;leaf COUNT`), sorted, for every endpoint matching `filter`.
+    pub fn folded(&self, m: Metric, filter: Option<&glob::Pattern>) -> Vec<String> {
+        self.lines(self.totals.iter().map(|(s, w)| (*s, *w)), m, filter)
+    }
+
+    fn lines(
+        &self,
+        stacks: impl Iterator<Item = (u32, Weights)>,
+        m: Metric,
+        filter: Option<&glob::Pattern>,
+    ) -> Vec<String> {
+        let mut out: Vec<String> = stacks
+            .filter(|(_, w)| w.get(m) > 0)
+            .filter_map(|(s, w)| {
+                let ids = self.stacks.get(s as usize)?;
+                let root = &self.frames[*ids.first()? as usize];
+                if filter.is_some_and(|p| !p.matches(&root.name)) {
+                    return None;
+                }
+                let labels: Vec<String> = ids
+                    .iter()
+                    .map(|&f| self.frames[f as usize].label())
+                    .collect();
+                Some(format!("{} {}", labels.join(";"), w.get(m)))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Interned frames and stacks with their weights, for exporters that keep the structure
+    /// (speedscope).
+    pub fn stacks(&self, filter: Option<&glob::Pattern>) -> (&[FrameInfo], Vec<(&[u32], Weights)>) {
+        let mut v: Vec<(&[u32], Weights)> = self
+            .totals
+            .iter()
+            .filter_map(|(s, w)| {
+                let ids = self.stacks.get(*s as usize)?;
+                let root = &self.frames[*ids.first()? as usize];
+                (!filter.is_some_and(|p| !p.matches(&root.name))).then_some((ids.as_slice(), *w))
+            })
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(b.0));
+        (&self.frames, v)
+    }
+
+    /// The `n` frames with the most on-CPU samples where they are the leaf (SELF), with their
+    /// TOTAL (anywhere on the stack), over all samples.
+    pub fn hot(&self, n: usize) -> Vec<HotFrame> {
+        let mut by: HashMap<u32, (u64, u64)> = HashMap::new();
+        let mut total = 0;
+        for (s, w) in &self.totals {
+            if w.cpu_samples == 0 {
+                continue;
+            }
+            total += w.cpu_samples;
+            let ids = &self.stacks[*s as usize];
+            let mut seen: Vec<u32> = Vec::with_capacity(ids.len());
+            for &f in &ids[1..] {
+                if !seen.contains(&f) {
+                    seen.push(f);
+                    by.entry(f).or_default().1 += w.cpu_samples;
+                }
+            }
+            if let Some(&leaf) = ids.get(1..).and_then(<[u32]>::last) {
+                by.entry(leaf).or_default().0 += w.cpu_samples;
+            }
+        }
+        let mut v: Vec<HotFrame> = by
+            .into_iter()
+            .map(|(f, (selfs, tot))| HotFrame {
+                frame: self.frames[f as usize].clone(),
+                self_samples: selfs,
+                total_samples: tot,
+                of: total,
+            })
+            .collect();
+        v.sort_by(|a, b| {
+            (b.self_samples, b.total_samples)
+                .cmp(&(a.self_samples, a.total_samples))
+                .then_with(|| a.frame.name.cmp(&b.frame.name))
+        });
+        v.truncate(n);
+        v
+    }
+}
+
+/// One request's own profile.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RequestProfile {
+    pub cpu: Vec<String>,
+    pub wall: Vec<String>,
+}
+
+/// A frame ranked by on-CPU samples.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HotFrame {
+    pub frame: FrameInfo,
+    pub self_samples: u64,
+    pub total_samples: u64,
+    /// All on-CPU samples.
+    pub of: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn py(name: &str, line: u32) -> FrameInfo {
+        FrameInfo {
+            name: name.into(),
+            file: Some("app.py".into()),
+            line: Some(line),
+            kind: FrameKind::Python,
+        }
+    }
+
+    fn cpu(n: u64) -> Weights {
+        Weights {
+            cpu_samples: n,
+            wall_us: n * 10_101,
+        }
+    }
+
+    #[test]
+    fn folds_by_endpoint_and_filters() {
+        let mut p = Profile::default();
+        let view = py("view", 3);
+        let f = py("f", 10);
+        let g = py("g", 20);
+        for _ in 0..7 {
+            p.add(&Sample {
+                endpoint: Some("GET /a"),
+                frames: &[view.clone(), f.clone()],
+                request: None,
+                weights: cpu(1),
+            });
+        }
+        for _ in 0..3 {
+            p.add(&Sample {
+                endpoint: Some("GET /b"),
+                frames: &[view.clone(), g.clone()],
+                request: None,
+                weights: cpu(1),
+            });
+        }
+        p.add(&Sample {
+            endpoint: None,
+            frames: &[FrameInfo::new(FrameKind::Kernel, "do_epoll_wait")],
+            request: None,
+            weights: Weights {
+                cpu_samples: 0,
+                wall_us: 5,
+            },
+        });
+        assert_eq!(
+            p.folded(Metric::Cpu, None),
+            vec![
+                "GET /a;view (app.py:3);f (app.py:10) 7",
+                "GET /b;view (app.py:3);g (app.py:20) 3"
+            ]
+        );
+        let only_b = glob::Pattern::new("GET /b*").unwrap();
+        assert_eq!(p.folded(Metric::Cpu, Some(&only_b)).len(), 1);
+        assert_eq!(
+            p.folded(Metric::Wall, None).last().unwrap(),
+            "[no request];do_epoll_wait_[k] 5"
+        );
+        let hot = p.hot(2);
+        assert_eq!(hot[0].frame.name, "f");
+        assert_eq!((hot[0].self_samples, hot[0].of), (7, 10));
+        assert_eq!(
+            p.hot(10)
+                .iter()
+                .find(|h| h.frame.name == "view")
+                .unwrap()
+                .total_samples,
+            10
+        );
+    }
+
+    #[test]
+    fn keeps_each_request_apart_until_it_ends() {
+        let mut p = Profile::default();
+        let a = (1, 100, 0);
+        let frames = [py("slow", 5)];
+        p.add(&Sample {
+            endpoint: Some("GET /slow"),
+            frames: &frames,
+            request: Some(a),
+            weights: Weights {
+                cpu_samples: 0,
+                wall_us: 250_000,
+            },
+        });
+        p.add(&Sample {
+            endpoint: Some("GET /slow"),
+            frames: &frames,
+            request: Some((1, 100, 1)),
+            weights: cpu(1),
+        });
+        let own = p.take_request(&a).unwrap();
+        assert!(own.cpu.is_empty());
+        assert_eq!(own.wall, vec!["GET /slow;slow (app.py:5) 250000"]);
+        assert!(p.take_request(&a).is_none());
+    }
+
+    #[test]
+    fn labels_are_safe_for_folded_format() {
+        let f = FrameInfo::new(FrameKind::Native, "weird;name");
+        assert_eq!(f.label(), "weird:name");
+    }
+
+    #[test]
+    fn bounds_open_requests() {
+        let mut p = Profile::default();
+        for i in 0..(MAX_OPEN_REQUESTS as u64 + 5) {
+            p.add(&Sample {
+                endpoint: Some("GET /"),
+                frames: &[],
+                request: Some((1, i, 0)),
+                weights: cpu(1),
+            });
+        }
+        assert_eq!(p.dropped_requests, 5);
+        assert!(p.take_request(&(1, 0, 0)).is_none());
+    }
+}

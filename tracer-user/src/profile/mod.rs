@@ -1,0 +1,242 @@
+//! The profiler: kernel samples → resolved stacks → the continuous profile, on its own thread.
+//!
+//! Like the capture worker, symbolization and Python code-object reads are blocking and
+//! sometimes slow, so they stay off the event loop behind a bounded queue (a full queue drops
+//! samples, counted). The thread owns the profile; the agent tells it when requests end (so a
+//! slow request's own flamegraph can be written) and asks for the result at the end.
+
+mod merge;
+mod resolve;
+
+use std::{
+    path::PathBuf,
+    sync::{
+        mpsc::{self, Receiver, SyncSender, TrySendError},
+        Arc, Mutex,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use aya::maps::{HashMap as BpfHashMap, MapData};
+use tracer_common::{profile::sample_kind, ProfileRecord, PyProcLayout};
+
+use crate::{
+    model::{
+        profile::{HotFrame, Metric, Profile, ReqKey, Sample, Weights},
+        request::endpoint_of,
+    },
+    sinks::flame,
+};
+
+const QUEUE: usize = 4096;
+/// How often the hot-frames table for `top` is refreshed.
+const HOT_EVERY: Duration = Duration::from_secs(1);
+const HOT_ROWS: usize = 200;
+
+#[derive(Debug, Clone)]
+pub struct ProfilerConfig {
+    pub sample_hz: u64,
+    /// `record --flamegraph`: where cpu/wall folded, svg and speedscope files go (and
+    /// slow/<id>.svg per slow request). None: profile for `top` only.
+    pub out_dir: Option<PathBuf>,
+    pub endpoint: Option<glob::Pattern>,
+    /// Off-CPU records too (the wall-clock profile).
+    pub wall: bool,
+}
+
+enum Msg {
+    Sample(ProfileRecord),
+    Probe(u32),
+    /// A request ended; `Some(name)`: it was slow, write `slow/<name>.svg`.
+    Done(ReqKey, Option<String>),
+    Finish(mpsc::Sender<Report>),
+}
+
+/// What the profiler did, for the exit summary.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub samples: u64,
+    pub python_procs: u64,
+    pub files: Vec<PathBuf>,
+    pub slow_svgs: u64,
+    pub dropped_requests: u64,
+    /// Top folded lines of each profile, for the summary.
+    pub top_cpu: Vec<String>,
+    pub top_wall: Vec<String>,
+    pub errors: Vec<String>,
+    /// Samples of Python processes by what the kernel walker found: ok, no thread state, read
+    /// failed, truncated.
+    pub py_walks: [u64; 4],
+}
+
+pub struct Profiler {
+    tx: SyncSender<Msg>,
+    thread: Option<JoinHandle<()>>,
+    hot: Arc<Mutex<Vec<HotFrame>>>,
+    probed: std::collections::HashSet<u32>,
+    /// Samples dropped because the queue was full.
+    pub overflow: u64,
+}
+
+impl Profiler {
+    pub fn spawn(
+        cfg: ProfilerConfig,
+        py_procs: BpfHashMap<MapData, u32, PyProcLayout>,
+    ) -> std::io::Result<Profiler> {
+        let (tx, rx) = mpsc::sync_channel::<Msg>(QUEUE);
+        let hot = Arc::new(Mutex::new(Vec::new()));
+        let shared = Arc::clone(&hot);
+        let thread = std::thread::Builder::new()
+            .name("profiler".into())
+            .spawn(move || run(cfg, py_procs, rx, &shared))?;
+        Ok(Profiler {
+            tx,
+            thread: Some(thread),
+            hot,
+            probed: std::collections::HashSet::new(),
+            overflow: 0,
+        })
+    }
+
+    pub fn submit(&mut self, rec: ProfileRecord) {
+        match self.tx.try_send(Msg::Sample(rec)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => self.overflow += 1,
+        }
+    }
+
+    /// Find CPython in `pid` now (targets known at start), not at its first sample.
+    pub fn probe(&mut self, pid: u32) {
+        if self.probed.insert(pid) {
+            let _ = self.tx.try_send(Msg::Probe(pid));
+        }
+    }
+
+    pub fn request_done(&mut self, key: ReqKey, slow_name: Option<String>) {
+        // Blocking for a slow request's flamegraph; a fast one may be dropped (it only frees
+        // memory, which the profile's own bound also does).
+        let msg = Msg::Done(key, slow_name.clone());
+        if slow_name.is_some() {
+            let _ = self.tx.send(msg);
+        } else {
+            let _ = self.tx.try_send(msg);
+        }
+    }
+
+    pub fn hot(&self) -> Vec<HotFrame> {
+        self.hot.lock().map(|h| h.clone()).unwrap_or_default()
+    }
+
+    /// Write the files (with `--flamegraph`) and stop the thread.
+    pub fn finish(mut self) -> Report {
+        let (tx, rx) = mpsc::channel();
+        let report = if self.tx.send(Msg::Finish(tx)).is_ok() {
+            rx.recv().unwrap_or_default()
+        } else {
+            Report::default()
+        };
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        report
+    }
+}
+
+fn run(
+    cfg: ProfilerConfig,
+    py_procs: BpfHashMap<MapData, u32, PyProcLayout>,
+    rx: Receiver<Msg>,
+    hot: &Mutex<Vec<HotFrame>>,
+) {
+    let mut resolver = resolve::Resolver::new(py_procs);
+    let mut profile = Profile::default();
+    let mut report = Report::default();
+    let period_us = 1_000_000 / cfg.sample_hz.max(1);
+    let mut hot_at = Instant::now();
+    let slow_dir = cfg.out_dir.as_ref().map(|d| d.join("slow"));
+    for msg in rx {
+        match msg {
+            Msg::Sample(r) => {
+                if let Some(n) = usize::from(r.py_status)
+                    .checked_sub(1)
+                    .and_then(|i| report.py_walks.get_mut(i))
+                {
+                    *n += 1;
+                }
+                let frames = resolver.stack(&r);
+                let endpoint = (r.conn_id != 0)
+                    .then(|| endpoint_of(&r.req[..(r.req_len as usize).min(r.req.len())]));
+                let weights = match r.kind {
+                    sample_kind::OFF_CPU => Weights {
+                        cpu_samples: 0,
+                        wall_us: r.off_ns / 1000,
+                    },
+                    _ => Weights {
+                        cpu_samples: 1,
+                        // Wall time is request time; outside requests a sample is CPU only.
+                        wall_us: if r.conn_id != 0 { period_us } else { 0 },
+                    },
+                };
+                profile.add(&Sample {
+                    endpoint: endpoint.as_deref(),
+                    frames: &frames,
+                    request: (r.conn_id != 0).then_some((r.tgid, r.conn_id, r.seq)),
+                    weights,
+                });
+                if hot_at.elapsed() >= HOT_EVERY {
+                    hot_at = Instant::now();
+                    if let Ok(mut h) = hot.lock() {
+                        *h = profile.hot(HOT_ROWS);
+                    }
+                }
+            }
+            Msg::Probe(pid) => resolver.probe(pid),
+            Msg::Done(key, slow) => {
+                let own = profile.take_request(&key);
+                if let (Some(name), Some(own), Some(dir)) = (slow, own, slow_dir.as_ref()) {
+                    let (lines, m) = if own.wall.is_empty() {
+                        (&own.cpu, Metric::Cpu)
+                    } else {
+                        (&own.wall, Metric::Wall)
+                    };
+                    let path = dir.join(format!("{name}.svg"));
+                    let _ = std::fs::create_dir_all(dir);
+                    let title = format!("slowtrace: slow request {name}");
+                    match flame::write_svg(&path, &title, lines, m) {
+                        Ok(true) => report.slow_svgs += 1,
+                        Ok(false) => {}
+                        Err(e) => report.errors.push(format!("{}: {e}", path.display())),
+                    }
+                }
+            }
+            Msg::Finish(reply) => {
+                report.samples = profile.samples;
+                report.python_procs = resolver.python_procs;
+                report.dropped_requests = profile.dropped_requests;
+                report.top_cpu = top(profile.folded(Metric::Cpu, cfg.endpoint.as_ref()));
+                report.top_wall = top(profile.folded(Metric::Wall, cfg.endpoint.as_ref()));
+                if let Some(dir) = &cfg.out_dir {
+                    match flame::write_all(dir, &profile, cfg.endpoint.as_ref(), cfg.sample_hz) {
+                        Ok(w) => report.files = w.files,
+                        Err(e) => report.errors.push(format!("writing the flamegraphs: {e}")),
+                    }
+                }
+                let _ = reply.send(std::mem::take(&mut report));
+                return;
+            }
+        }
+    }
+}
+
+/// The heaviest folded lines first.
+fn top(mut lines: Vec<String>) -> Vec<String> {
+    let weight = |l: &String| {
+        l.rsplit_once(' ')
+            .and_then(|(_, n)| n.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    lines.sort_by_key(|l| std::cmp::Reverse(weight(l)));
+    lines.truncate(10);
+    lines
+}

@@ -1,0 +1,235 @@
+//! A kernel sample → one merged stack of named frames. Owns the per-process Python readers
+//! (for code objects), registers Python processes with the kernel walker, and caches symbols:
+//! a running server hits the same few thousand addresses over and over.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use aya::maps::{HashMap as BpfHashMap, MapData};
+use tracer_common::{
+    profile::{py_status, sample_kind},
+    ProfileRecord, PyProcLayout,
+};
+
+use super::merge::{self, PyRaw};
+use crate::{
+    capture::{symbols::Symbols, worker::without_probe_frames},
+    model::{
+        profile::{FrameInfo, FrameKind},
+        slow::Frame,
+    },
+    python::PythonProcess,
+};
+
+/// A process found not to be Python is looked at again after this (it may exec into Python, or
+/// have been probed before its runtime was mapped), at most `MAX_PROBES` times.
+const REPROBE: Duration = Duration::from_secs(2);
+const MAX_PROBES: u32 = 5;
+/// Symbol caches are dropped wholesale beyond this many addresses.
+const MAX_CACHED: usize = 200_000;
+
+enum Proc {
+    Python(Box<PythonProcess>),
+    NotPython { at: Instant, probes: u32 },
+}
+
+pub struct Resolver {
+    symbols: Symbols,
+    py_procs: BpfHashMap<MapData, u32, PyProcLayout>,
+    procs: HashMap<u32, Proc>,
+    user_cache: HashMap<(u32, u64), Frame>,
+    kernel_cache: HashMap<u64, Frame>,
+    /// Python processes registered with the kernel walker.
+    pub python_procs: u64,
+}
+
+impl Resolver {
+    pub fn new(py_procs: BpfHashMap<MapData, u32, PyProcLayout>) -> Self {
+        Self {
+            symbols: Symbols::new(),
+            py_procs,
+            procs: HashMap::new(),
+            user_cache: HashMap::new(),
+            kernel_cache: HashMap::new(),
+            python_procs: 0,
+        }
+    }
+
+    /// Look for CPython in `pid` and, when found, tell the kernel walker how to read it.
+    pub fn probe(&mut self, pid: u32) {
+        let probes = match self.procs.get(&pid) {
+            Some(Proc::NotPython { at, probes }) => {
+                if at.elapsed() < REPROBE || *probes >= MAX_PROBES {
+                    return;
+                }
+                *probes
+            }
+            Some(Proc::Python(_)) => return,
+            None => 0,
+        };
+        match PythonProcess::attach(pid) {
+            Ok(Some(p)) => {
+                let layout = p.kernel_layout();
+                match self.py_procs.insert(pid, layout, 0) {
+                    Ok(()) => {
+                        self.python_procs += 1;
+                        log::info!(
+                            "pid {pid}: Python {:?}, frames walked in the kernel",
+                            p.version()
+                        );
+                    }
+                    Err(e) => log::warn!("pid {pid}: registering its Python layout: {e}"),
+                }
+                self.procs.insert(pid, Proc::Python(Box::new(p)));
+            }
+            Ok(None) => {
+                self.procs.insert(
+                    pid,
+                    Proc::NotPython {
+                        at: Instant::now(),
+                        probes: probes + 1,
+                    },
+                );
+            }
+            Err(e) => {
+                log::debug!("pid {pid}: looking for Python: {e}");
+                self.procs.insert(
+                    pid,
+                    Proc::NotPython {
+                        at: Instant::now(),
+                        probes: probes + 1,
+                    },
+                );
+            }
+        }
+    }
+
+    /// The sample's frames, root to leaf (without the endpoint).
+    pub fn stack(&mut self, r: &ProfileRecord) -> Vec<FrameInfo> {
+        let pid = r.tgid;
+        // Not Python as far as the kernel knows, or a process the kernel knows as Python but we
+        // do not (a forked worker: the kernel copied its parent's layout, and we need its code
+        // objects). Probing is rate-limited per process.
+        if r.py_status == py_status::NOT_PYTHON
+            || !matches!(self.procs.get(&pid), Some(Proc::Python(_)))
+        {
+            self.probe(pid);
+        }
+        let ips: Vec<u64> = r.user[..frames(r.user_len, r.user.len())]
+            .iter()
+            .copied()
+            .take_while(|ip| *ip != 0)
+            .collect();
+        let user = self.user(pid, &ips);
+        let kern = self.kernel(
+            &r.kern[..frames(r.kern_len, r.kern.len())],
+            r.kind == sample_kind::OFF_CPU,
+        );
+        let py = self.python(r);
+        let mut out = merge::merge(&user, &py, &kern);
+        if r.kind == sample_kind::OFF_CPU && r.state & 0xff == 0 {
+            // Switched out while runnable: preempted, then waiting for a CPU.
+            out.push(FrameInfo::new(
+                FrameKind::Marker,
+                "[runnable: waiting for a CPU]",
+            ));
+        }
+        if r.py_status == py_status::TRUNCATED {
+            out.insert(
+                0,
+                FrameInfo::new(FrameKind::Marker, "[deeper python frames cut]"),
+            );
+        }
+        out
+    }
+
+    fn python(&mut self, r: &ProfileRecord) -> Vec<PyRaw> {
+        let n = (r.py_n as usize).min(r.py.len());
+        if n == 0 {
+            return Vec::new();
+        }
+        let Some(Proc::Python(p)) = self.procs.get_mut(&r.tgid) else {
+            return Vec::new();
+        };
+        let raw: Vec<(u64, u64)> = r.py[..n].iter().map(|f| (f.code, f.instr)).collect();
+        p.resolve(&raw)
+            .into_iter()
+            .zip(&r.py_flags[..n])
+            .map(|(frame, &flags)| PyRaw { frame, flags })
+            .collect()
+    }
+
+    fn user(&mut self, pid: u32, ips: &[u64]) -> Vec<Frame> {
+        // The leaf is the sampled pc; the others are return addresses: look up the call.
+        let lookups: Vec<u64> = ips
+            .iter()
+            .enumerate()
+            .map(|(i, ip)| if i == 0 { *ip } else { ip.saturating_sub(1) })
+            .collect();
+        let missing: Vec<u64> = lookups
+            .iter()
+            .copied()
+            .filter(|a| !self.user_cache.contains_key(&(pid, *a)))
+            .collect();
+        if !missing.is_empty() {
+            if self.user_cache.len() > MAX_CACHED {
+                self.user_cache.clear();
+            }
+            for (a, f) in missing.iter().zip(self.symbols.user_lookups(pid, &missing)) {
+                self.user_cache.insert((pid, *a), f);
+            }
+        }
+        lookups
+            .iter()
+            .filter_map(|a| self.user_cache.get(&(pid, *a)).cloned())
+            .collect()
+    }
+
+    fn kernel(&mut self, ips: &[u64], off_cpu: bool) -> Vec<Frame> {
+        let lookups: Vec<u64> = ips
+            .iter()
+            .enumerate()
+            .map(|(i, ip)| if i == 0 { *ip } else { ip.saturating_sub(1) })
+            .collect();
+        let missing: Vec<u64> = lookups
+            .iter()
+            .copied()
+            .filter(|a| !self.kernel_cache.contains_key(a))
+            .collect();
+        if !missing.is_empty() {
+            if self.kernel_cache.len() > MAX_CACHED {
+                self.kernel_cache.clear();
+            }
+            for (a, f) in missing.iter().zip(self.symbols.kernel_lookups(&missing)) {
+                self.kernel_cache.insert(*a, f);
+            }
+        }
+        let frames: Vec<Frame> = lookups
+            .iter()
+            .filter_map(|a| self.kernel_cache.get(a).cloned())
+            .collect();
+        if off_cpu {
+            without_tracepoint_frames(frames)
+        } else {
+            without_probe_frames(frames)
+        }
+    }
+}
+
+/// Off CPU the stack ends in our tracepoint program, called from the scheduler: drop that
+/// part only (the timer and sleep frames under it are where the thread waits).
+fn without_tracepoint_frames(frames: Vec<Frame>) -> Vec<Frame> {
+    const OURS: [&str; 4] = ["bpf_", "__bpf_", "__traceiter_", "trace_call_bpf"];
+    let cut = frames
+        .iter()
+        .rposition(|f| OURS.iter().any(|m| f.function.starts_with(m)))
+        .map_or(0, |i| i + 1);
+    frames.into_iter().skip(cut).collect()
+}
+
+/// Frames `bpf_get_stack` wrote (it returns bytes, or a negative error), zeros trimmed.
+fn frames(len: i32, cap: usize) -> usize {
+    usize::try_from(len).map_or(0, |b| (b / 8).min(cap))
+}
