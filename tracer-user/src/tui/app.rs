@@ -75,6 +75,15 @@ pub enum Screen {
     Frames,
 }
 
+/// What the hot-frames screen ranks; Tab there switches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FramesSource {
+    /// On-CPU samples of every traced thread (`--sample-hz`), slow or not.
+    Cpu,
+    /// The stack captures of the kept slow requests.
+    Captures,
+}
+
 /// What the loop must do after a key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -113,6 +122,7 @@ pub struct App {
     pub editing: bool,
     pub focus: Focus,
     pub screen: Screen,
+    pub frames_source: FramesSource,
     pub help: bool,
     /// Pinned selections, by identity so rows moving under them do not move the selection.
     /// `None` on the slow pane means "the top row", following the newest.
@@ -129,6 +139,13 @@ pub struct App {
 
 impl App {
     pub fn new(meta: Meta) -> Self {
+        // The CPU profile has rows as soon as the targets run; captures only once slow requests
+        // have ended.
+        let frames_source = if meta.sample_hz > 0 {
+            FramesSource::Cpu
+        } else {
+            FramesSource::Captures
+        };
         Self {
             live: Dashboard::new(meta),
             frozen: None,
@@ -138,6 +155,7 @@ impl App {
             editing: false,
             focus: Focus::Slow,
             screen: Screen::Main,
+            frames_source,
             help: false,
             selected_endpoint: None,
             selected_slow: None,
@@ -336,6 +354,12 @@ impl App {
                 if self.screen == Screen::Detail =>
             {
                 self.scroll_detail(k.code);
+            }
+            KeyCode::Tab | KeyCode::BackTab if self.screen == Screen::Frames => {
+                self.frames_source = match self.frames_source {
+                    FramesSource::Cpu => FramesSource::Captures,
+                    FramesSource::Captures => FramesSource::Cpu,
+                };
             }
             KeyCode::Tab | KeyCode::BackTab => {
                 self.focus = match self.focus {
@@ -601,6 +625,14 @@ mod tests {
         assert!(!app.help, "any key closes help");
         press(&mut app, "f");
         assert_eq!(app.screen, Screen::Frames);
+        assert_eq!(app.frames_source, FramesSource::Cpu, "sampling at 99 Hz");
+        code(&mut app, KeyCode::Tab);
+        assert_eq!(app.frames_source, FramesSource::Captures);
+        assert_eq!(
+            app.focus,
+            Focus::Slow,
+            "Tab there switches the source, not the pane"
+        );
         code(&mut app, KeyCode::Esc);
         assert_eq!(app.screen, Screen::Main);
         code(&mut app, KeyCode::Enter);

@@ -166,6 +166,8 @@ pub fn measure(args: &BenchUiArgs) -> anyhow::Result<Report> {
         targets: format!("bench-ui ({} endpoints)", args.endpoints),
         attach_mode: "synthetic".into(),
         threshold: Duration::from_secs(1),
+        sample_hz: 0,
+        sampling_note: None,
     });
     let mut term = Terminal::new(TestBackend::new(160, 48))?;
     let (mut apply_ns, mut render_ms, mut max_lag_us) = (Vec::new(), Vec::new(), 0u64);
@@ -384,6 +386,9 @@ fn synthetic(n: u64, e: usize, duration_us: u64, status: u16) -> Request {
         seq: 0,
         pipeline_index: None,
         signals: Vec::new(),
+        breakdown: None,
+        downstream: None,
+        findings: Vec::new(),
     }
 }
 

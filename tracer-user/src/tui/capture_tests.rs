@@ -205,14 +205,16 @@ fn detail_without_captures_says_why_80x24() {
 #[test]
 fn hot_frames_80x24() {
     let mut app = captured_app();
-    keys(&mut app, &[KeyCode::Char('f')]);
+    // Tab: from the CPU profile (empty here) to the captures.
+    keys(&mut app, &[KeyCode::Char('f'), KeyCode::Tab]);
     insta::assert_snapshot!(screen(&mut app, 80, 24));
 }
 
 #[test]
 fn hot_frames_160x48() {
     let mut app = captured_app();
-    keys(&mut app, &[KeyCode::Char('f')]);
+    // Tab: from the CPU profile (empty here) to the captures.
+    keys(&mut app, &[KeyCode::Char('f'), KeyCode::Tab]);
     let s = screen(&mut app, 160, 48);
     // Four captures: the /report leaf twice at line 41, once at 57; the killed upload's once.
     assert!(s.contains("4 captures of 2 slow requests"), "{s}");

@@ -20,7 +20,7 @@ use anyhow::Context as _;
 use super::state::Update;
 use crate::{
     agent::{Agent, AgentConfig, AgentEvent, Consumer, Finished, Stop},
-    model::{handler::HandlerCall, slow::SlowRequest},
+    model::{handler::HandlerCall, profile::HotFrame, slow::SlowRequest},
     sinks::{jsonl::JsonlSink, slow::SlowSink, Sink as _},
 };
 
@@ -72,11 +72,11 @@ impl Sinks {
 }
 
 /// The agent's consumer: the files first, then the screen.
-struct Forwarder {
-    sinks: Sinks,
-    tx: SyncSender<Update>,
-    overflow: Arc<AtomicU64>,
-    flushed: Arc<AtomicU64>,
+pub(super) struct Forwarder {
+    pub(super) sinks: Sinks,
+    pub(super) tx: SyncSender<Update>,
+    pub(super) overflow: Arc<AtomicU64>,
+    pub(super) flushed: Arc<AtomicU64>,
 }
 
 impl Forwarder {
@@ -116,6 +116,13 @@ impl Consumer for Forwarder {
             sink.write(slow).context("writing a slow-request report")?;
         }
         self.offer(Update::Slow(Box::new(slow.clone())));
+        Ok(())
+    }
+
+    /// The CPU profile's hot frames, every scan while sampling. Each list replaces the last, so
+    /// one that does not fit is not missed (the next comes in 250 ms): not counted as overflow.
+    fn on_profile(&mut self, hot: &[HotFrame]) -> anyhow::Result<()> {
+        let _ = self.tx.try_send(Update::Profile(hot.to_vec()));
         Ok(())
     }
 

@@ -1,7 +1,8 @@
-//! The hot-frames screen (`f`): which functions the captured slow requests were in, over the
-//! captures of the kept slow requests. SELF: the capture's leaf, the innermost Python frame (the
-//! line the request's code was on) or, without Python, the innermost native frame. TOTAL: the
-//! frame was anywhere on the capture's stacks. Counts are kept up to date as slow requests come
+//! The hot-frames screen (`f`), from one of two sources (Tab switches): the CPU profile of every
+//! traced thread (`cpu.rs`), or, here, which functions the captured slow requests were in, over
+//! the captures of the kept slow requests. SELF: the capture's leaf, the innermost Python frame
+//! (the line the request's code was on) or, without Python, the innermost native frame. TOTAL:
+//! the frame was anywhere on the capture's stacks. Counts are kept up to date as slow requests come
 //! and go (`captures::HotFrames`); drawing only picks the top rows.
 
 use ratatui::{
@@ -13,15 +14,36 @@ use ratatui::{
 };
 
 use super::{
-    app::App,
+    app::{App, FramesSource},
     captures::{by_leaf, by_total, Counts, Kind, Site},
     ui::ellipsize_middle,
 };
 
 /// SELF, %, TOTAL, %, KIND.
-const COLS: [u16; 5] = [6, 4, 6, 4, 6];
+pub(super) const COLS: [u16; 5] = [6, 4, 6, 4, 6];
+
+/// The block's hint: what Tab shows instead.
+const OTHER: &str = " Tab: CPU samples ";
 
 pub fn draw(f: &mut Frame, area: Rect, app: &App) {
+    match app.frames_source {
+        FramesSource::Cpu => super::cpu::draw(f, area, app),
+        FramesSource::Captures => draw_captures(f, area, app),
+    }
+}
+
+/// A bordered box with its title, and on the right the other source's key when both fit.
+pub(super) fn block(title: String, hint: &'static str, width: u16) -> Block<'static> {
+    let fits = title.chars().count() + hint.chars().count() + 3 <= usize::from(width);
+    let b = Block::bordered().title(Line::from(title).bold());
+    if fits {
+        b.title(Line::from(hint).right_aligned().dim())
+    } else {
+        b
+    }
+}
+
+fn draw_captures(f: &mut Frame, area: Rect, app: &App) {
     let d = app.shown();
     let hot = &d.hot;
     if hot.captures == 0 {
@@ -44,7 +66,7 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
         .centered();
         f.render_widget(
             Paragraph::new(text)
-                .block(Block::bordered().title(Line::from(" Hot frames ").bold()))
+                .block(block(" Slow-request captures ".into(), OTHER, area.width))
                 .wrap(Wrap { trim: true }),
             area,
         );
@@ -58,17 +80,12 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
         hot.captures,
         hot.distinct()
     );
-    table(f, top, app, title, by_leaf);
-    table(
-        f,
-        bottom,
-        app,
-        " by TOTAL: anywhere on the stacks ".to_owned(),
-        by_total,
-    );
+    table(f, top, app, block(title, OTHER, top.width), by_leaf);
+    let title = Line::from(" by TOTAL: anywhere on the stacks ").bold();
+    table(f, bottom, app, Block::bordered().title(title), by_total);
 }
 
-fn table(f: &mut Frame, area: Rect, app: &App, title: String, by: fn(&Counts) -> u64) {
+fn table(f: &mut Frame, area: Rect, app: &App, block: Block<'static>, by: fn(&Counts) -> u64) {
     let hot = &app.shown().hot;
     // Borders and the header row.
     let n = usize::from(area.height.saturating_sub(3));
@@ -109,12 +126,7 @@ fn table(f: &mut Frame, area: Rect, app: &App, title: String, by: fn(&Counts) ->
         Constraint::Length(function_w as u16),
         Constraint::Fill(1),
     ];
-    f.render_widget(
-        Table::new(body, widths)
-            .header(header)
-            .block(Block::bordered().title(Line::from(title).bold())),
-        area,
-    );
+    f.render_widget(Table::new(body, widths).header(header).block(block), area);
 }
 
 /// Where a frame is: file:line when known, else the native module.
@@ -130,7 +142,7 @@ fn location(s: &Site) -> String {
 }
 
 /// Paths say the most at their end: `…/django/db/models/query.py:1320`.
-fn ellipsize_start(s: &str, width: usize) -> String {
+pub(super) fn ellipsize_start(s: &str, width: usize) -> String {
     let n = s.chars().count();
     if n <= width {
         return s.to_owned();

@@ -10,6 +10,7 @@
 mod app;
 pub mod bench;
 mod captures;
+mod cpu;
 mod detail;
 mod export;
 mod feed;
@@ -21,6 +22,8 @@ mod ui;
 
 #[cfg(test)]
 mod capture_tests;
+#[cfg(test)]
+mod cpu_tests;
 #[cfg(test)]
 mod tests;
 
@@ -163,6 +166,7 @@ pub fn run(cfg: TopConfig) -> anyhow::Result<ExitCode> {
             handlers: cfg.handlers.clone(),
             act: cfg.act,
             profile: cfg.profile.clone(),
+            n_plus_one: cfg.n_plus_one,
         },
         sinks,
     )?;
@@ -171,6 +175,12 @@ pub fn run(cfg: TopConfig) -> anyhow::Result<ExitCode> {
         targets: feed.described.clone(),
         attach_mode: feed.attach_mode.clone(),
         threshold: cfg.threshold,
+        sample_hz: cfg.profile.as_ref().map_or(0, |p| p.sample_hz),
+        // The perf event that takes on-CPU samples also takes the captures' native stacks.
+        sampling_note: feed_degraded
+            .iter()
+            .find(|d| d.starts_with("on-CPU stacks"))
+            .cloned(),
     });
     // Log lines would be drawn over the dashboard: off while it owns the terminal.
     let level = log::max_level();

@@ -18,7 +18,7 @@ use super::{
 };
 use crate::{
     agent::{AgentEvent, Counters},
-    model::{handler::HandlerCall, slow::SlowRequest, Request},
+    model::{handler::HandlerCall, profile::HotFrame, slow::SlowRequest, Request},
 };
 
 /// Slow requests remembered for the slow pane (the newest), with their captures.
@@ -49,6 +49,8 @@ pub enum Update {
     Slow(Box<SlowRequest>),
     /// A `--handler` function call returned.
     Handler(Box<HandlerCall>),
+    /// The CPU profile's hot frames so far (every scan while sampling); replaces the last.
+    Profile(Vec<HotFrame>),
 }
 
 impl From<AgentEvent> for Update {
@@ -69,6 +71,10 @@ pub struct Meta {
     pub targets: String,
     pub attach_mode: String,
     pub threshold: Duration,
+    /// On-CPU samples per second of every traced thread (`--sample-hz`); 0: not sampling.
+    pub sample_hz: u64,
+    /// Why on-CPU sampling is not working although asked for (the agent's degraded note).
+    pub sampling_note: Option<String>,
 }
 
 /// Percentiles, recomputed only for endpoints that changed (reading a quantile walks the
@@ -132,6 +138,8 @@ pub struct Dashboard {
     pub captured: HashMap<ReqKey, Captured>,
     /// Frame counts over `captured`.
     pub hot: HotFrames,
+    /// The CPU profile's frames by SELF, as the agent last sent them (at most 200).
+    pub cpu: Vec<HotFrame>,
     /// Requests running now that are already past the threshold, longest first.
     pub slow_in_flight: Vec<Request>,
     /// All requests running at the last scan.
@@ -158,6 +166,7 @@ impl Dashboard {
             slow: VecDeque::new(),
             captured: HashMap::new(),
             hot: HotFrames::default(),
+            cpu: Vec::new(),
             slow_in_flight: Vec::new(),
             in_flight: 0,
             total: 0,
@@ -179,6 +188,7 @@ impl Dashboard {
             }) => self.tick(in_flight, counters),
             Update::Slow(s) => self.slow_request(*s),
             Update::Handler(c) => self.handler(&c),
+            Update::Profile(hot) => self.cpu = hot,
         }
     }
 
@@ -378,6 +388,9 @@ pub mod tests {
             seq: 0,
             pipeline_index: None,
             signals: Vec::new(),
+            breakdown: None,
+            downstream: None,
+            findings: Vec::new(),
         }
     }
 
@@ -386,6 +399,8 @@ pub mod tests {
             targets: "port 8000 (pids [4242])".into(),
             attach_mode: "tracepoints (22 syscall and sched tracepoints)".into(),
             threshold: Duration::from_secs(1),
+            sample_hz: 99,
+            sampling_note: None,
         }
     }
 

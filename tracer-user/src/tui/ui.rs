@@ -13,7 +13,7 @@ use ratatui::{
 };
 
 use super::{
-    app::{App, Focus, Screen, SortColumn},
+    app::{App, Focus, FramesSource, Screen, SortColumn},
     rate::WINDOW_SECS,
     state::{key, Dashboard},
 };
@@ -356,7 +356,20 @@ fn draw_footer(f: &mut Frame, area: Rect, app: &App) {
                 ("q", "quit"),
                 ("?", "help"),
             ],
-            Screen::Frames => &[("Esc", "back"), ("q", "quit"), ("?", "help")],
+            Screen::Frames => match app.frames_source {
+                FramesSource::Cpu => &[
+                    ("Esc", "back"),
+                    ("Tab", "slow-request captures"),
+                    ("q", "quit"),
+                    ("?", "help"),
+                ],
+                FramesSource::Captures => &[
+                    ("Esc", "back"),
+                    ("Tab", "CPU samples"),
+                    ("q", "quit"),
+                    ("?", "help"),
+                ],
+            },
         };
         let mut spans = vec![Span::raw(" ")];
         for (i, (k, what)) in hints.iter().enumerate() {
@@ -379,14 +392,14 @@ const HELP: &[(&str, &str)] = &[
     ("Esc", "clear the filter; leave a detail or frames screen"),
     ("s  S", "next sort column / reverse the order"),
     ("1 … 9", "sort by column N (again: reverse)"),
-    ("Tab", "switch pane: endpoints / slow requests"),
+    ("Tab", "switch pane; hot frames: CPU samples / captures"),
     ("↑↓  j k", "move (PgUp PgDn); g top, follows newest; G end"),
     (
         "Enter",
         "slow request: details, captures; endpoint: its slow",
     ),
     ("←→  h l", "details: previous/next slow request (↑↓ scroll)"),
-    ("f", "hot frames: where captured slow requests were"),
+    ("f", "hot frames: CPU profile / slow-request captures"),
     ("e", "export requests.jsonl, slow.jsonl, slow/*.txt"),
 ];
 
@@ -464,7 +477,7 @@ fn rate(r: f64) -> String {
 }
 
 /// Counts fit six columns.
-fn count(n: u64) -> String {
+pub(super) fn count(n: u64) -> String {
     match n {
         0..=999_999 => n.to_string(),
         1_000_000..=999_999_999 => format!("{:.1}M", n as f64 / 1e6),
