@@ -133,8 +133,7 @@ fn check_wall_and_slow(r: &Run) {
         "the sleep is {waited} µs wide in wall.folded, {expected} µs were slept"
     );
     // Charged to the stack where the thread blocked: the sleep line, then the kernel's wait.
-    let line = format!("wait_here (");
-    assert!(wall.iter().any(|(s, _)| s.contains(&line)
+    assert!(wall.iter().any(|(s, _)| s.contains("wait_here (")
         && s.contains(&format!("profile_app.py:{}", mark("wait")))
         && s.ends_with("_[k]")));
     // On CPU, the sleeping view is nearly absent.

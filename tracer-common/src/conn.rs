@@ -122,6 +122,10 @@ pub struct RequestRecord {
     pub req: [u8; REQ_PREFIX],
     /// Start of the response bytes (status line).
     pub resp: [u8; RESP_PREFIX],
+    /// Where the serving thread's time went while the request ran (`crate::sched` indices, ns).
+    pub sched: [u64; crate::sched::PARTS],
+    /// Last time the serving thread got the CPU back during the request (0: it never left).
+    pub sched_last_in: u64,
 }
 
 impl RequestRecord {
@@ -149,6 +153,8 @@ impl RequestRecord {
             comm: [0; 16],
             req: [0; REQ_PREFIX],
             resp: [0; RESP_PREFIX],
+            sched: [0; crate::sched::PARTS],
+            sched_last_in: 0,
         }
     }
 }
@@ -299,6 +305,8 @@ impl ConnState {
         r.bytes_in = n;
         r.bytes_out = 0;
         r.resp_len = 0;
+        r.sched = [0; crate::sched::PARTS];
+        r.sched_last_in = 0;
         self.phase = Phase::Request as u8;
     }
 }

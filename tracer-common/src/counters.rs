@@ -24,10 +24,18 @@ pub enum Counter {
     SampleRingFull = 8,
     /// Off-CPU intervals not recorded: the per-thread pending map was full.
     OffCpuMapFull = 9,
+    /// Downstream (connected) sockets followed.
+    DownstreamConns = 10,
+    /// Downstream exchanges recorded.
+    DownstreamCalls = 11,
+    /// Downstream exchanges lost: ring buffer full.
+    DownstreamRingFull = 12,
+    /// Downstream sockets not followed: map full.
+    DownstreamMapFull = 13,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 14;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Self::Events,
         Self::RingFull,
@@ -39,6 +47,10 @@ impl Counter {
         Self::Samples,
         Self::SampleRingFull,
         Self::OffCpuMapFull,
+        Self::DownstreamConns,
+        Self::DownstreamCalls,
+        Self::DownstreamRingFull,
+        Self::DownstreamMapFull,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -53,6 +65,10 @@ impl Counter {
             Self::Samples => "profile_samples",
             Self::SampleRingFull => "sample_ring_full_drops",
             Self::OffCpuMapFull => "off_cpu_map_full",
+            Self::DownstreamConns => "downstream_connections",
+            Self::DownstreamCalls => "downstream_calls",
+            Self::DownstreamRingFull => "downstream_ring_full_drops",
+            Self::DownstreamMapFull => "downstream_map_full",
         }
     }
 }

@@ -8,10 +8,13 @@
 
 pub mod conn;
 pub mod counters;
+pub mod downstream;
 pub mod profile;
+pub mod sched;
 
 pub use conn::{ConnKey, ConnState, EndReason, Phase, RequestRecord};
 pub use counters::Counter;
+pub use downstream::{DownstreamRecord, DsConn};
 pub use profile::{ProfileRecord, PyFrameRaw, PyProcLayout};
 
 /// Bytes of the request kept per request: the request line and, usually, `Host`. Never the body.
@@ -42,6 +45,9 @@ pub struct TracepointOffsets {
     /// `sched:sched_switch`: the state the previous task left in, and the next task's pid.
     pub switch_prev_state: u32,
     pub switch_next_pid: u32,
+    /// `sched:sched_wakeup`: the woken task.
+    pub wakeup_pid: u32,
+    pub _pad: u32,
 }
 
 /// Where a watched thread was, as stack-trace-map ids (negative: not captured).
@@ -127,4 +133,7 @@ mod pod {
     unsafe impl aya::Pod for super::CurrentRequest {}
     unsafe impl aya::Pod for super::ProfileRecord {}
     unsafe impl aya::Pod for super::PyProcLayout {}
+    unsafe impl aya::Pod for super::DsConn {}
+    unsafe impl aya::Pod for super::DownstreamRecord {}
+    unsafe impl aya::Pod for super::sched::ThreadSched {}
 }

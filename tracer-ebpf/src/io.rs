@@ -64,11 +64,15 @@ fn enter(ctx: &TracePointContext, k: u8) {
             tgid,
             fd: fd as u32,
         };
-        let Some(conn) = CONNS.get_ptr_mut(&key) else {
-            return;
-        };
-        if k >= kind::WRITE {
-            unsafe { (*conn).writing = 1 };
+        match CONNS.get_ptr_mut(&key) {
+            Some(conn) => {
+                if k >= kind::WRITE {
+                    unsafe { (*conn).writing = 1 };
+                }
+            }
+            // A downstream socket (connected by the target)?
+            None if unsafe { crate::downstream::DS_CONNS.get(&key) }.is_some() => {}
+            None => return,
         }
     }
     let a = SyscallArgs {
@@ -146,6 +150,8 @@ pub fn enter_close(ctx: TracePointContext) -> u32 {
         let conn = unsafe { &mut *conn };
         conn.close(unsafe { bpf_ktime_get_ns() }, EndReason::Close, emit);
         let _ = CONNS.remove(&key);
+    } else {
+        crate::downstream::closed(&key);
     }
     0
 }
@@ -162,7 +168,7 @@ pub fn sys_exit_io(ctx: TracePointContext) -> u32 {
     match a.kind {
         kind::READ | kind::READV | kind::RECVMSG => read_done(&a, tid, ret),
         kind::ACCEPT => {}
-        _ => write_done(&a, ret),
+        _ => write_done(&a, tid, ret),
     }
     0
 }
@@ -290,6 +296,7 @@ fn read_done(a: &SyscallArgs, tid: u32, ret: i64) {
         fd: a.fd as u32,
     };
     let Some(conn) = CONNS.get_ptr_mut(&key) else {
+        crate::downstream::read(&key, tid, data_ptr(a), ret as u64);
         return;
     };
     let conn = unsafe { &mut *conn };
@@ -313,13 +320,16 @@ fn read_done(a: &SyscallArgs, tid: u32, ret: i64) {
     }
 }
 
-fn write_done(a: &SyscallArgs, ret: i64) {
+fn write_done(a: &SyscallArgs, tid: u32, ret: i64) {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let key = ConnKey {
         tgid,
         fd: a.fd as u32,
     };
     let Some(conn) = CONNS.get_ptr_mut(&key) else {
+        if ret > 0 {
+            crate::downstream::wrote(&key, tid, data_ptr(a), ret as u64);
+        }
         return;
     };
     let conn = unsafe { &mut *conn };

@@ -9,12 +9,14 @@
 #![no_main]
 
 mod capture;
+mod downstream;
 mod handlers;
 pub mod io;
 mod maps;
 mod procs;
 mod profile;
 mod pywalk;
+mod sched;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -55,6 +55,7 @@ pub mod kind {
     pub const WRITEV: u8 = 6;
     pub const SENDMSG: u8 = 7;
     pub const SENDFILE: u8 = 8;
+    pub const CONNECT: u8 = 9;
 }
 
 #[inline(always)]

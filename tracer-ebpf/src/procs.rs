@@ -18,6 +18,8 @@ pub static OFFSETS: TracepointOffsets = TracepointOffsets {
     signal_pid: 36,
     switch_prev_state: 32,
     switch_next_pid: 56,
+    wakeup_pid: 24,
+    _pad: 0,
 };
 
 /// A traced process forked: trace the child (gunicorn/uWSGI workers, nginx workers, respawns).
@@ -57,6 +59,7 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     let _ = crate::handlers::CURRENT.remove(&tid);
     let _ = crate::pywalk::PY_PROCS.remove(&tid);
     crate::profile::forget_thread(tid);
+    let _ = crate::sched::THREADS.remove(&tid);
     0
 }
 

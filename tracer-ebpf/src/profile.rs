@@ -10,10 +10,10 @@
 use aya_ebpf::{
     bindings::BPF_F_USER_STACK,
     helpers::{
-        bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        bpf_ktime_get_ns,
         generated::{bpf_get_stack, bpf_probe_read_kernel},
     },
-    macros::{map, tracepoint},
+    macros::map,
     maps::{HashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
     EbpfContext,
@@ -26,7 +26,6 @@ use tracer_common::{
 use crate::{
     handlers::CURRENT,
     maps::{count, is_target, CONNS},
-    procs::OFFSETS,
     pywalk,
 };
 
@@ -34,6 +33,7 @@ use crate::{
 #[unsafe(no_mangle)]
 pub static PROFILE_FLAGS: u32 = 0;
 pub const PROFILE_ON_CPU: u32 = 1;
+pub const PROFILE_OFF_CPU: u32 = 2;
 
 #[map]
 pub static SAMPLES: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
@@ -116,61 +116,54 @@ pub fn on_cpu<C: EbpfContext>(ctx: &C, tgid: u32, tid: u32) {
     count(Counter::Samples);
 }
 
-/// sched:sched_switch. Attached only when off-CPU (wall-clock) profiling is on.
-#[tracepoint]
-pub fn profile_switch(ctx: TracePointContext) -> u32 {
-    let off = unsafe { core::ptr::read_volatile(&OFFSETS) };
-    let now = unsafe { bpf_ktime_get_ns() };
-    if let Ok(next) = unsafe { ctx.read_at::<i32>(off.switch_next_pid as usize) } {
-        let next = next as u32;
-        if let Some(p) = OFF_PENDING.get_ptr(&next) {
-            match SAMPLES.reserve::<ProfileRecord>(0) {
-                Some(mut slot) => {
-                    let out = slot.as_mut_ptr();
-                    unsafe {
-                        bpf_probe_read_kernel(
-                            out.cast(),
-                            core::mem::size_of::<ProfileRecord>() as u32,
-                            p.cast(),
-                        );
-                        (*out).off_ns = now.saturating_sub((*out).ts);
-                    }
-                    slot.submit(crate::io::wake_flags(&SAMPLES, 1024 * 1024));
-                    count(Counter::Samples);
-                }
-                None => count(Counter::SampleRingFull),
-            }
-            let _ = OFF_PENDING.remove(&next);
-        }
-    }
-    let id = bpf_get_current_pid_tgid();
-    let (tgid, tid) = ((id >> 32) as u32, id as u32);
-    if tid == 0 || !is_target(tgid) {
-        return 0;
-    }
-    // Only threads inside a request: idle workers waiting in accept or for the next keep-alive
-    // request are not request time.
-    let Some(cur) = (unsafe { CURRENT.get(&tid) }) else {
-        return 0;
+/// The thread `next` is switched in: send its parked off-CPU record with the time it was off.
+#[inline(always)]
+pub fn switch_in(next: u32, now: u64) {
+    let Some(p) = OFF_PENDING.get_ptr(&next) else {
+        return;
     };
-    let key = ConnKey { tgid, fd: cur.fd };
-    match unsafe { CONNS.get(&key) } {
-        Some(c) if c.rec.conn_id == cur.conn_id && c.phase == Phase::Request as u8 => {}
-        _ => return 0,
+    match SAMPLES.reserve::<ProfileRecord>(0) {
+        Some(mut slot) => {
+            let out = slot.as_mut_ptr();
+            unsafe {
+                bpf_probe_read_kernel(
+                    out.cast(),
+                    core::mem::size_of::<ProfileRecord>() as u32,
+                    p.cast(),
+                );
+                (*out).off_ns = now.saturating_sub((*out).ts);
+            }
+            slot.submit(crate::io::wake_flags(&SAMPLES, 1024 * 1024));
+            count(Counter::Samples);
+        }
+        None => count(Counter::SampleRingFull),
     }
+    let _ = OFF_PENDING.remove(&next);
+}
+
+/// The current thread, serving a request (checked by the caller), leaves the CPU: park its
+/// stacks until it runs again.
+#[inline(always)]
+pub fn switch_out(ctx: &TracePointContext, tgid: u32, tid: u32, now: u64, state: u32) {
     let Some(rec) = PROFILE_SCRATCH.get_ptr_mut(0) else {
-        return 0;
+        return;
     };
     let rec = unsafe { &mut *rec };
     rec.kind = sample_kind::OFF_CPU;
-    rec.state = unsafe { ctx.read_at::<i64>(off.switch_prev_state as usize) }.unwrap_or(0) as u32;
+    rec.state = state;
     rec.ts = now;
     rec.off_ns = 0;
-    fill(&ctx, rec, tgid, tid);
+    fill(ctx, rec, tgid, tid);
     if OFF_PENDING.insert(&tid, rec, 0).is_err() {
         count(Counter::OffCpuMapFull);
     }
-    0
+}
+
+/// Off-CPU profiling asked for.
+#[inline(always)]
+pub fn off_cpu_on() -> bool {
+    let flags = unsafe { core::ptr::read_volatile(&PROFILE_FLAGS) };
+    flags & PROFILE_OFF_CPU != 0
 }
 
 /// A thread exited: nothing of it may stay parked.

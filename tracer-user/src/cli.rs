@@ -198,6 +198,11 @@ pub struct CaptureArgs {
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub resample: Option<Duration>,
 
+    /// The same statement or command (by fingerprint, to the same database or cache) this many
+    /// times in one request is reported as an N+1 finding (findings.jsonl, the summary, top).
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub n_plus_one: u32,
+
     /// At most this many captures per slow request.
     #[arg(long, default_value_t = 20, value_name = "N")]
     pub max_captures: u32,

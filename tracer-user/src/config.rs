@@ -90,6 +90,7 @@ pub struct RecordConfig {
     pub handlers: Vec<crate::handlers::Handler>,
     pub act: Option<crate::act::Policy>,
     pub profile: Option<crate::profile::ProfilerConfig>,
+    pub n_plus_one: u32,
 }
 
 /// `--threshold 0` means no captures; resampling faster than the scan period is pointless.
@@ -147,6 +148,7 @@ pub struct TopConfig {
     pub handlers: Vec<crate::handlers::Handler>,
     pub act: Option<crate::act::Policy>,
     pub profile: Option<crate::profile::ProfilerConfig>,
+    pub n_plus_one: u32,
 }
 
 impl Targets {
@@ -184,9 +186,10 @@ impl RecordConfig {
         prepare_output_dir(&a.output)?;
         let flame = a
             .flamegraph
-            .then(|| (a.output.as_path(), a.endpoint.as_deref()));
+            .then_some((a.output.as_path(), a.endpoint.as_deref()));
         let profile = profile_config(&a.profile, flame)?;
         Ok(Self {
+            n_plus_one: a.capture.n_plus_one,
             profile,
             targets,
             duration: a.duration,
@@ -209,6 +212,7 @@ impl TopConfig {
         }
         let profile = profile_config(&a.profile, None)?;
         Ok(Self {
+            n_plus_one: a.capture.n_plus_one,
             profile,
             targets,
             // The same --threshold as captures: slow on the dashboard is slow for captures.
@@ -300,6 +304,7 @@ mod tests {
                 threshold: Duration::from_secs(1),
                 resample: None,
                 max_captures: 20,
+                n_plus_one: 10,
                 handlers: vec![],
                 interrupt_after: None,
                 dump_signal: None,
@@ -324,6 +329,7 @@ mod tests {
                 threshold: Duration::from_secs(1),
                 resample: None,
                 max_captures: 20,
+                n_plus_one: 10,
                 handlers: vec![],
                 interrupt_after: None,
                 dump_signal: None,

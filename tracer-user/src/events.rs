@@ -24,6 +24,17 @@ pub fn decode_handler(bytes: &[u8]) -> Result<tracer_common::HandlerRecord, Shor
     Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<tracer_common::HandlerRecord>()) })
 }
 
+/// A downstream exchange.
+pub fn decode_downstream(bytes: &[u8]) -> Result<tracer_common::DownstreamRecord, ShortRecord> {
+    if bytes.len() < std::mem::size_of::<tracer_common::DownstreamRecord>() {
+        return Err(ShortRecord(bytes.len()));
+    }
+    // SAFETY: length checked; plain data valid for any bit pattern.
+    Ok(unsafe {
+        std::ptr::read_unaligned(bytes.as_ptr().cast::<tracer_common::DownstreamRecord>())
+    })
+}
+
 /// A profiling sample.
 pub fn decode_profile(bytes: &[u8]) -> Result<tracer_common::ProfileRecord, ShortRecord> {
     if bytes.len() < std::mem::size_of::<tracer_common::ProfileRecord>() {

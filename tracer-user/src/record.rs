@@ -13,7 +13,7 @@ use crate::{
     agent::{Agent, AgentConfig, AgentEvent, Consumer, Counters},
     config::RecordConfig,
     model::{handler::HandlerCall, slow::SlowRequest, Stats},
-    sinks::{jsonl::JsonlSink, slow::SlowSink, summary, Sink},
+    sinks::{findings::FindingsSink, jsonl::JsonlSink, slow::SlowSink, summary, Sink},
 };
 
 struct Recorder {
@@ -22,6 +22,7 @@ struct Recorder {
     slow: Option<SlowSink>,
     /// `--handler` calls: handlers.jsonl and their own rows.
     handlers: Option<(JsonlSink, Stats)>,
+    findings: FindingsSink,
 }
 
 impl Consumer for Recorder {
@@ -29,6 +30,7 @@ impl Consumer for Recorder {
         match ev {
             AgentEvent::Request(req) => {
                 self.stats.add(&req);
+                self.findings.add(&req).context("writing findings.jsonl")?;
                 self.sink.request(&req).context("writing requests.jsonl")
             }
             // The file is flushed on every scan, so a request is on disk within one period.
@@ -39,6 +41,7 @@ impl Consumer for Recorder {
                 if let Some((h, _)) = self.handlers.as_mut() {
                     h.flush().context("writing handlers.jsonl")?;
                 }
+                self.findings.flush().context("writing findings.jsonl")?;
                 self.sink.flush().context("writing requests.jsonl")
             }
         }
@@ -85,6 +88,7 @@ pub fn run(cfg: RecordConfig) -> anyhow::Result<ExitCode> {
         handlers: cfg.handlers.clone(),
         act: cfg.act,
         profile: cfg.profile.clone(),
+        n_plus_one: cfg.n_plus_one,
     })?;
     for d in &agent.degraded {
         eprintln!("slowtrace: note: {d}");
@@ -112,7 +116,9 @@ pub fn run(cfg: RecordConfig) -> anyhow::Result<ExitCode> {
             JsonlSink::create(&path).with_context(|| format!("creating {}", path.display()))?;
         Some((sink, Stats::default()))
     };
+    let findings = FindingsSink::create(&cfg.out_dir).context("creating findings.jsonl")?;
     let mut rec = Recorder {
+        findings,
         stats: Stats::default(),
         sink,
         slow,
@@ -148,6 +154,9 @@ pub fn run(cfg: RecordConfig) -> anyhow::Result<ExitCode> {
                 .replacen("ENDPOINT", "HANDLER ", 1),
         );
     }
+    rec.findings.flush().context("writing findings.jsonl")?;
+    footer.extend(rec.findings.summary());
+    footer.extend(downstream_report(&done.counters));
     if let Some(p) = &done.profile {
         footer.extend(profile_report(p, &done.counters));
     }
@@ -157,6 +166,24 @@ pub fn run(cfg: RecordConfig) -> anyhow::Result<ExitCode> {
         Some(code) if code != 0 => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         _ => ExitCode::SUCCESS,
     })
+}
+
+/// Downstream tracking counters.
+fn downstream_report(c: &Counters) -> Vec<String> {
+    let (conns, calls) = (
+        c.get(Counter::DownstreamConns),
+        c.get(Counter::DownstreamCalls),
+    );
+    let lost = c.get(Counter::DownstreamRingFull) + c.get(Counter::DownstreamMapFull);
+    let mut v = vec![format!(
+        "downstream: {conns} connections opened by the targets, {calls} round trips"
+    )];
+    if lost > 0 {
+        v.push(format!(
+            "WARNING: {lost} downstream round trips or connections were not followed (ring or map full)"
+        ));
+    }
+    v
 }
 
 /// What the profiler saw and wrote.

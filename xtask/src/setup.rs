@@ -17,7 +17,18 @@ use anyhow::{bail, Context as _};
 use crate::util::{self, output};
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
-const DEBIAN_PACKAGES: &[&str] = &["nginx-light", "wrk", "curl", "tmux"];
+/// nginx, wrk and curl for the request tests; tmux for the dashboard test; PostgreSQL, Redis and
+/// memcached as the downstream servers of the downstream-call tests (started by the tests
+/// themselves on free ports, never as system services).
+const DEBIAN_PACKAGES: &[&str] = &[
+    "nginx-light",
+    "wrk",
+    "curl",
+    "tmux",
+    "postgresql",
+    "redis-server",
+    "memcached",
+];
 
 pub fn run(with_test_packages: bool) -> anyhow::Result<()> {
     nightly()?;

@@ -26,7 +26,16 @@ use crate::{
     config::Targets,
     events,
     handlers::Handler,
-    model::{handler::HandlerCall, slow::SlowRequest, Context, Request, Tracker},
+    model::{
+        breakdown::Breakdown,
+        downstream::{
+            calls::{CallTracker, Summary as CallSummary},
+            findings::{self, Thresholds},
+        },
+        handler::HandlerCall,
+        slow::SlowRequest,
+        Context, Request, Tracker,
+    },
     probes::{preflight, tracefs, Probes, ProfileSettings},
     procfs::{self, LocalPorts},
     profile::{Profiler, ProfilerConfig},
@@ -109,6 +118,8 @@ pub struct AgentConfig {
     pub act: Option<act::Policy>,
     /// Continuous profiling (`--sample-hz`, `--flamegraph`); None: off.
     pub profile: Option<ProfilerConfig>,
+    /// `--n-plus-one`: the same statement this many times in one request is a finding.
+    pub n_plus_one: u32,
 }
 
 /// Why the agent stopped.
@@ -148,6 +159,9 @@ pub struct Agent {
     actor: Option<Actor>,
     profiler: Option<Profiler>,
     samples_ring: Option<RingBuf<MapData>>,
+    ds_ring: Option<RingBuf<MapData>>,
+    calls: CallTracker,
+    thresholds: Thresholds,
     /// Capture pieces that could not be attached (said once at start).
     pub degraded: Vec<String>,
     /// "pid 12, port 8000 (pids [..])" for the user.
@@ -202,6 +216,7 @@ impl Agent {
             None => None,
         };
         let samples_ring = profiler.as_ref().map(|_| profile_maps.samples);
+        let ds_ring = Some(profile_maps.downstream);
         let degraded = maps.degraded.clone();
         let capturing = match cfg.capture {
             Some(c) => Some(start_capture(c, maps)?),
@@ -285,6 +300,12 @@ impl Agent {
             actor: cfg.act.map(Actor::new),
             profiler,
             samples_ring,
+            ds_ring,
+            calls: CallTracker::default(),
+            thresholds: Thresholds {
+                n_plus_one: cfg.n_plus_one,
+                ..Thresholds::default()
+            },
             degraded,
             described: described.join(", "),
             attach_mode,
@@ -309,6 +330,7 @@ impl Agent {
         if let Some(a) = self.actor.as_mut() {
             req.signals = a.finish(&(r.tgid, r.conn_id, r.seq));
         }
+        self.explain(r, end, &mut req);
         let slow = self.capturing.as_mut().and_then(|c| c.finish(r, end, &req));
         if let Some(p) = self.profiler.as_mut() {
             // A slow request's own flamegraph is named after its report.
@@ -323,6 +345,40 @@ impl Agent {
         match slow {
             Some(s) => out.on_slow(&s),
             None => Ok(()),
+        }
+    }
+
+    /// Where the request's time went, its downstream calls, and what they say (findings).
+    fn explain(&mut self, r: &RequestRecord, end: EndReason, req: &mut Request) {
+        let exchanges = self.calls.take(&(r.tgid, r.conn_id, r.seq));
+        req.downstream = CallSummary::of(&exchanges);
+        if end == EndReason::InFlight || r.start_ns == 0 {
+            return;
+        }
+        let b = Breakdown::from_record(r, r.start_ns + req.duration_us * 1000);
+        req.breakdown = Some(b);
+        // Shares of time say something about slow requests; a 300 µs request is always
+        // "CPU-bound". Counts (N+1, repeated keys) are findings at any duration.
+        let slow_us = self
+            .capturing
+            .as_ref()
+            .map_or(1_000_000, Capturing::threshold_us);
+        let shares = if req.duration_us >= slow_us {
+            b.for_findings(req.duration_us)
+        } else {
+            findings::Breakdown::default()
+        };
+        let calls: Vec<findings::Call> = exchanges.into_iter().flat_map(|e| e.calls).collect();
+        req.findings = findings::detect(&calls, &shares, &self.thresholds);
+    }
+
+    /// Downstream exchanges, kept per served request until it ends.
+    fn drain_downstream(&mut self, ring: &mut RingBuf<MapData>) {
+        while let Some(item) = ring.next() {
+            match events::decode_downstream(&item) {
+                Ok(rec) => self.calls.add(&rec),
+                Err(_) => self.malformed += 1,
+            }
         }
     }
 
@@ -555,6 +611,14 @@ impl Agent {
             ),
             None => None,
         };
+        let mut ds_ring = match self.ds_ring.take() {
+            // SAFETY: as above.
+            Some(r) => Some(
+                unsafe { AsyncFd::register(r) }
+                    .map_err(|e| anyhow::anyhow!("polling the downstream ring buffer: {e}"))?,
+            ),
+            None => None,
+        };
         let mut handler_ring = match self.handler_ring.take() {
             // SAFETY: as above.
             Some(r) => Some(
@@ -575,6 +639,11 @@ impl Agent {
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let why = loop {
             tokio::select! {
+                guard = readable_opt(&mut ds_ring) => {
+                    let mut guard = guard?;
+                    self.drain_downstream(guard.get_inner_mut());
+                    guard.clear_ready();
+                }
                 guard = readable_opt(&mut samples_ring) => {
                     let mut guard = guard?;
                     self.drain_samples(guard.get_inner_mut());
@@ -595,6 +664,9 @@ impl Agent {
                     if let Some(s) = samples_ring.as_mut() {
                         self.drain_samples(s.get_mut());
                     }
+                    if let Some(d) = ds_ring.as_mut() {
+                        self.drain_downstream(d.get_mut());
+                    }
                     self.drain(ring.get_mut(), out)?;
                     if let Some(h) = handler_ring.as_mut() {
                         self.drain_handlers(h.get_mut(), out)?;
@@ -603,6 +675,9 @@ impl Agent {
                 _ = tick.tick() => {
                     if let Some(s) = samples_ring.as_mut() {
                         self.drain_samples(s.get_mut());
+                    }
+                    if let Some(d) = ds_ring.as_mut() {
+                        self.drain_downstream(d.get_mut());
                     }
                     self.drain(ring.get_mut(), out)?;
                     self.scan(out)?;
@@ -626,6 +701,9 @@ impl Agent {
         // Records the kernel wrote before we stopped listening.
         if let Some(s) = samples_ring.as_mut() {
             self.drain_samples(s.get_mut());
+        }
+        if let Some(d) = ds_ring.as_mut() {
+            self.drain_downstream(d.get_mut());
         }
         self.drain(ring.get_mut(), out)?;
         if let Some(h) = handler_ring.as_mut() {

@@ -1,6 +1,8 @@
 //! The pure part of the agent: kernel records in, requests and statistics out. No I/O here, so
 //! every piece is driven by synthetic input in unit tests.
 
+pub mod breakdown;
+pub mod downstream;
 pub mod handler;
 pub mod http;
 pub mod profile;

@@ -215,7 +215,9 @@ impl Profile {
             .filter_map(|(s, w)| {
                 let ids = self.stacks.get(*s as usize)?;
                 let root = &self.frames[*ids.first()? as usize];
-                (!filter.is_some_and(|p| !p.matches(&root.name))).then_some((ids.as_slice(), *w))
+                filter
+                    .is_none_or(|p| p.matches(&root.name))
+                    .then_some((ids.as_slice(), *w))
             })
             .collect();
         v.sort_by(|a, b| a.0.cmp(b.0));

@@ -66,6 +66,16 @@ pub struct Request {
     /// `--dump-signal`); empty, and absent from the JSON, unless asked for.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub signals: Vec<crate::act::Sent>,
+    /// Where the time went (scheduler view of the serving thread); absent for requests still
+    /// running at exit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub breakdown: Option<super::breakdown::Breakdown>,
+    /// Calls to databases, caches and services made while serving it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub downstream: Option<super::downstream::calls::Summary>,
+    /// N+1 queries, repeated cache keys, CPU-, lock- or peer-bound (findings.jsonl has them too).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub findings: Vec<super::downstream::findings::Finding>,
 }
 
 impl Request {
@@ -133,6 +143,9 @@ impl Request {
             seq: r.seq,
             pipeline_index: (r.flags & FLAG_PIPELINED != 0).then_some(r.pipeline_index),
             signals: Vec::new(),
+            breakdown: None,
+            downstream: None,
+            findings: Vec::new(),
         }
     }
 

@@ -33,6 +33,8 @@ pub struct ProfileSettings {
 pub struct ProfileMaps {
     pub samples: RingBuf<MapData>,
     pub py_procs: HashMap<MapData, u32, tracer_common::PyProcLayout>,
+    /// Downstream exchanges (ring `DS_EVENTS`).
+    pub downstream: RingBuf<MapData>,
 }
 
 /// Maps of the stack-capture programs, handed to the capture side.
@@ -106,7 +108,12 @@ const ATTACH: &[(&str, &str, &[&str])] = &[
         "syscalls",
         &["sys_exit_accept", "sys_exit_accept4"],
     ),
+    ("exit_connect", "syscalls", &["sys_exit_connect"]),
     ("sched_process_fork", "sched", &["sched_process_fork"]),
+    // Where request time goes (and the off-CPU profile): scheduler and syscall-entry tracepoints.
+    ("sys_enter_any", "raw_syscalls", &["sys_enter"]),
+    ("sched_wakeup", "sched", &["sched_wakeup"]),
+    ("sched_switch", "sched", &["sched_switch"]),
     ("sched_process_exit", "sched", &["sched_process_exit"]),
     (
         "enter_accept",
@@ -130,6 +137,7 @@ const ATTACH: &[(&str, &str, &[&str])] = &[
     ("enter_sendfile", "syscalls", &["sys_enter_sendfile64"]),
     ("enter_close", "syscalls", &["sys_enter_close"]),
     ("enter_bind", "syscalls", &["sys_enter_bind"]),
+    ("enter_connect", "syscalls", &["sys_enter_connect"]),
 ];
 
 /// Loaded and attached programs with typed handles on their maps.
@@ -152,7 +160,7 @@ impl Probes {
         offsets: TracepointOffsets,
         profile: ProfileSettings,
     ) -> Result<(Probes, RingBuf<MapData>, CaptureMaps, ProfileMaps), ProbeError> {
-        let flags: u32 = u32::from(profile.sample_hz > 0);
+        let flags: u32 = u32::from(profile.sample_hz > 0) | (u32::from(profile.off_cpu) << 1);
         let mut ebpf = EbpfLoader::new()
             .override_global("OFFSETS", &offsets, true)
             .override_global("PROFILE_FLAGS", &flags, true)
@@ -177,23 +185,7 @@ impl Probes {
         } else {
             CAPTURE_HZ
         };
-        let mut degraded = attach_capture(&mut ebpf, hz);
-        if profile.off_cpu {
-            if let Err(e) = loaded::<TracePoint>(&mut ebpf, "profile_switch").and_then(|p| {
-                p.attach("sched", "sched_switch")
-                    .map(drop)
-                    .map_err(|source| ProbeError::Attach {
-                        name: "profile_switch",
-                        category: "sched",
-                        tracepoint: "sched_switch",
-                        source: Box::new(source),
-                    })
-            }) {
-                degraded.push(format!(
-                    "off-CPU profile (wall-clock flamegraph) unavailable: {e}"
-                ));
-            }
-        }
+        let degraded = attach_capture(&mut ebpf, hz);
         let profile_maps = ProfileMaps {
             samples: RingBuf::try_from(take(&mut ebpf, "SAMPLES")?).map_err(|source| {
                 ProbeError::Map {
@@ -202,6 +194,12 @@ impl Probes {
                 }
             })?,
             py_procs: typed(&mut ebpf, "PY_PROCS")?,
+            downstream: RingBuf::try_from(take(&mut ebpf, "DS_EVENTS")?).map_err(|source| {
+                ProbeError::Map {
+                    name: "DS_EVENTS",
+                    source: Box::new(source),
+                }
+            })?,
         };
         let capture = CaptureMaps {
             watch: typed(&mut ebpf, "WATCH")?,

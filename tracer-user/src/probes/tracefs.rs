@@ -98,7 +98,16 @@ pub fn offsets(tracefs: &Path) -> Result<TracepointOffsets, TracefsError> {
             path: sw_path.clone(),
         })
     };
+    let wk_path = tracefs.join("events/sched/sched_wakeup/format");
+    let wk_text =
+        fs::read_to_string(&wk_path).map_err(|e| TracefsError::Read(wk_path.clone(), e))?;
+    let wakeup_pid = field_offset(&wk_text, "pid").ok_or_else(|| TracefsError::MissingField {
+        field: "pid",
+        path: wk_path.clone(),
+    })?;
     Ok(TracepointOffsets {
+        wakeup_pid,
+        _pad: 0,
         switch_prev_state: sw_field("prev_state")?,
         switch_next_pid: sw_field("next_pid")?,
         fork_parent_pid: field("parent_pid")?,

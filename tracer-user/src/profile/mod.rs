@@ -45,6 +45,10 @@ pub struct ProfilerConfig {
     pub wall: bool,
 }
 
+#[expect(
+    clippy::large_enum_variant,
+    reason = "samples are the traffic; boxing each would allocate per sample"
+)]
 enum Msg {
     Sample(ProfileRecord),
     Probe(u32),

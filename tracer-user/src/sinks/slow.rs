@@ -221,6 +221,9 @@ mod tests {
             seq: 0,
             pipeline_index: None,
             signals: Vec::new(),
+            breakdown: None,
+            downstream: None,
+            findings: Vec::new(),
         };
         let s = SlowRequest {
             kind: "killed",

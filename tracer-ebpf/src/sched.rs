@@ -1,0 +1,247 @@
+//! Where a request's time goes. The scheduler tracepoints follow each target thread that serves
+//! a request: when it leaves the CPU (sched_switch, in its own context), why (the syscall it is
+//! in, noted by raw_syscalls:sys_enter); when it is woken (sched_wakeup); when it runs again.
+//! The intervals are added to the request's record in the connection map, so they travel with
+//! the one record per request. The same switch also feeds the off-CPU profile (profile.rs).
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::{map, tracepoint},
+    maps::HashMap,
+    programs::TracePointContext,
+};
+use tracer_common::{sched, sched::ThreadSched, ConnKey, Phase};
+
+use crate::{
+    downstream::DS_CONNS,
+    handlers::CURRENT,
+    maps::{is_target, CONNS},
+    procs::OFFSETS,
+    profile,
+};
+
+/// tid → scheduler bookkeeping, for target threads.
+#[map]
+pub static THREADS: HashMap<u32, ThreadSched> = HashMap::with_max_entries(16384, 0);
+
+/// x86_64 syscall numbers the reasons are told by.
+mod nr {
+    pub const READ: i64 = 0;
+    pub const WRITE: i64 = 1;
+    pub const POLL: i64 = 7;
+    pub const PREAD64: i64 = 17;
+    pub const READV: i64 = 19;
+    pub const WRITEV: i64 = 20;
+    pub const SELECT: i64 = 23;
+    pub const NANOSLEEP: i64 = 35;
+    pub const CONNECT: i64 = 42;
+    pub const SENDTO: i64 = 44;
+    pub const RECVFROM: i64 = 45;
+    pub const SENDMSG: i64 = 46;
+    pub const RECVMSG: i64 = 47;
+    pub const FCNTL: i64 = 72;
+    pub const FLOCK: i64 = 73;
+    pub const FUTEX: i64 = 202;
+    pub const CLOCK_NANOSLEEP: i64 = 230;
+    pub const EPOLL_WAIT: i64 = 232;
+    pub const PSELECT6: i64 = 270;
+    pub const PPOLL: i64 = 271;
+    pub const EPOLL_PWAIT: i64 = 281;
+    pub const EPOLL_PWAIT2: i64 = 441;
+    /// fcntl commands that wait for a lock.
+    pub const F_SETLKW: u64 = 7;
+    pub const F_OFD_SETLKW: u64 = 38;
+}
+
+/// `prev_state` bit of an uninterruptible sleep (disk I/O, mostly).
+const TASK_UNINTERRUPTIBLE: u32 = 2;
+
+/// raw_syscalls:sys_enter: remember the syscall a target thread is in (`long id` at 8, the
+/// arguments from 16).
+#[tracepoint]
+pub fn sys_enter_any(ctx: TracePointContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((id >> 32) as u32, id as u32);
+    if !is_target(tgid) {
+        return 0;
+    }
+    let nr = unsafe { ctx.read_at::<i64>(8) }.unwrap_or(-1);
+    let arg0 = unsafe { ctx.read_at::<u64>(16) }.unwrap_or(0);
+    let arg1 = unsafe { ctx.read_at::<u64>(24) }.unwrap_or(0);
+    match THREADS.get_ptr_mut(&tid) {
+        Some(t) => unsafe {
+            (*t).nr = nr;
+            (*t).arg0 = arg0;
+            (*t).arg1 = arg1;
+        },
+        None => {
+            let t = ThreadSched {
+                nr,
+                arg0,
+                arg1,
+                tgid,
+                ..ThreadSched::default()
+            };
+            let _ = THREADS.insert(&tid, &t, 0);
+        }
+    }
+    0
+}
+
+#[tracepoint]
+pub fn sched_wakeup(ctx: TracePointContext) -> u32 {
+    let off = unsafe { core::ptr::read_volatile(&OFFSETS) };
+    let Ok(pid) = (unsafe { ctx.read_at::<i32>(off.wakeup_pid as usize) }) else {
+        return 0;
+    };
+    if let Some(t) = THREADS.get_ptr_mut(&(pid as u32)) {
+        let t = unsafe { &mut *t };
+        if t.out_ts != 0 && t.wake_ts == 0 {
+            t.wake_ts = unsafe { bpf_ktime_get_ns() };
+        }
+    }
+    0
+}
+
+/// Why a thread that left the CPU in state `state` is waiting.
+#[inline(always)]
+fn reason(t: &ThreadSched, tgid: u32, state: u32) -> u32 {
+    let downstream_fd = || unsafe {
+        DS_CONNS
+            .get(&ConnKey {
+                tgid,
+                fd: t.arg0 as u32,
+            })
+            .is_some()
+    };
+    let r = match t.nr {
+        nr::FUTEX | nr::FLOCK => sched::LOCK,
+        nr::FCNTL if t.arg1 == nr::F_SETLKW || t.arg1 == nr::F_OFD_SETLKW => sched::LOCK,
+        nr::NANOSLEEP | nr::CLOCK_NANOSLEEP => sched::SLEEP,
+        nr::CONNECT => sched::DOWNSTREAM,
+        nr::READ
+        | nr::PREAD64
+        | nr::READV
+        | nr::RECVFROM
+        | nr::RECVMSG
+        | nr::WRITE
+        | nr::WRITEV
+        | nr::SENDTO
+        | nr::SENDMSG
+            if downstream_fd() =>
+        {
+            sched::DOWNSTREAM
+        }
+        nr::POLL
+        | nr::PPOLL
+        | nr::SELECT
+        | nr::PSELECT6
+        | nr::EPOLL_WAIT
+        | nr::EPOLL_PWAIT
+        | nr::EPOLL_PWAIT2
+            if t.ds_waiting != 0 =>
+        {
+            sched::DOWNSTREAM
+        }
+        _ if state & TASK_UNINTERRUPTIBLE != 0 => sched::DISK,
+        _ => sched::OTHER,
+    };
+    r as u32
+}
+
+#[tracepoint]
+pub fn sched_switch(ctx: TracePointContext) -> u32 {
+    let off = unsafe { core::ptr::read_volatile(&OFFSETS) };
+    let now = unsafe { bpf_ktime_get_ns() };
+    let profiling = profile::off_cpu_on();
+    if let Ok(next) = unsafe { ctx.read_at::<i32>(off.switch_next_pid as usize) } {
+        let next = next as u32;
+        switched_in(next, now);
+        if profiling {
+            profile::switch_in(next, now);
+        }
+    }
+    let id = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((id >> 32) as u32, id as u32);
+    if tid == 0 || !is_target(tgid) {
+        return 0;
+    }
+    // Only threads inside a request: idle workers waiting in accept or for the next keep-alive
+    // request are not request time. A response blocked on a slow client is.
+    let Some(cur) = (unsafe { CURRENT.get(&tid) }).copied() else {
+        return 0;
+    };
+    let key = ConnKey { tgid, fd: cur.fd };
+    let Some(c) = CONNS.get_ptr_mut(&key) else {
+        return 0;
+    };
+    let c = unsafe { &mut *c };
+    let in_request = c.phase == Phase::Request as u8 || c.writing != 0;
+    if c.rec.conn_id != cur.conn_id || c.rec.seq != cur.seq || !in_request {
+        return 0;
+    }
+    let state = unsafe { ctx.read_at::<i64>(off.switch_prev_state as usize) }.unwrap_or(0) as u32;
+    let ran_from = if c.rec.sched_last_in > c.rec.start_ns {
+        c.rec.sched_last_in
+    } else {
+        c.rec.start_ns
+    };
+    c.rec.sched[sched::ON_CPU] += now.saturating_sub(ran_from);
+    c.rec.sched[sched::SWITCHES] += 1;
+    if let Some(t) = THREADS.get_ptr_mut(&tid) {
+        let t = unsafe { &mut *t };
+        t.out_ts = now;
+        t.wake_ts = 0;
+        t.conn_id = cur.conn_id;
+        t.seq = cur.seq;
+        t.fd = cur.fd;
+        // Preempted (runnable): all of the time off is waiting for a CPU.
+        t.reason = if state & 0xff == 0 {
+            sched::RUNQUEUE as u32
+        } else {
+            reason(t, tgid, state)
+        };
+    }
+    if profiling {
+        profile::switch_out(&ctx, tgid, tid, now, state);
+    }
+    0
+}
+
+/// `next` runs again: charge the interval it was off to its request.
+#[inline(always)]
+fn switched_in(next: u32, now: u64) {
+    let Some(t) = THREADS.get_ptr_mut(&next) else {
+        return;
+    };
+    let t = unsafe { &mut *t };
+    if t.out_ts == 0 {
+        return;
+    }
+    let out = t.out_ts;
+    t.out_ts = 0;
+    let woke = if t.wake_ts >= out && t.wake_ts != 0 && t.reason != sched::RUNQUEUE as u32 {
+        t.wake_ts
+    } else if t.reason == sched::RUNQUEUE as u32 {
+        out
+    } else {
+        now
+    };
+    let key = ConnKey {
+        tgid: t.tgid,
+        fd: t.fd,
+    };
+    let Some(c) = CONNS.get_ptr_mut(&key) else {
+        return;
+    };
+    let c = unsafe { &mut *c };
+    if c.rec.conn_id != t.conn_id || c.rec.seq != t.seq {
+        return;
+    }
+    let reason = (t.reason as usize).min(sched::OTHER);
+    if reason != sched::RUNQUEUE {
+        c.rec.sched[reason] += woke.saturating_sub(out);
+    }
+    c.rec.sched[sched::RUNQUEUE] += now.saturating_sub(woke);
+    c.rec.sched_last_in = now;
+}
