@@ -1,6 +1,8 @@
 //! Harness for the root tests: real servers and real clients on 127.0.0.1, the real `slowtrace`
 //! binary loading real eBPF. `cargo xtask test` sets SLOWTRACE_BIN and SLOWTRACE_VENV.
 
+pub mod backends;
+
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::TcpStream,

@@ -126,6 +126,11 @@ pub struct RequestRecord {
     pub sched: [u64; crate::sched::PARTS],
     /// Last time the serving thread got the CPU back during the request (0: it never left).
     pub sched_last_in: u64,
+    /// Last time it left the CPU during the request. If a switch-in was missed (a tracepoint
+    /// program can be skipped when another BPF program runs on that CPU), counting the next
+    /// on-CPU segment from here instead of the older `sched_last_in` avoids counting a segment
+    /// twice.
+    pub sched_last_out: u64,
 }
 
 impl RequestRecord {
@@ -155,6 +160,7 @@ impl RequestRecord {
             resp: [0; RESP_PREFIX],
             sched: [0; crate::sched::PARTS],
             sched_last_in: 0,
+            sched_last_out: 0,
         }
     }
 }
@@ -307,6 +313,7 @@ impl ConnState {
         r.resp_len = 0;
         r.sched = [0; crate::sched::PARTS];
         r.sched_last_in = 0;
+        r.sched_last_out = 0;
         self.phase = Phase::Request as u8;
     }
 }

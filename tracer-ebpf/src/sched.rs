@@ -181,12 +181,15 @@ pub fn sched_switch(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let state = unsafe { ctx.read_at::<i64>(off.switch_prev_state as usize) }.unwrap_or(0) as u32;
-    let ran_from = if c.rec.sched_last_in > c.rec.start_ns {
-        c.rec.sched_last_in
-    } else {
-        c.rec.start_ns
-    };
+    let mut ran_from = c.rec.start_ns;
+    if c.rec.sched_last_in > ran_from {
+        ran_from = c.rec.sched_last_in;
+    }
+    if c.rec.sched_last_out > ran_from {
+        ran_from = c.rec.sched_last_out;
+    }
     c.rec.sched[sched::ON_CPU] += now.saturating_sub(ran_from);
+    c.rec.sched_last_out = now;
     c.rec.sched[sched::SWITCHES] += 1;
     if let Some(t) = THREADS.get_ptr_mut(&tid) {
         let t = unsafe { &mut *t };

@@ -350,6 +350,7 @@ impl Agent {
 
     /// Where the request's time went, its downstream calls, and what they say (findings).
     fn explain(&mut self, r: &RequestRecord, end: EndReason, req: &mut Request) {
+        self.drain_side();
         let exchanges = self.calls.take(&(r.tgid, r.conn_id, r.seq));
         req.downstream = CallSummary::of(&exchanges);
         if end == EndReason::InFlight || r.start_ns == 0 {
@@ -372,11 +373,25 @@ impl Agent {
         req.findings = findings::detect(&calls, &shares, &self.thresholds);
     }
 
-    /// Downstream exchanges, kept per served request until it ends.
-    fn drain_downstream(&mut self, ring: &mut RingBuf<MapData>) {
+    /// The side rings: profiling samples to the profiler, downstream exchanges kept per served
+    /// request until it ends. A request's records in them were written before the request's own
+    /// record, so draining them right before a request is finished means none is missed.
+    /// (They are polled, not waited on: the kernel does not wake us for them.)
+    fn drain_side(&mut self) {
+        if let Some(ring) = self.ds_ring.as_mut() {
+            while let Some(item) = ring.next() {
+                match events::decode_downstream(&item) {
+                    Ok(rec) => self.calls.add(&rec),
+                    Err(_) => self.malformed += 1,
+                }
+            }
+        }
+        let (Some(ring), Some(p)) = (self.samples_ring.as_mut(), self.profiler.as_mut()) else {
+            return;
+        };
         while let Some(item) = ring.next() {
-            match events::decode_downstream(&item) {
-                Ok(rec) => self.calls.add(&rec),
+            match events::decode_profile(&item) {
+                Ok(rec) => p.submit(rec),
                 Err(_) => self.malformed += 1,
             }
         }
@@ -502,19 +517,6 @@ impl Agent {
         Ok(())
     }
 
-    /// Profiling samples go to the profiler thread as they are (no decoding work here).
-    fn drain_samples(&mut self, ring: &mut RingBuf<MapData>) {
-        let Some(p) = self.profiler.as_mut() else {
-            return;
-        };
-        while let Some(item) = ring.next() {
-            match events::decode_profile(&item) {
-                Ok(rec) => p.submit(rec),
-                Err(_) => self.malformed += 1,
-            }
-        }
-    }
-
     fn scan(&mut self, out: &mut dyn Consumer) -> anyhow::Result<()> {
         let now = mono_ns();
         let scan = self.tracker.scan(self.probes.conns(), now, procfs::alive);
@@ -603,22 +605,6 @@ impl Agent {
         // SAFETY: the ring buffer owns its fd, open for as long as the AsyncFd lives.
         let mut ring = unsafe { AsyncFd::register(ring) }
             .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
-        let mut samples_ring = match self.samples_ring.take() {
-            // SAFETY: as above.
-            Some(r) => Some(
-                unsafe { AsyncFd::register(r) }
-                    .map_err(|e| anyhow::anyhow!("polling the sample ring buffer: {e}"))?,
-            ),
-            None => None,
-        };
-        let mut ds_ring = match self.ds_ring.take() {
-            // SAFETY: as above.
-            Some(r) => Some(
-                unsafe { AsyncFd::register(r) }
-                    .map_err(|e| anyhow::anyhow!("polling the downstream ring buffer: {e}"))?,
-            ),
-            None => None,
-        };
         let mut handler_ring = match self.handler_ring.take() {
             // SAFETY: as above.
             Some(r) => Some(
@@ -639,16 +625,6 @@ impl Agent {
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let why = loop {
             tokio::select! {
-                guard = readable_opt(&mut ds_ring) => {
-                    let mut guard = guard?;
-                    self.drain_downstream(guard.get_inner_mut());
-                    guard.clear_ready();
-                }
-                guard = readable_opt(&mut samples_ring) => {
-                    let mut guard = guard?;
-                    self.drain_samples(guard.get_inner_mut());
-                    guard.clear_ready();
-                }
                 guard = ring.readable_mut() => {
                     let mut guard = guard?;
                     self.drain(guard.get_inner_mut(), out)?;
@@ -660,25 +636,14 @@ impl Agent {
                     guard.clear_ready();
                 }
                 _ = drain_tick.tick() => {
-                    // Samples first: a request's last samples come before its end.
-                    if let Some(s) = samples_ring.as_mut() {
-                        self.drain_samples(s.get_mut());
-                    }
-                    if let Some(d) = ds_ring.as_mut() {
-                        self.drain_downstream(d.get_mut());
-                    }
+                    self.drain_side();
                     self.drain(ring.get_mut(), out)?;
                     if let Some(h) = handler_ring.as_mut() {
                         self.drain_handlers(h.get_mut(), out)?;
                     }
                 }
                 _ = tick.tick() => {
-                    if let Some(s) = samples_ring.as_mut() {
-                        self.drain_samples(s.get_mut());
-                    }
-                    if let Some(d) = ds_ring.as_mut() {
-                        self.drain_downstream(d.get_mut());
-                    }
+                    self.drain_side();
                     self.drain(ring.get_mut(), out)?;
                     self.scan(out)?;
                     if stop.load(Ordering::Relaxed) {
@@ -699,12 +664,7 @@ impl Agent {
         // server is one syscall away from the close) is still recorded: a short grace period.
         tokio::time::sleep(Duration::from_millis(100)).await;
         // Records the kernel wrote before we stopped listening.
-        if let Some(s) = samples_ring.as_mut() {
-            self.drain_samples(s.get_mut());
-        }
-        if let Some(d) = ds_ring.as_mut() {
-            self.drain_downstream(d.get_mut());
-        }
+        self.drain_side();
         self.drain(ring.get_mut(), out)?;
         if let Some(h) = handler_ring.as_mut() {
             self.drain_handlers(h.get_mut(), out)?;

@@ -31,7 +31,7 @@ impl Breakdown {
         let s = &r.sched;
         // The thread is on CPU at the end (it writes the response): its last segment runs from
         // its last return to the CPU (or the start) to the end.
-        let ran_from = r.sched_last_in.max(r.start_ns);
+        let ran_from = r.sched_last_in.max(r.start_ns).max(r.sched_last_out);
         let on_cpu_ns = s[sched::ON_CPU] + end_ns.saturating_sub(ran_from);
         let parts_ns = on_cpu_ns
             + s[sched::RUNQUEUE]
