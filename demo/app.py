@@ -4,10 +4,26 @@ Run: gunicorn --workers 4 --bind 127.0.0.1:8765 app:app
 """
 import hashlib
 import json
+import os
 import random
 import re
 import time
 from urllib.parse import parse_qs
+
+try:
+    import redis
+except ImportError:  # the demo runs without Redis too; /profile then answers 503
+    redis = None
+
+REDIS_PORT = os.environ.get("REDIS_PORT")
+_redis = None
+
+
+def cache():
+    global _redis
+    if _redis is None and redis is not None and REDIS_PORT:
+        _redis = redis.Redis(host="127.0.0.1", port=int(REDIS_PORT))
+    return _redis
 
 EVIL = re.compile(r"^(a+)+$")
 
@@ -42,6 +58,16 @@ def app(environ, start_response):
     if path == "/hash":
         hashlib.pbkdf2_hmac("sha256", b"pw", b"salt", 20000)
         return respond(start_response, "200 OK", "ok", "text/plain")
+    if path.startswith("/profile/"):
+        # A "repeated cache key" hotspot: every helper re-reads the session instead of passing it.
+        r = cache()
+        if r is None:
+            return respond(start_response, "503 Service Unavailable", "no redis", "text/plain")
+        key = "session:" + path.rsplit("/", 1)[-1]
+        r.set(key, "{}")
+        for _ in range(20):
+            r.get(key)
+        return respond(start_response, "200 OK", "{}")
     if path == "/flaky":
         if random.random() < 0.3:
             return respond(start_response, "500 Internal Server Error", "boom", "text/plain")

@@ -12,6 +12,7 @@ PATHS = [
     ("/search?n=18&q=secret", 8),
     ("/hash", 8),
     ("/flaky", 8),
+    ("/profile/{id}", 5),
     ("/missing", 1),
 ]
 

@@ -38,10 +38,23 @@ pub fn run(duration: &str) -> anyhow::Result<()> {
     let venv = util::venv();
     let out = root.join("target/demo-out");
 
+    // Redis for the demo's cache endpoint (a repeated-key finding); any free port.
+    let redis_port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let _redis = Guard(
+        Command::new("redis-server")
+            .args(["--port", &redis_port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
+            .spawn()
+            .context("starting redis-server (cargo xtask setup installs it)")?,
+    );
+    wait_listening(redis_port)?;
     eprintln!("xtask: starting the demo app (gunicorn, 4 sync workers) on 127.0.0.1:{port_num}");
     let server = Guard(
         Command::new(venv.join("bin/gunicorn"))
             .current_dir(root.join("demo"))
+            .env("REDIS_PORT", redis_port.to_string())
             .args([
                 "--workers",
                 "4",
@@ -92,6 +105,7 @@ pub fn run(duration: &str) -> anyhow::Result<()> {
             "300ms",
             "--duration",
             duration,
+            "--flamegraph",
             "-o",
         ])
         .arg(&out);

@@ -4,6 +4,7 @@
 //! this repository and rustup.
 
 mod bench;
+mod compare;
 mod demo;
 mod setup;
 mod test;
@@ -42,6 +43,13 @@ enum Task {
         #[arg(long)]
         long: bool,
     },
+    /// Setup, build, then profile a test app with slowtrace and py-spy (from PyPI) on the same
+    /// run and compare their CPU shares per function (the acceptance check of the profiler).
+    ComparePyspy {
+        /// Seconds to record.
+        #[arg(long, default_value_t = 10)]
+        seconds: u32,
+    },
     /// Setup, build, start the demo web app with a load generator, and trace it.
     Demo {
         /// How long to trace.
@@ -58,6 +66,7 @@ fn main() -> ExitCode {
         Task::Test { args } => test::run(&args),
         Task::Demo { duration } => demo::run(&duration),
         Task::Bench { long } => bench::run(long),
+        Task::ComparePyspy { seconds } => compare::run(seconds),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
