@@ -17,27 +17,27 @@ use anyhow::{bail, Context as _};
 
 use crate::{setup, util};
 
-struct Opts {
-    pairs: usize,
-    secs: u64,
+pub(crate) struct Opts {
+    pub(crate) pairs: usize,
+    pub(crate) secs: u64,
 }
 
 /// One wrk run.
 #[derive(Debug, Clone, Copy, Default)]
-struct Wrk {
-    rps: f64,
-    p99_ms: f64,
-    requests: u64,
+pub(crate) struct Wrk {
+    pub(crate) rps: f64,
+    pub(crate) p99_ms: f64,
+    pub(crate) requests: u64,
 }
 
 /// What we read off slowtrace during and after one traced run.
 #[derive(Debug, Clone, Copy, Default)]
-struct Agent {
-    cpu_share: f64,
+pub(crate) struct Agent {
+    pub(crate) cpu_share: f64,
     peak_rss_mb: f64,
-    bpf_ns: u64,
-    events: u64,
-    dropped: u64,
+    pub(crate) bpf_ns: u64,
+    pub(crate) events: u64,
+    pub(crate) dropped: u64,
 }
 
 #[derive(Default)]
@@ -53,7 +53,7 @@ struct Series {
 }
 
 /// Kills the process group when dropped.
-struct Guard(Child);
+pub(crate) struct Guard(Child);
 
 impl Drop for Guard {
     fn drop(&mut self) {
@@ -67,7 +67,7 @@ extern "C" {
     fn kill(pid: i32, sig: i32) -> i32;
 }
 
-fn spawn_group(cmd: &mut Command) -> anyhow::Result<Guard> {
+pub(crate) fn spawn_group(cmd: &mut Command) -> anyhow::Result<Guard> {
     use std::os::unix::process::CommandExt as _;
     cmd.process_group(0);
     Ok(Guard(
@@ -75,13 +75,13 @@ fn spawn_group(cmd: &mut Command) -> anyhow::Result<Guard> {
     ))
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
 }
 
-fn wait_port(port: u16) -> anyhow::Result<()> {
+pub(crate) fn wait_port(port: u16) -> anyhow::Result<()> {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(30) {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -141,7 +141,7 @@ fn gunicorn() -> anyhow::Result<(Guard, u16)> {
     Ok((g, port))
 }
 
-fn wrk(url: &str, conns: u32, secs: u64) -> anyhow::Result<Wrk> {
+pub(crate) fn wrk(url: &str, conns: u32, secs: u64) -> anyhow::Result<Wrk> {
     let out = Command::new("wrk")
         .args([
             "-t1",
@@ -218,11 +218,18 @@ fn bpf_run_ns(pid: u32) -> u64 {
         .sum()
 }
 
-fn traced_run(port: u16, url: &str, conns: u32, secs: u64) -> anyhow::Result<(Wrk, Agent)> {
+pub(crate) fn traced_run(
+    port: u16,
+    url: &str,
+    conns: u32,
+    secs: u64,
+    extra: &[&str],
+) -> anyhow::Result<(Wrk, Agent)> {
     let out_dir = tempdir()?;
     let mut tracer = Command::new(util::slowtrace_bin())
         .args(["record", "--port", &port.to_string(), "-o"])
         .arg(&out_dir)
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -283,7 +290,7 @@ fn parse_kernel_line(summary: &str) -> Option<(u64, u64)> {
     Some((nums.next()?.parse().ok()?, nums.next()?.parse().ok()?))
 }
 
-fn tempdir() -> anyhow::Result<PathBuf> {
+pub(crate) fn tempdir() -> anyhow::Result<PathBuf> {
     let d = std::env::temp_dir().join(format!(
         "slowtrace-bench-{}-{}",
         std::process::id(),
@@ -305,7 +312,7 @@ fn workload(name: &str, port: u16, url: &str, conns: u32, o: &Opts) -> anyhow::R
     wrk(url, conns, 2)?;
     for i in 0..o.pairs {
         let a = wrk(url, conns, o.secs)?;
-        let (b, agent) = traced_run(port, url, conns, o.secs)?;
+        let (b, agent) = traced_run(port, url, conns, o.secs, &[])?;
         eprintln!(
             "bench: {name} pair {}/{}: untraced {:.0} req/s p99 {:.2}ms | traced {:.0} req/s p99 {:.2}ms, agent {:.1}% CPU {:.1} MB, {} events, {} dropped",
             i + 1, o.pairs, a.rps, a.p99_ms, b.rps, b.p99_ms, agent.cpu_share * 100.0, agent.peak_rss_mb, agent.events, agent.dropped
@@ -324,7 +331,7 @@ fn workload(name: &str, port: u16, url: &str, conns: u32, o: &Opts) -> anyhow::R
     Ok(s)
 }
 
-fn mmm(v: &[f64]) -> (f64, f64, f64) {
+pub(crate) fn mmm(v: &[f64]) -> (f64, f64, f64) {
     if v.is_empty() {
         return (f64::NAN, f64::NAN, f64::NAN);
     }
@@ -560,6 +567,7 @@ pub fn run(long: bool) -> anyhow::Result<()> {
         drop(g);
         Ok(table("nginx static file, wrk -t1 -c32 keep-alive", &n)
             + &table("gunicorn 2 sync workers, WSGI view, wrk -t1 -c4", &g_series)
+            + &crate::bench_cost::run(&o)?
             + &python_reader()?
             + &ui_lag())
     })();

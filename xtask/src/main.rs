@@ -4,6 +4,7 @@
 //! this repository and rustup.
 
 mod bench;
+mod bench_cost;
 mod compare;
 mod demo;
 mod setup;
