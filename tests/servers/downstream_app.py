@@ -76,6 +76,15 @@ def books_n_plus_one(request):
     return HttpResponse("%d\n" % len(names))
 
 
+def books_n_plus_one_slow(request):
+    # The same N+1, slow enough (5 ms per book) to be captured while it runs.
+    names = []
+    for b in Book.objects.order_by("id")[:100]:
+        names.append(b.author.name)  # MARK:n1slow
+        time.sleep(0.005)
+    return HttpResponse("%d\n" % len(names))
+
+
 def books_joined(request):
     names = [b.author.name for b in Book.objects.select_related("author").order_by("id")[:100]]
     return HttpResponse("%d\n" % len(names))
@@ -107,6 +116,7 @@ def cpu_view(request):
 
 urlpatterns = [
     path("books/n1", books_n_plus_one),
+    path("books/n1slow", books_n_plus_one_slow),
     path("books/joined", books_joined),
     path("cache/<str:backend>", cache_view),
     path("lock", lock_view),

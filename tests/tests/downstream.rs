@@ -67,6 +67,7 @@ fn downstream_calls_findings_and_breakdown() {
     let url = |p: &str| format!("http://127.0.0.1:{port}{p}");
     for p in [
         "/books/n1",
+        "/books/n1slow",
         "/books/joined",
         "/cache/redis",
         "/cache/memcached",
@@ -104,6 +105,17 @@ fn downstream_calls_findings_and_breakdown() {
     assert_eq!(f.len(), 1, "{n1}");
     assert_eq!(f[0]["count"], 100);
     assert_eq!(f[0]["fingerprint"], fp);
+
+    // A slow N+1 is captured while it runs: its findings name the app frame issuing the calls.
+    let slow_n1 = one(&done, "GET /books/n1slow");
+    assert_eq!(findings_of(slow_n1, "n_plus_one").len(), 1, "{slow_n1}");
+    let site = slow_n1["downstream"]["site"].as_str().unwrap_or_default();
+    assert!(
+        site.contains("downstream_app.py:"),
+        "site {site:?}: {slow_n1}"
+    );
+    let lines = read_records(&done.dir.join("findings.jsonl"));
+    assert!(lines.iter().any(|l| l["site"].as_str() == Some(site)));
 
     // select_related: one query for everything, no finding.
     let joined = one(&done, "GET /books/joined");

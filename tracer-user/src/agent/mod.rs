@@ -332,6 +332,9 @@ impl Agent {
         }
         self.explain(r, end, &mut req);
         let slow = self.capturing.as_mut().and_then(|c| c.finish(r, end, &req));
+        if let (Some(s), Some(d)) = (&slow, req.downstream.as_mut()) {
+            d.site = crate::model::downstream::calls::app_site(&s.captures);
+        }
         if let Some(p) = self.profiler.as_mut() {
             // A slow request's own flamegraph is named after its report.
             let over = self

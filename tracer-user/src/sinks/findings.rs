@@ -26,6 +26,9 @@ struct Line<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     breakdown: Option<&'a Breakdown>,
     findings: &'a [Finding],
+    /// The app frame that issued the calls, when a capture of the request exists.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    site: Option<&'a str>,
 }
 
 /// Per endpoint: findings merged over its requests, and its time summed by part.
@@ -75,6 +78,7 @@ impl FindingsSink {
                 duration_us: r.duration_us,
                 breakdown: Some(b),
                 findings: &r.findings,
+                site: r.downstream.as_ref().and_then(|d| d.site.as_deref()),
             },
         )?;
         self.out.write_all(b"\n")?;

@@ -168,6 +168,7 @@ pub fn measure(args: &BenchUiArgs) -> anyhow::Result<Report> {
         threshold: Duration::from_secs(1),
         sample_hz: 0,
         sampling_note: None,
+        n_plus_one: 10,
     });
     let mut term = Terminal::new(TestBackend::new(160, 48))?;
     let (mut apply_ns, mut render_ms, mut max_lag_us) = (Vec::new(), Vec::new(), 0u64);

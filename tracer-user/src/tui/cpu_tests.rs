@@ -120,7 +120,10 @@ fn profile(of: u64) -> Vec<HotFrame> {
 }
 
 /// `top`'s consumer of the agent, and the dashboard's end of its channel.
-fn forwarder(dir: &tempfile::TempDir, capacity: usize) -> (Forwarder, mpsc::Receiver<Update>) {
+pub(super) fn forwarder(
+    dir: &tempfile::TempDir,
+    capacity: usize,
+) -> (Forwarder, mpsc::Receiver<Update>) {
     let (tx, rx) = mpsc::sync_channel(capacity);
     let fwd = Forwarder {
         sinks: Sinks {

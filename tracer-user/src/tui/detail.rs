@@ -163,6 +163,7 @@ fn fields(d: &Dashboard, r: &Request, running: bool) -> Vec<Line<'static>> {
             format!("{} at +{}ms ({})", s.signal, s.at_ms, s.why),
         ));
     }
+    lines.extend(super::breakdown::detail_fields(r, LABEL));
     lines
 }
 

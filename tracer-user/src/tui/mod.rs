@@ -9,11 +9,15 @@
 
 mod app;
 pub mod bench;
+mod breakdown;
 mod captures;
 mod cpu;
 mod detail;
+mod endpoints;
 mod export;
 mod feed;
+mod findings;
+mod footer;
 mod frames;
 mod rate;
 mod state;
@@ -24,6 +28,8 @@ mod ui;
 mod capture_tests;
 #[cfg(test)]
 mod cpu_tests;
+#[cfg(test)]
+mod findings_tests;
 #[cfg(test)]
 mod tests;
 
@@ -181,6 +187,7 @@ pub fn run(cfg: TopConfig) -> anyhow::Result<ExitCode> {
             .iter()
             .find(|d| d.starts_with("on-CPU stacks"))
             .cloned(),
+        n_plus_one: cfg.n_plus_one,
     });
     // Log lines would be drawn over the dashboard: off while it owns the terminal.
     let level = log::max_level();

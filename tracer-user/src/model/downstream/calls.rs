@@ -149,6 +149,10 @@ pub struct Summary {
     /// Time waiting for answers, µs (summed over round trips).
     pub time_us: u64,
     pub peers: Vec<PeerSummary>,
+    /// Where the app was when a capture of this (slow) request was taken: the innermost Python
+    /// frame outside the standard library and site-packages, `function (file:line)`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -231,6 +235,24 @@ impl Summary {
     }
 }
 
+/// The app's own innermost Python frame in `captures`, if any: the code that issued the calls.
+pub fn app_site(captures: &[crate::model::slow::Capture]) -> Option<String> {
+    let library = |file: &str| file.contains("/site-packages/") || file.contains("/lib/python3.");
+    captures.iter().find_map(|c| {
+        c.python
+            .iter()
+            .find(|f| f.file.as_deref().is_some_and(|file| !library(file)))
+            .map(|f| {
+                format!(
+                    "{} ({}:{})",
+                    f.function,
+                    f.file.as_deref().unwrap_or("?"),
+                    f.line.map_or_else(|| "?".into(), |l| l.to_string())
+                )
+            })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,6 +299,39 @@ mod tests {
         t.add(&r);
         assert_eq!(t.outside, 1);
         assert!(Summary::of(&[]).is_none());
+    }
+
+    #[test]
+    fn the_site_is_the_apps_own_innermost_frame() {
+        use crate::model::slow::{Capture, Frame};
+        let f = |function: &str, file: &str, line| Frame {
+            function: function.into(),
+            file: Some(file.into()),
+            line: Some(line),
+            module: None,
+        };
+        let c = Capture {
+            python: vec![
+                f(
+                    "execute",
+                    "/v/lib/python3.11/site-packages/django/db/x.py",
+                    10,
+                ),
+                f("recv_into", "/usr/lib/python3.11/socket.py", 5),
+                f("books_n_plus_one", "/srv/app/views.py", 77),
+                f(
+                    "inner",
+                    "/v/lib/python3.11/site-packages/django/core/h.py",
+                    1,
+                ),
+            ],
+            ..Capture::default()
+        };
+        assert_eq!(
+            app_site(&[c]).as_deref(),
+            Some("books_n_plus_one (/srv/app/views.py:77)")
+        );
+        assert_eq!(app_site(&[]), None);
     }
 
     #[test]
