@@ -36,7 +36,7 @@ pub const PROFILE_ON_CPU: u32 = 1;
 pub const PROFILE_OFF_CPU: u32 = 2;
 
 #[map]
-pub static SAMPLES: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
+pub static SAMPLES: RingBuf = RingBuf::with_byte_size(1024 * 1024, 0);
 
 /// Off-CPU records waiting for their thread to run again.
 #[map]
@@ -112,7 +112,7 @@ pub fn on_cpu<C: EbpfContext>(ctx: &C, tgid: u32, tid: u32) {
         rec.conn_id = 0;
         rec.req_len = 0;
     }
-    slot.submit(crate::io::wake_flags(&SAMPLES, 1024 * 1024));
+    slot.submit(crate::io::wake_flags(&SAMPLES, 512 * 1024));
     count(Counter::Samples);
 }
 
@@ -133,7 +133,7 @@ pub fn switch_in(next: u32, now: u64) {
                 );
                 (*out).off_ns = now.saturating_sub((*out).ts);
             }
-            slot.submit(crate::io::wake_flags(&SAMPLES, 1024 * 1024));
+            slot.submit(crate::io::wake_flags(&SAMPLES, 512 * 1024));
             count(Counter::Samples);
         }
         None => count(Counter::SampleRingFull),

@@ -624,8 +624,12 @@ impl Agent {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let deadline = tokio::time::sleep(duration.unwrap_or(Duration::from_secs(u64::MAX / 4)));
         tokio::pin!(deadline);
+        // Both listeners exist for the whole loop: a `ctrl_c()` future made afresh each iteration
+        // misses a SIGINT that lands while the loop body runs (seen: a benchmark's Ctrl-C lost
+        // during a long drain, and slowtrace tracing on forever).
         let mut sigterm =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
         let why = loop {
             tokio::select! {
                 guard = ring.readable_mut() => {
@@ -659,7 +663,7 @@ impl Agent {
                     }
                 }
                 _ = &mut deadline => break Stop::Duration,
-                _ = tokio::signal::ctrl_c() => break Stop::CtrlC,
+                _ = sigint.recv() => break Stop::CtrlC,
                 _ = sigterm.recv() => break Stop::Sigterm,
             }
         };
