@@ -15,7 +15,7 @@ use tracer_common::{sched, sched::ThreadSched, ConnKey, Phase};
 use crate::{
     downstream::DS_CONNS,
     handlers::CURRENT,
-    maps::{is_target, CONNS},
+    maps::{is_target, kind, ARGS, CONNS},
     procs::OFFSETS,
     profile,
 };
@@ -26,19 +26,9 @@ pub static THREADS: HashMap<u32, ThreadSched> = HashMap::with_max_entries(16384,
 
 /// x86_64 syscall numbers the reasons are told by.
 mod nr {
-    pub const READ: i64 = 0;
-    pub const WRITE: i64 = 1;
     pub const POLL: i64 = 7;
-    pub const PREAD64: i64 = 17;
-    pub const READV: i64 = 19;
-    pub const WRITEV: i64 = 20;
     pub const SELECT: i64 = 23;
     pub const NANOSLEEP: i64 = 35;
-    pub const CONNECT: i64 = 42;
-    pub const SENDTO: i64 = 44;
-    pub const RECVFROM: i64 = 45;
-    pub const SENDMSG: i64 = 46;
-    pub const RECVMSG: i64 = 47;
     pub const FCNTL: i64 = 72;
     pub const FLOCK: i64 = 73;
     pub const FUTEX: i64 = 202;
@@ -56,16 +46,18 @@ mod nr {
 /// `prev_state` bit of an uninterruptible sleep (disk I/O, mostly).
 const TASK_UNINTERRUPTIBLE: u32 = 2;
 
-/// raw_syscalls:sys_enter: remember the syscall a target thread is in (`long id` at 8, the
-/// arguments from 16).
+/// Entry of a syscall a thread can wait in (futex, flock, fcntl, sleeps, poll/select/epoll;
+/// attached to those only, not to every syscall: the read/write family and connect already
+/// stash their arguments in `ARGS`). Syscall tracepoint records carry `__syscall_nr` at 8 and
+/// the arguments from 16.
 #[tracepoint]
-pub fn sys_enter_any(ctx: TracePointContext) -> u32 {
+pub fn enter_waitable(ctx: TracePointContext) -> u32 {
     let id = bpf_get_current_pid_tgid();
     let (tgid, tid) = ((id >> 32) as u32, id as u32);
     if !is_target(tgid) {
         return 0;
     }
-    let nr = unsafe { ctx.read_at::<i64>(8) }.unwrap_or(-1);
+    let nr = i64::from(unsafe { ctx.read_at::<i32>(8) }.unwrap_or(-1));
     let arg0 = unsafe { ctx.read_at::<u64>(16) }.unwrap_or(0);
     let arg1 = unsafe { ctx.read_at::<u64>(24) }.unwrap_or(0);
     match THREADS.get_ptr_mut(&tid) {
@@ -88,6 +80,19 @@ pub fn sys_enter_any(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// The matching exits: the thread is no longer in that syscall.
+#[tracepoint]
+pub fn exit_waitable(_ctx: TracePointContext) -> u32 {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    if let Some(t) = THREADS.get_ptr_mut(&tid) {
+        unsafe { (*t).nr = NOT_IN_WAITABLE };
+    }
+    0
+}
+
+/// `ThreadSched::nr` when the thread is not in one of the waitable syscalls.
+const NOT_IN_WAITABLE: i64 = -1;
+
 #[tracepoint]
 pub fn sched_wakeup(ctx: TracePointContext) -> u32 {
     let off = unsafe { core::ptr::read_volatile(&OFFSETS) };
@@ -105,33 +110,25 @@ pub fn sched_wakeup(ctx: TracePointContext) -> u32 {
 
 /// Why a thread that left the CPU in state `state` is waiting.
 #[inline(always)]
-fn reason(t: &ThreadSched, tgid: u32, state: u32) -> u32 {
-    let downstream_fd = || unsafe {
-        DS_CONNS
-            .get(&ConnKey {
-                tgid,
-                fd: t.arg0 as u32,
-            })
-            .is_some()
+fn reason(t: &ThreadSched, tgid: u32, tid: u32, state: u32) -> u32 {
+    // A read/write-family call or a connect on a downstream socket: its arguments are stashed.
+    let io_downstream = || match unsafe { ARGS.get(&tid) } {
+        Some(a) if a.kind == kind::CONNECT => true,
+        Some(a) => unsafe {
+            DS_CONNS
+                .get(&ConnKey {
+                    tgid,
+                    fd: a.fd as u32,
+                })
+                .is_some()
+        },
+        None => false,
     };
     let r = match t.nr {
         nr::FUTEX | nr::FLOCK => sched::LOCK,
         nr::FCNTL if t.arg1 == nr::F_SETLKW || t.arg1 == nr::F_OFD_SETLKW => sched::LOCK,
         nr::NANOSLEEP | nr::CLOCK_NANOSLEEP => sched::SLEEP,
-        nr::CONNECT => sched::DOWNSTREAM,
-        nr::READ
-        | nr::PREAD64
-        | nr::READV
-        | nr::RECVFROM
-        | nr::RECVMSG
-        | nr::WRITE
-        | nr::WRITEV
-        | nr::SENDTO
-        | nr::SENDMSG
-            if downstream_fd() =>
-        {
-            sched::DOWNSTREAM
-        }
+        NOT_IN_WAITABLE if io_downstream() => sched::DOWNSTREAM,
         nr::POLL
         | nr::PPOLL
         | nr::SELECT
@@ -191,6 +188,15 @@ pub fn sched_switch(ctx: TracePointContext) -> u32 {
     c.rec.sched[sched::ON_CPU] += now.saturating_sub(ran_from);
     c.rec.sched_last_out = now;
     c.rec.sched[sched::SWITCHES] += 1;
+    if THREADS.get_ptr(&tid).is_none() {
+        // A thread that never entered a waitable syscall since attach.
+        let fresh = ThreadSched {
+            nr: NOT_IN_WAITABLE,
+            tgid,
+            ..ThreadSched::default()
+        };
+        let _ = THREADS.insert(&tid, &fresh, 0);
+    }
     if let Some(t) = THREADS.get_ptr_mut(&tid) {
         let t = unsafe { &mut *t };
         t.out_ts = now;
@@ -202,7 +208,7 @@ pub fn sched_switch(ctx: TracePointContext) -> u32 {
         t.reason = if state & 0xff == 0 {
             sched::RUNQUEUE as u32
         } else {
-            reason(t, tgid, state)
+            reason(t, tgid, tid, state)
         };
     }
     if profiling {

@@ -17,6 +17,7 @@ use tokio::io::unix::AsyncFd;
 use tracer_common::{Counter, EndReason, RequestRecord};
 
 mod capturing;
+mod explain;
 
 use capturing::{start_capture, Capturing};
 
@@ -27,11 +28,7 @@ use crate::{
     events,
     handlers::Handler,
     model::{
-        breakdown::Breakdown,
-        downstream::{
-            calls::{CallTracker, Summary as CallSummary},
-            findings::{self, Thresholds},
-        },
+        downstream::{calls::CallTracker, findings::Thresholds},
         handler::HandlerCall,
         slow::SlowRequest,
         Context, Request, Tracker,
@@ -348,55 +345,6 @@ impl Agent {
         match slow {
             Some(s) => out.on_slow(&s),
             None => Ok(()),
-        }
-    }
-
-    /// Where the request's time went, its downstream calls, and what they say (findings).
-    fn explain(&mut self, r: &RequestRecord, end: EndReason, req: &mut Request) {
-        self.drain_side();
-        let exchanges = self.calls.take(&(r.tgid, r.conn_id, r.seq));
-        req.downstream = CallSummary::of(&exchanges);
-        if end == EndReason::InFlight || r.start_ns == 0 {
-            return;
-        }
-        let b = Breakdown::from_record(r, r.start_ns + req.duration_us * 1000);
-        req.breakdown = Some(b);
-        // Shares of time say something about slow requests; a 300 µs request is always
-        // "CPU-bound". Counts (N+1, repeated keys) are findings at any duration.
-        let slow_us = self
-            .capturing
-            .as_ref()
-            .map_or(1_000_000, Capturing::threshold_us);
-        let shares = if req.duration_us >= slow_us {
-            b.for_findings(req.duration_us)
-        } else {
-            findings::Breakdown::default()
-        };
-        let calls: Vec<findings::Call> = exchanges.into_iter().flat_map(|e| e.calls).collect();
-        req.findings = findings::detect(&calls, &shares, &self.thresholds);
-    }
-
-    /// The side rings: profiling samples to the profiler, downstream exchanges kept per served
-    /// request until it ends. A request's records in them were written before the request's own
-    /// record, so draining them right before a request is finished means none is missed.
-    /// (They are polled, not waited on: the kernel does not wake us for them.)
-    fn drain_side(&mut self) {
-        if let Some(ring) = self.ds_ring.as_mut() {
-            while let Some(item) = ring.next() {
-                match events::decode_downstream(&item) {
-                    Ok(rec) => self.calls.add(&rec),
-                    Err(_) => self.malformed += 1,
-                }
-            }
-        }
-        let (Some(ring), Some(p)) = (self.samples_ring.as_mut(), self.profiler.as_mut()) else {
-            return;
-        };
-        while let Some(item) = ring.next() {
-            match events::decode_profile(&item) {
-                Ok(rec) => p.submit(rec),
-                Err(_) => self.malformed += 1,
-            }
         }
     }
 

@@ -110,8 +110,10 @@ const ATTACH: &[(&str, &str, &[&str])] = &[
     ),
     ("exit_connect", "syscalls", &["sys_exit_connect"]),
     ("sched_process_fork", "sched", &["sched_process_fork"]),
-    // Where request time goes (and the off-CPU profile): scheduler and syscall-entry tracepoints.
-    ("sys_enter_any", "raw_syscalls", &["sys_enter"]),
+    // Where request time goes (and the off-CPU profile): the syscalls a thread can wait in, and
+    // the scheduler. Exits before entries, as above.
+    ("exit_waitable", "syscalls", WAITABLE_EXITS),
+    ("enter_waitable", "syscalls", WAITABLE_ENTRIES),
     ("sched_wakeup", "sched", &["sched_wakeup"]),
     ("sched_switch", "sched", &["sched_switch"]),
     ("sched_process_exit", "sched", &["sched_process_exit"]),
@@ -138,6 +140,36 @@ const ATTACH: &[(&str, &str, &[&str])] = &[
     ("enter_close", "syscalls", &["sys_enter_close"]),
     ("enter_bind", "syscalls", &["sys_enter_bind"]),
     ("enter_connect", "syscalls", &["sys_enter_connect"]),
+];
+
+/// Syscalls a request's thread blocks in for a reason other than I/O on its sockets.
+const WAITABLE_ENTRIES: &[&str] = &[
+    "sys_enter_futex",
+    "sys_enter_flock",
+    "sys_enter_fcntl",
+    "sys_enter_nanosleep",
+    "sys_enter_clock_nanosleep",
+    "sys_enter_poll",
+    "sys_enter_ppoll",
+    "sys_enter_select",
+    "sys_enter_pselect6",
+    "sys_enter_epoll_wait",
+    "sys_enter_epoll_pwait",
+    "sys_enter_epoll_pwait2",
+];
+const WAITABLE_EXITS: &[&str] = &[
+    "sys_exit_futex",
+    "sys_exit_flock",
+    "sys_exit_fcntl",
+    "sys_exit_nanosleep",
+    "sys_exit_clock_nanosleep",
+    "sys_exit_poll",
+    "sys_exit_ppoll",
+    "sys_exit_select",
+    "sys_exit_pselect6",
+    "sys_exit_epoll_wait",
+    "sys_exit_epoll_pwait",
+    "sys_exit_epoll_pwait2",
 ];
 
 /// Loaded and attached programs with typed handles on their maps.
