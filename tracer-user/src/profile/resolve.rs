@@ -40,6 +40,11 @@ pub struct Resolver {
     py_procs: BpfHashMap<MapData, u32, PyProcLayout>,
     procs: HashMap<u32, Proc>,
     user_cache: HashMap<(u32, u64), Frame>,
+    /// Executable mappings per process: a frame-pointer walk through code built without frame
+    /// pointers returns data addresses; cut the stack at the first one instead of asking
+    /// blazesym about each (a new garbage address per sample meant a /proc/PID/maps parse and
+    /// a symbolizer miss per sample).
+    exec: HashMap<u32, Vec<(u64, u64)>>,
     kernel_cache: HashMap<u64, Frame>,
     /// Python processes registered with the kernel walker.
     pub python_procs: u64,
@@ -52,6 +57,7 @@ impl Resolver {
             py_procs,
             procs: HashMap::new(),
             user_cache: HashMap::new(),
+            exec: HashMap::new(),
             kernel_cache: HashMap::new(),
             python_procs: 0,
         }
@@ -117,11 +123,12 @@ impl Resolver {
         {
             self.probe(pid);
         }
-        let ips: Vec<u64> = r.user[..frames(r.user_len, r.user.len())]
+        let mut ips: Vec<u64> = r.user[..frames(r.user_len, r.user.len())]
             .iter()
             .copied()
             .take_while(|ip| *ip != 0)
             .collect();
+        self.cut_at_non_code(pid, &mut ips);
         let user = self.user(pid, &ips);
         let kern = self.kernel(
             &r.kern[..frames(r.kern_len, r.kern.len())],
@@ -143,6 +150,32 @@ impl Resolver {
             );
         }
         out
+    }
+
+    /// Keep the stack up to its first address outside executable memory (the leaf always stays:
+    /// it is the sampled pc). A leaf outside the known mappings means they changed (dlopen):
+    /// read them again.
+    fn cut_at_non_code(&mut self, pid: u32, ips: &mut Vec<u64>) {
+        let Some(&leaf) = ips.first() else {
+            return;
+        };
+        let stale = self.exec.get(&pid).is_none_or(|r| !in_ranges(r, leaf));
+        if stale {
+            if self.exec.len() > 4096 {
+                self.exec.clear();
+            }
+            let text = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+            self.exec.insert(pid, exec_ranges(&text));
+        }
+        let Some(ranges) = self.exec.get(&pid) else {
+            return;
+        };
+        if ranges.is_empty() {
+            return;
+        }
+        if let Some(cut) = ips.iter().skip(1).position(|ip| !in_ranges(ranges, *ip)) {
+            ips.truncate(cut + 1);
+        }
     }
 
     fn python(&mut self, r: &ProfileRecord) -> Vec<PyRaw> {
@@ -229,7 +262,52 @@ fn without_tracepoint_frames(frames: Vec<Frame>) -> Vec<Frame> {
     frames.into_iter().skip(cut).collect()
 }
 
+/// Executable ranges of a /proc/PID/maps text, sorted.
+fn exec_ranges(maps: &str) -> Vec<(u64, u64)> {
+    let mut v: Vec<(u64, u64)> = maps
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            let (start, end) = it.next()?.split_once('-')?;
+            it.next()?.contains('x').then_some(())?;
+            Some((
+                u64::from_str_radix(start, 16).ok()?,
+                u64::from_str_radix(end, 16).ok()?,
+            ))
+        })
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+fn in_ranges(ranges: &[(u64, u64)], ip: u64) -> bool {
+    let i = ranges.partition_point(|(start, _)| *start <= ip);
+    i > 0 && ip < ranges[i - 1].1
+}
+
 /// Frames `bpf_get_stack` wrote (it returns bytes, or a negative error), zeros trimmed.
 fn frames(len: i32, cap: usize) -> usize {
     usize::try_from(len).map_or(0, |b| (b / 8).min(cap))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn executable_ranges_from_maps() {
+        let maps = "\
+55d0c0000000-55d0c0001000 r--p 00000000 08:01 1 /usr/bin/python3.11
+55d0c0001000-55d0c0002000 r-xp 00001000 08:01 1 /usr/bin/python3.11
+7f0000000000-7f0000100000 rw-p 00000000 00:00 0 [heap]
+7f1000000000-7f1000200000 r-xp 00000000 08:01 2 /usr/lib/libpython3.11.so
+";
+        let r = exec_ranges(maps);
+        assert_eq!(r.len(), 2);
+        assert!(in_ranges(&r, 0x55d0c0001800));
+        assert!(!in_ranges(&r, 0x55d0c0000800));
+        assert!(!in_ranges(&r, 0x7f0000000010));
+        assert!(in_ranges(&r, 0x7f10001fffff));
+        assert!(!in_ranges(&r, 0x7f1000200000));
+    }
 }
