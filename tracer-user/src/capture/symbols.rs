@@ -40,6 +40,33 @@ impl Symbols {
         self.lookup(&src, lookups, lookups)
     }
 
+    /// Addresses given as offsets into the ELF file at `path` (the profiler maps them itself):
+    /// blazesym keeps each file parsed, so a miss costs a lookup, not a /proc/PID/maps parse.
+    pub fn elf_offsets(&self, path: &Path, offsets: &[u64]) -> Vec<Frame> {
+        let src = Source::Elf(blazesym::symbolize::source::Elf::new(path));
+        let module = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        let with_module = |mut f: Frame| {
+            if f.module.is_none() {
+                f.module.clone_from(&module);
+            }
+            f
+        };
+        match self.sym.symbolize(&src, Input::FileOffset(offsets)) {
+            Ok(syms) => syms
+                .iter()
+                .zip(offsets)
+                .map(|(s, off)| with_module(frame(s, *off)))
+                .collect(),
+            Err(e) => {
+                log::debug!("symbolizing offsets in {}: {e}", path.display());
+                offsets
+                    .iter()
+                    .map(|off| with_module(unknown(*off)))
+                    .collect()
+            }
+        }
+    }
+
     pub fn kernel_lookups(&self, lookups: &[u64]) -> Vec<Frame> {
         let src = Source::Kernel(Kernel::default());
         self.lookup(&src, lookups, lookups)

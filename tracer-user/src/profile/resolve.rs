@@ -44,7 +44,7 @@ pub struct Resolver {
     /// pointers returns data addresses; cut the stack at the first one instead of asking
     /// blazesym about each (a new garbage address per sample meant a /proc/PID/maps parse and
     /// a symbolizer miss per sample).
-    exec: HashMap<u32, Vec<(u64, u64)>>,
+    exec: HashMap<u32, Vec<ExecMap>>,
     kernel_cache: HashMap<u64, Frame>,
     /// Python processes registered with the kernel walker.
     pub python_procs: u64,
@@ -210,8 +210,33 @@ impl Resolver {
             if self.user_cache.len() > MAX_CACHED {
                 self.user_cache.clear();
             }
-            for (a, f) in missing.iter().zip(self.symbols.user_lookups(pid, &missing)) {
-                self.user_cache.insert((pid, *a), f);
+            // Addresses in file mappings are symbolized as offsets into their ELF file (parsed
+            // once by blazesym); the rest (vdso, anonymous code) through the process.
+            let mut by_file: HashMap<std::rc::Rc<str>, (Vec<u64>, Vec<u64>)> = HashMap::new();
+            let mut rest = Vec::new();
+            let maps = self.exec.get(&pid).map(Vec::as_slice).unwrap_or_default();
+            for &a in &missing {
+                match find(maps, a).and_then(|m| m.path.clone().map(|p| (m, p))) {
+                    Some((m, path)) => {
+                        let e = by_file.entry(path).or_default();
+                        e.0.push(a);
+                        e.1.push(a - m.start + m.offset);
+                    }
+                    None => rest.push(a),
+                }
+            }
+            for (path, (addrs, offsets)) in by_file {
+                let frames = self
+                    .symbols
+                    .elf_offsets(std::path::Path::new(&*path), &offsets);
+                for (a, f) in addrs.iter().zip(frames) {
+                    self.user_cache.insert((pid, *a), f);
+                }
+            }
+            if !rest.is_empty() {
+                for (a, f) in rest.iter().zip(self.symbols.user_lookups(pid, &rest)) {
+                    self.user_cache.insert((pid, *a), f);
+                }
             }
         }
         lookups
@@ -262,27 +287,50 @@ fn without_tracepoint_frames(frames: Vec<Frame>) -> Vec<Frame> {
     frames.into_iter().skip(cut).collect()
 }
 
-/// Executable ranges of a /proc/PID/maps text, sorted.
-fn exec_ranges(maps: &str) -> Vec<(u64, u64)> {
-    let mut v: Vec<(u64, u64)> = maps
+/// An executable mapping of a process.
+#[derive(Debug, Clone)]
+struct ExecMap {
+    start: u64,
+    end: u64,
+    /// File offset of `start`.
+    offset: u64,
+    /// The ELF file, when the mapping is one that still exists (not `[vdso]`, not deleted).
+    path: Option<std::rc::Rc<str>>,
+}
+
+/// Executable mappings of a /proc/PID/maps text, sorted.
+fn exec_ranges(maps: &str) -> Vec<ExecMap> {
+    let mut v: Vec<ExecMap> = maps
         .lines()
         .filter_map(|l| {
-            let mut it = l.split_whitespace();
+            // start-end perms offset dev inode path (the path may contain spaces)
+            let mut it = l.splitn(6, ' ');
             let (start, end) = it.next()?.split_once('-')?;
             it.next()?.contains('x').then_some(())?;
-            Some((
-                u64::from_str_radix(start, 16).ok()?,
-                u64::from_str_radix(end, 16).ok()?,
-            ))
+            let offset = u64::from_str_radix(it.next()?, 16).ok()?;
+            let _dev = it.next()?;
+            let _inode = it.next()?;
+            let path = it.next().map(str::trim).unwrap_or_default();
+            let file = path.starts_with('/') && !path.ends_with(" (deleted)");
+            Some(ExecMap {
+                start: u64::from_str_radix(start, 16).ok()?,
+                end: u64::from_str_radix(end, 16).ok()?,
+                offset,
+                path: file.then(|| std::rc::Rc::from(path)),
+            })
         })
         .collect();
-    v.sort_unstable();
+    v.sort_unstable_by_key(|m| m.start);
     v
 }
 
-fn in_ranges(ranges: &[(u64, u64)], ip: u64) -> bool {
-    let i = ranges.partition_point(|(start, _)| *start <= ip);
-    i > 0 && ip < ranges[i - 1].1
+fn find(maps: &[ExecMap], ip: u64) -> Option<&ExecMap> {
+    let i = maps.partition_point(|m| m.start <= ip);
+    maps.get(i.checked_sub(1)?).filter(|m| ip < m.end)
+}
+
+fn in_ranges(maps: &[ExecMap], ip: u64) -> bool {
+    find(maps, ip).is_some()
 }
 
 /// Frames `bpf_get_stack` wrote (it returns bytes, or a negative error), zeros trimmed.
@@ -304,6 +352,9 @@ mod tests {
 ";
         let r = exec_ranges(maps);
         assert_eq!(r.len(), 2);
+        let lib = find(&r, 0x7f1000000100).unwrap();
+        assert_eq!(lib.path.as_deref(), Some("/usr/lib/libpython3.11.so"));
+        assert_eq!(0x7f1000000100 - lib.start + lib.offset, 0x100);
         assert!(in_ranges(&r, 0x55d0c0001800));
         assert!(!in_ranges(&r, 0x55d0c0000800));
         assert!(!in_ranges(&r, 0x7f0000000010));
