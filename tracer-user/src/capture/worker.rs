@@ -183,7 +183,7 @@ impl Reader {
 /// the tracepoint or perf-event path, the timer interrupt): drop everything up to the last of
 /// them. A sample taken while the thread ran in user space has nothing left, as it should.
 pub fn without_probe_frames(frames: Vec<Frame>) -> Vec<Frame> {
-    const MACHINERY: [&str; 9] = [
+    const MACHINERY: &[&str] = &[
         "bpf_",
         "__bpf_",
         "__traceiter_",
@@ -194,9 +194,15 @@ pub fn without_probe_frames(frames: Vec<Frame>) -> Vec<Frame> {
         "__sysvec_",
         "hrtimer_",
     ];
+    without_frames_up_to_last(frames, MACHINERY)
+}
+
+/// Drop every frame up to (and including) the last one whose name starts with one of
+/// `prefixes`: the innermost frames that belong to how the stack was taken, not to the thread.
+pub fn without_frames_up_to_last(frames: Vec<Frame>, prefixes: &[&str]) -> Vec<Frame> {
     let cut = frames
         .iter()
-        .rposition(|f| MACHINERY.iter().any(|m| f.function.starts_with(m)))
+        .rposition(|f| prefixes.iter().any(|m| f.function.starts_with(m)))
         .map_or(0, |i| i + 1);
     frames.into_iter().skip(cut).collect()
 }

@@ -68,17 +68,29 @@ impl Breakdown {
         }
     }
 
+    /// Names of the parts, in the order of [`parts`](Self::parts).
+    pub const LABELS: [&'static str; 7] = [
+        "cpu",
+        "runq",
+        "downstream",
+        "disk",
+        "lock",
+        "sleep",
+        "other",
+    ];
+
     /// (label, µs) of the parts, for bars and summaries.
     pub fn parts(&self) -> [(&'static str, u64); 7] {
-        [
-            ("cpu", self.on_cpu_us),
-            ("runq", self.runqueue_us),
-            ("downstream", self.downstream_us),
-            ("disk", self.disk_us),
-            ("lock", self.lock_us),
-            ("sleep", self.sleep_us),
-            ("other", self.other_us),
-        ]
+        let us = [
+            self.on_cpu_us,
+            self.runqueue_us,
+            self.downstream_us,
+            self.disk_us,
+            self.lock_us,
+            self.sleep_us,
+            self.other_us,
+        ];
+        std::array::from_fn(|i| (Self::LABELS[i], us[i]))
     }
 }
 

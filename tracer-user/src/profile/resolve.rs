@@ -15,7 +15,10 @@ use tracer_common::{
 
 use super::merge::{self, PyRaw};
 use crate::{
-    capture::{symbols::Symbols, worker::without_probe_frames},
+    capture::{
+        symbols::Symbols,
+        worker::{without_frames_up_to_last, without_probe_frames},
+    },
     model::{
         profile::{FrameInfo, FrameKind},
         slow::Frame,
@@ -44,7 +47,9 @@ pub struct Resolver {
     /// pointers returns data addresses; cut the stack at the first one instead of asking
     /// blazesym about each (a new garbage address per sample meant a /proc/PID/maps parse and
     /// a symbolizer miss per sample).
-    exec: HashMap<u32, Vec<ExecMap>>,
+    /// With when they were read: re-read at most once a second (a leaf in anonymous code, a
+    /// JIT, is never in them, and must not cost a /proc read per sample).
+    exec: HashMap<u32, (Instant, Vec<ExecMap>)>,
     kernel_cache: HashMap<u64, Frame>,
     /// Python processes registered with the kernel walker.
     pub python_procs: u64,
@@ -159,15 +164,18 @@ impl Resolver {
         let Some(&leaf) = ips.first() else {
             return;
         };
-        let stale = self.exec.get(&pid).is_none_or(|r| !in_ranges(r, leaf));
+        let stale = self
+            .exec
+            .get(&pid)
+            .is_none_or(|(at, r)| !in_ranges(r, leaf) && at.elapsed() >= Duration::from_secs(1));
         if stale {
             if self.exec.len() > 4096 {
                 self.exec.clear();
             }
             let text = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
-            self.exec.insert(pid, exec_ranges(&text));
+            self.exec.insert(pid, (Instant::now(), exec_ranges(&text)));
         }
-        let Some(ranges) = self.exec.get(&pid) else {
+        let Some((_, ranges)) = self.exec.get(&pid) else {
             return;
         };
         if ranges.is_empty() {
@@ -214,7 +222,11 @@ impl Resolver {
             // once by blazesym); the rest (vdso, anonymous code) through the process.
             let mut by_file: HashMap<std::rc::Rc<str>, (Vec<u64>, Vec<u64>)> = HashMap::new();
             let mut rest = Vec::new();
-            let maps = self.exec.get(&pid).map(Vec::as_slice).unwrap_or_default();
+            let maps = self
+                .exec
+                .get(&pid)
+                .map(|(_, m)| m.as_slice())
+                .unwrap_or_default();
             for &a in &missing {
                 match find(maps, a).and_then(|m| m.path.clone().map(|p| (m, p))) {
                     Some((m, path)) => {
@@ -279,12 +291,10 @@ impl Resolver {
 /// Off CPU the stack ends in our tracepoint program, called from the scheduler: drop that
 /// part only (the timer and sleep frames under it are where the thread waits).
 fn without_tracepoint_frames(frames: Vec<Frame>) -> Vec<Frame> {
-    const OURS: [&str; 4] = ["bpf_", "__bpf_", "__traceiter_", "trace_call_bpf"];
-    let cut = frames
-        .iter()
-        .rposition(|f| OURS.iter().any(|m| f.function.starts_with(m)))
-        .map_or(0, |i| i + 1);
-    frames.into_iter().skip(cut).collect()
+    without_frames_up_to_last(
+        frames,
+        &["bpf_", "__bpf_", "__traceiter_", "trace_call_bpf"],
+    )
 }
 
 /// An executable mapping of a process.

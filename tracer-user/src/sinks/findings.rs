@@ -99,12 +99,11 @@ impl FindingsSink {
             lines.push("\nwhere the time went (share of each endpoint's request time):".into());
         }
         for (endpoint, e) in by_time.iter().take(10) {
-            let parts: Vec<String> = Breakdown::default()
-                .parts()
+            let parts: Vec<String> = Breakdown::LABELS
                 .iter()
                 .zip(e.parts_us)
                 .filter(|(_, us)| us * 100 >= e.total_us.max(1))
-                .map(|((name, _), us)| format!("{name} {}%", us * 100 / e.total_us.max(1)))
+                .map(|(name, us)| format!("{name} {}%", us * 100 / e.total_us.max(1)))
                 .collect();
             lines.push(format!("  {endpoint:<40} {}", parts.join(" · ")));
         }
