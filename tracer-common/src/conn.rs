@@ -110,6 +110,9 @@ pub struct RequestRecord {
     /// Position in a pipeline (0 = first request of the read).
     pub pipeline_index: u16,
     pub peer_addr: [u8; 16],
+    /// Local port of a TCP connection, host byte order (0: unknown; then `listen_fd` says).
+    pub local_port: u16,
+    pub _pad_port: [u16; 3],
     pub start_ns: u64,
     /// First outbound byte; 0 when no response was written.
     pub resp_ns: u64,
@@ -150,6 +153,8 @@ impl RequestRecord {
             peer_port: 0,
             pipeline_index: 0,
             peer_addr: [0; 16],
+            local_port: 0,
+            _pad_port: [0; 3],
             start_ns: 0,
             resp_ns: 0,
             end_ns: 0,
@@ -175,6 +180,9 @@ pub struct ConnState {
     /// not call a long `sendfile` finished just because no write has returned for a while.
     pub writing: u8,
     pub _pad: [u8; 6],
+    /// The kernel `struct sock` (0 when unknown, on the syscall path): a different socket under
+    /// the same fd number means the fd was reused without a close we saw.
+    pub sk: u64,
     pub rec: RequestRecord,
 }
 
@@ -201,6 +209,7 @@ impl ConnState {
             phase: Phase::Idle as u8,
             writing: 0,
             _pad: [0; 6],
+            sk: 0,
             rec,
         }
     }

@@ -32,10 +32,15 @@ pub enum Counter {
     DownstreamRingFull = 12,
     /// Downstream sockets not followed: map full.
     DownstreamMapFull = 13,
+    /// Socket I/O of a target from a syscall whose buffers cannot be located (io_uring,
+    /// kernel-internal callers): not traced.
+    SockOtherSyscall = 14,
+    /// Stale connections found under a reused fd number (the close was not seen).
+    FdReused = 15,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 14;
+    pub const COUNT: u32 = 16;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Self::Events,
         Self::RingFull,
@@ -51,6 +56,8 @@ impl Counter {
         Self::DownstreamCalls,
         Self::DownstreamRingFull,
         Self::DownstreamMapFull,
+        Self::SockOtherSyscall,
+        Self::FdReused,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -69,6 +76,8 @@ impl Counter {
             Self::DownstreamCalls => "downstream_calls",
             Self::DownstreamRingFull => "downstream_ring_full_drops",
             Self::DownstreamMapFull => "downstream_map_full",
+            Self::SockOtherSyscall => "socket_io_untraceable_syscall",
+            Self::FdReused => "fd_reused_without_close",
         }
     }
 }

@@ -37,6 +37,9 @@ pub struct DsConn {
     pub addr: [u8; DS_ADDR],
     pub greeting: [u8; DS_GREETING],
     pub req: [u8; DS_PREFIX],
+    /// The kernel `struct sock` (0 when unknown): a different socket under the same fd number
+    /// means the fd was reused.
+    pub sk: u64,
 }
 
 /// One exchange: written `start_ns`, first answer byte read `resp_ns` (ring `DS_EVENTS`).

@@ -50,6 +50,46 @@ pub struct TracepointOffsets {
     pub _pad: u32,
 }
 
+/// Kernel struct field offsets, looked up by user space in the running kernel's BTF and set as
+/// a global before load (Rust eBPF has no CO-RE). `valid == 0`: BTF was not available, and the
+/// programs that need these fall back or stay off.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// `struct sock_common` (at offset 0 of `struct sock`).
+    pub sk_family: u32,
+    /// Local port, host byte order.
+    pub sk_num: u32,
+    /// Peer port, network byte order.
+    pub sk_dport: u32,
+    pub sk_daddr: u32,
+    pub sk_v6_daddr: u32,
+    /// `struct sock`: u16 each.
+    pub sk_type: u32,
+    pub sk_protocol: u32,
+    /// `struct unix_sock.addr`: set on a bound socket and on the sockets accepted from it.
+    pub unix_addr: u32,
+    /// `struct unix_sock.peer`.
+    pub unix_peer: u32,
+    /// `struct unix_address.name` (a `sockaddr_un`).
+    pub unix_name: u32,
+    /// `struct task_struct.pid`.
+    pub task_pid: u32,
+    pub valid: u32,
+}
+
+/// Offsets into the `sock:inet_sock_set_state` tracepoint record (from tracefs).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockStateOffsets {
+    pub skaddr: u32,
+    pub oldstate: u32,
+    pub newstate: u32,
+    pub sport: u32,
+    pub family: u32,
+    pub protocol: u32,
+}
+
 /// Where a watched thread was, as stack-trace-map ids (negative: not captured).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -126,6 +166,8 @@ mod pod {
     unsafe impl aya::Pod for super::ConnState {}
     unsafe impl aya::Pod for super::RequestRecord {}
     unsafe impl aya::Pod for super::TracepointOffsets {}
+    unsafe impl aya::Pod for super::KernelOffsets {}
+    unsafe impl aya::Pod for super::SockStateOffsets {}
     unsafe impl aya::Pod for super::StackSample {}
     unsafe impl aya::Pod for super::SignalNote {}
     unsafe impl aya::Pod for super::HandlerRecord {}

@@ -39,7 +39,7 @@ pub static SIGNALS: HashMap<u32, SignalNote> = HashMap::with_max_entries(4096, 0
 const REUSE: u64 = 1 << 10;
 
 #[inline(always)]
-fn sample<C: EbpfContext + StackIdContext>(ctx: &C, into: &HashMap<u32, StackSample>) {
+pub fn sample<C: EbpfContext + StackIdContext>(ctx: &C, into: &HashMap<u32, StackSample>) {
     let tid = bpf_get_current_pid_tgid() as u32;
     if unsafe { WATCH.get(&tid) }.is_none() {
         return;

@@ -29,7 +29,7 @@ pub static DS_EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
 
 /// A `DsConn` being built (too big for the BPF stack).
 #[map]
-static DS_SCRATCH: PerCpuArray<DsConn> = PerCpuArray::with_max_entries(1, 0);
+pub static DS_SCRATCH: PerCpuArray<DsConn> = PerCpuArray::with_max_entries(1, 0);
 
 const AF_UNIX: u16 = 1;
 const AF_INET: u16 = 2;
@@ -94,6 +94,7 @@ pub fn exit_connect(ctx: TracePointContext) -> u32 {
     d.req_len = 0;
     d.exchanges = 0;
     d.addr = [0; DS_ADDR];
+    d.sk = 0;
     match family {
         AF_UNIX => {
             let _ = unsafe { aya_ebpf::helpers::bpf_probe_read_user_buf(sa.add(2), &mut d.addr) };

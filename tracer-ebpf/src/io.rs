@@ -39,7 +39,7 @@ pub fn wake_flags(ring: &aya_ebpf::maps::RingBuf, at: u64) -> u64 {
 }
 
 #[inline(always)]
-fn emit(r: &RequestRecord) {
+pub fn emit(r: &RequestRecord) {
     match EVENTS.output::<RequestRecord>(r, wake_flags(&EVENTS, WAKE_AT_BYTES)) {
         Ok(()) => count(Counter::Events),
         Err(_) => count(Counter::RingFull),
@@ -219,6 +219,9 @@ fn accepted(tgid: u32, a: &SyscallArgs, ret: i64) {
     };
     let s = unsafe { &mut *s };
     *s = ConnState::accepted(tgid, ret as u32, a.fd, now);
+    if let Ok(comm) = bpf_get_current_comm() {
+        s.rec.comm = comm;
+    }
     if a.ptr != 0 {
         read_peer(a.ptr as *const u8, &mut s.rec);
     }
@@ -250,7 +253,7 @@ fn read_peer(sa: *const u8, r: &mut RequestRecord) {
 
 /// First data pointer and its length for the buffer shapes of the read/write families.
 #[inline(always)]
-fn data_ptr(a: &SyscallArgs) -> Option<(*const u8, u64)> {
+pub fn data_ptr(a: &SyscallArgs) -> Option<(*const u8, u64)> {
     use aya_ebpf::helpers::bpf_probe_read_user;
     let iov = match a.kind {
         kind::READ | kind::WRITE => return Some((a.ptr as *const u8, u64::MAX)),
@@ -286,7 +289,7 @@ fn copy_prefix(dst: *mut u8, max: usize, src: *const u8, avail: u64) -> u16 {
     }
 }
 
-fn read_done(a: &SyscallArgs, tid: u32, ret: i64) {
+pub fn read_done(a: &SyscallArgs, tid: u32, ret: i64) {
     if ret <= 0 {
         return;
     }
@@ -295,44 +298,60 @@ fn read_done(a: &SyscallArgs, tid: u32, ret: i64) {
         tgid,
         fd: a.fd as u32,
     };
-    let Some(conn) = CONNS.get_ptr_mut(&key) else {
-        crate::downstream::read(&key, tid, data_ptr(a), ret as u64);
-        return;
-    };
-    let conn = unsafe { &mut *conn };
+    match CONNS.get_ptr_mut(&key) {
+        Some(conn) => served_read(unsafe { &mut *conn }, a, tid, ret),
+        None => crate::downstream::read(&key, tid, data_ptr(a), ret as u64),
+    }
+}
+
+/// `ret > 0` bytes were read from served connection `conn`.
+#[inline(always)]
+pub fn served_read(conn: &mut ConnState, a: &SyscallArgs, tid: u32, ret: i64) {
     let now = unsafe { bpf_ktime_get_ns() };
     if conn.inbound(now, ret as u64, emit) != Step::RequestStarted {
         return;
     }
     conn.rec.tid = tid;
-    let cur = CurrentRequest {
-        conn_id: conn.rec.conn_id,
-        seq: conn.rec.seq,
-        fd: a.fd as u32,
-    };
-    let _ = crate::handlers::CURRENT.insert(&tid, &cur, 0);
-    if let Ok(comm) = bpf_get_current_comm() {
-        conn.rec.comm = comm;
-    }
+    set_current(tid, conn.rec.conn_id, conn.rec.seq, a.fd as u32);
     if let Some((p, len)) = data_ptr(a) {
         let avail = if len < ret as u64 { len } else { ret as u64 };
         conn.rec.req_len = copy_prefix(conn.rec.req.as_mut_ptr(), REQ_PREFIX, p, avail);
     }
 }
 
-fn write_done(a: &SyscallArgs, tid: u32, ret: i64) {
+/// The thread now serves this request. Updated in place when the thread has an entry already
+/// (a hash update allocates and frees an element; a write through the pointer does not).
+#[inline(always)]
+fn set_current(tid: u32, conn_id: u64, seq: u32, fd: u32) {
+    match crate::handlers::CURRENT.get_ptr_mut(&tid) {
+        Some(c) => unsafe {
+            (*c).conn_id = conn_id;
+            (*c).seq = seq;
+            (*c).fd = fd;
+        },
+        None => {
+            let cur = CurrentRequest { conn_id, seq, fd };
+            let _ = crate::handlers::CURRENT.insert(&tid, &cur, 0);
+        }
+    }
+}
+
+pub fn write_done(a: &SyscallArgs, tid: u32, ret: i64) {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let key = ConnKey {
         tgid,
         fd: a.fd as u32,
     };
-    let Some(conn) = CONNS.get_ptr_mut(&key) else {
-        if ret > 0 {
-            crate::downstream::wrote(&key, tid, data_ptr(a), ret as u64);
-        }
-        return;
-    };
-    let conn = unsafe { &mut *conn };
+    match CONNS.get_ptr_mut(&key) {
+        Some(conn) => served_write(unsafe { &mut *conn }, a, ret),
+        None if ret > 0 => crate::downstream::wrote(&key, tid, data_ptr(a), ret as u64),
+        None => {}
+    }
+}
+
+/// A write-family call on served connection `conn` returned `ret`.
+#[inline(always)]
+pub fn served_write(conn: &mut ConnState, a: &SyscallArgs, ret: i64) {
     conn.writing = 0;
     if ret <= 0 || conn.phase == tracer_common::Phase::Idle as u8 {
         return;

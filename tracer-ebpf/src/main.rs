@@ -17,6 +17,7 @@ mod procs;
 mod profile;
 mod pywalk;
 mod sched;
+mod sock;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -15,7 +15,6 @@ use aya_ebpf::{
     },
     macros::map,
     maps::{HashMap, PerCpuArray, RingBuf},
-    programs::TracePointContext,
     EbpfContext,
 };
 use tracer_common::{
@@ -144,7 +143,7 @@ pub fn switch_in(next: u32, now: u64) {
 /// The current thread, serving a request (checked by the caller), leaves the CPU: park its
 /// stacks until it runs again.
 #[inline(always)]
-pub fn switch_out(ctx: &TracePointContext, tgid: u32, tid: u32, now: u64, state: u32) {
+pub fn switch_out<C: EbpfContext>(ctx: &C, tgid: u32, tid: u32, now: u64, state: u32) {
     let Some(rec) = PROFILE_SCRATCH.get_ptr_mut(0) else {
         return;
     };

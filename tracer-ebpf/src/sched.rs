@@ -1,14 +1,16 @@
 //! Where a request's time goes. The scheduler tracepoints follow each target thread that serves
 //! a request: when it leaves the CPU (sched_switch, in its own context), why (the syscall it is
-//! in, noted by raw_syscalls:sys_enter); when it is woken (sched_wakeup); when it runs again.
+//! in, read from its registers, or on the syscall path noted by the waitable syscalls' entry
+//! tracepoints); when it is woken (sched_wakeup); when it runs again.
 //! The intervals are added to the request's record in the connection map, so they travel with
 //! the one record per request. The same switch also feeds the off-CPU profile (profile.rs).
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    macros::{map, tracepoint},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    macros::{map, raw_tracepoint, tracepoint},
     maps::HashMap,
-    programs::TracePointContext,
+    programs::{RawTracePointContext, TracePointContext},
+    EbpfContext,
 };
 use tracer_common::{sched, sched::ThreadSched, ConnKey, Phase};
 
@@ -18,6 +20,7 @@ use crate::{
     maps::{is_target, kind, ARGS, CONNS},
     procs::OFFSETS,
     profile,
+    sock::{self, Syscall, KOFFS},
 };
 
 /// tid → scheduler bookkeeping, for target threads.
@@ -96,21 +99,26 @@ const NOT_IN_WAITABLE: i64 = -1;
 #[tracepoint]
 pub fn sched_wakeup(ctx: TracePointContext) -> u32 {
     let off = unsafe { core::ptr::read_volatile(&OFFSETS) };
-    let Ok(pid) = (unsafe { ctx.read_at::<i32>(off.wakeup_pid as usize) }) else {
-        return 0;
-    };
-    if let Some(t) = THREADS.get_ptr_mut(&(pid as u32)) {
+    if let Ok(pid) = unsafe { ctx.read_at::<i32>(off.wakeup_pid as usize) } {
+        woken(pid as u32);
+    }
+    0
+}
+
+#[inline(always)]
+fn woken(pid: u32) {
+    if let Some(t) = THREADS.get_ptr_mut(&pid) {
         let t = unsafe { &mut *t };
         if t.out_ts != 0 && t.wake_ts == 0 {
             t.wake_ts = unsafe { bpf_ktime_get_ns() };
         }
     }
-    0
 }
 
-/// Why a thread that left the CPU in state `state` is waiting.
+/// Why a thread that left the CPU in state `state` is waiting, from the waitable syscall its
+/// entry tracepoint noted and the stashed read/write arguments (the syscall-tracepoint path).
 #[inline(always)]
-fn reason(t: &ThreadSched, tgid: u32, tid: u32, state: u32) -> u32 {
+fn reason_noted(t: &ThreadSched, tgid: u32, tid: u32, state: u32) -> u32 {
     // A read/write-family call or a connect on a downstream socket: its arguments are stashed.
     let io_downstream = || match unsafe { ARGS.get(&tid) } {
         Some(a) if a.kind == kind::CONNECT => true,
@@ -124,11 +132,44 @@ fn reason(t: &ThreadSched, tgid: u32, tid: u32, state: u32) -> u32 {
         },
         None => false,
     };
-    let r = match t.nr {
+    classify_wait(t.nr, t.arg1, t.ds_waiting != 0, state, io_downstream)
+}
+
+/// The same from the syscall the thread is in right now, read from its registers: no syscall
+/// tracepoint needed.
+#[inline(always)]
+fn reason_regs(s: Option<Syscall>, t: &ThreadSched, tgid: u32, state: u32) -> u32 {
+    let Some(s) = s else {
+        return classify_wait(NOT_IN_WAITABLE, 0, false, state, || false);
+    };
+    let io_downstream = || {
+        s.nr == sock::nr::CONNECT
+            || [false, true].iter().any(|&out| {
+                sock::io_args(&s, out).is_some_and(|a| unsafe {
+                    DS_CONNS
+                        .get(&ConnKey {
+                            tgid,
+                            fd: a.fd as u32,
+                        })
+                        .is_some()
+                })
+            })
+    };
+    classify_wait(s.nr, s.si, t.ds_waiting != 0, state, io_downstream)
+}
+
+#[inline(always)]
+fn classify_wait(
+    nr: i64,
+    arg1: u64,
+    ds_waiting: bool,
+    state: u32,
+    io_downstream: impl Fn() -> bool,
+) -> u32 {
+    let r = match nr {
         nr::FUTEX | nr::FLOCK => sched::LOCK,
-        nr::FCNTL if t.arg1 == nr::F_SETLKW || t.arg1 == nr::F_OFD_SETLKW => sched::LOCK,
+        nr::FCNTL if arg1 == nr::F_SETLKW || arg1 == nr::F_OFD_SETLKW => sched::LOCK,
         nr::NANOSLEEP | nr::CLOCK_NANOSLEEP => sched::SLEEP,
-        NOT_IN_WAITABLE if io_downstream() => sched::DOWNSTREAM,
         nr::POLL
         | nr::PPOLL
         | nr::SELECT
@@ -136,22 +177,73 @@ fn reason(t: &ThreadSched, tgid: u32, tid: u32, state: u32) -> u32 {
         | nr::EPOLL_WAIT
         | nr::EPOLL_PWAIT
         | nr::EPOLL_PWAIT2
-            if t.ds_waiting != 0 =>
+            if ds_waiting =>
         {
             sched::DOWNSTREAM
         }
+        nr::POLL
+        | nr::PPOLL
+        | nr::SELECT
+        | nr::PSELECT6
+        | nr::EPOLL_WAIT
+        | nr::EPOLL_PWAIT
+        | nr::EPOLL_PWAIT2 => {
+            if state & TASK_UNINTERRUPTIBLE != 0 {
+                sched::DISK
+            } else {
+                sched::OTHER
+            }
+        }
+        _ if io_downstream() => sched::DOWNSTREAM,
         _ if state & TASK_UNINTERRUPTIBLE != 0 => sched::DISK,
         _ => sched::OTHER,
     };
     r as u32
 }
 
+/// sched_switch as a classic tracepoint: the fallback when kernel BTF is missing (the raw
+/// tracepoint needs a `task_struct` offset, and the registers need BTF helpers).
 #[tracepoint]
 pub fn sched_switch(ctx: TracePointContext) -> u32 {
     let off = unsafe { core::ptr::read_volatile(&OFFSETS) };
+    let next = unsafe { ctx.read_at::<i32>(off.switch_next_pid as usize) }.ok();
+    let state = unsafe { ctx.read_at::<i64>(off.switch_prev_state as usize) }.unwrap_or(0) as u32;
+    on_switch(&ctx, next, state, false);
+    0
+}
+
+/// sched_switch as a raw tracepoint, TP_PROTO(bool preempt, struct task_struct *prev,
+/// struct task_struct *next, unsigned int prev_state): no record is built for it, which matters
+/// as it runs on every context switch of the machine. It also takes the off-CPU stacks of
+/// watched threads for captures, so one program serves the three users of the switch.
+#[raw_tracepoint(tracepoint = "sched_switch")]
+pub fn sched_switch_raw(ctx: RawTracePointContext) -> i32 {
+    let o = unsafe { core::ptr::read_volatile(&KOFFS) };
+    let next_task = ctx.arg::<u64>(2);
+    let next =
+        unsafe { bpf_probe_read_kernel((next_task + o.task_pid as u64) as *const i32) }.ok();
+    let state = ctx.arg::<u64>(3) as u32;
+    crate::capture::sample(&ctx, &crate::capture::OFF_CPU);
+    on_switch(&ctx, next, state, true);
+    0
+}
+
+/// sched_wakeup as a raw tracepoint, TP_PROTO(struct task_struct *p).
+#[raw_tracepoint(tracepoint = "sched_wakeup")]
+pub fn sched_wakeup_raw(ctx: RawTracePointContext) -> i32 {
+    let o = unsafe { core::ptr::read_volatile(&KOFFS) };
+    let task = ctx.arg::<u64>(0);
+    if let Ok(pid) = unsafe { bpf_probe_read_kernel((task + o.task_pid as u64) as *const i32) } {
+        woken(pid as u32);
+    }
+    0
+}
+
+#[inline(always)]
+fn on_switch<C: EbpfContext>(ctx: &C, next: Option<i32>, state: u32, regs: bool) {
     let now = unsafe { bpf_ktime_get_ns() };
     let profiling = profile::off_cpu_on();
-    if let Ok(next) = unsafe { ctx.read_at::<i32>(off.switch_next_pid as usize) } {
+    if let Some(next) = next {
         let next = next as u32;
         switched_in(next, now);
         if profiling {
@@ -161,23 +253,34 @@ pub fn sched_switch(ctx: TracePointContext) -> u32 {
     let id = bpf_get_current_pid_tgid();
     let (tgid, tid) = ((id >> 32) as u32, id as u32);
     if tid == 0 || !is_target(tgid) {
-        return 0;
+        return;
     }
     // Only threads inside a request: idle workers waiting in accept or for the next keep-alive
     // request are not request time. A response blocked on a slow client is.
     let Some(cur) = (unsafe { CURRENT.get(&tid) }).copied() else {
-        return 0;
+        return;
     };
     let key = ConnKey { tgid, fd: cur.fd };
     let Some(c) = CONNS.get_ptr_mut(&key) else {
-        return 0;
+        return;
     };
     let c = unsafe { &mut *c };
-    let in_request = c.phase == Phase::Request as u8 || c.writing != 0;
-    if c.rec.conn_id != cur.conn_id || c.rec.seq != cur.seq || !in_request {
-        return 0;
+    if c.rec.conn_id != cur.conn_id || c.rec.seq != cur.seq {
+        return;
     }
-    let state = unsafe { ctx.read_at::<i64>(off.switch_prev_state as usize) }.unwrap_or(0) as u32;
+    let sys = if regs { sock::current_syscall() } else { None };
+    // Blocked writing this response (a slow client, a long sendfile): still the request's time.
+    // The socket path has no syscall entry to set `writing`, so it is set here and cleared by
+    // the next transfer on the socket.
+    if c.phase == Phase::Response as u8
+        && sys.is_some_and(|s| sock::io_args(&s, true).is_some_and(|a| a.fd as u32 == cur.fd))
+    {
+        c.writing = 1;
+    }
+    let in_request = c.phase == Phase::Request as u8 || c.writing != 0;
+    if !in_request {
+        return;
+    }
     let mut ran_from = c.rec.start_ns;
     if c.rec.sched_last_in > ran_from {
         ran_from = c.rec.sched_last_in;
@@ -207,14 +310,15 @@ pub fn sched_switch(ctx: TracePointContext) -> u32 {
         // Preempted (runnable): all of the time off is waiting for a CPU.
         t.reason = if state & 0xff == 0 {
             sched::RUNQUEUE as u32
+        } else if regs {
+            reason_regs(sys, t, tgid, state)
         } else {
-            reason(t, tgid, tid, state)
+            reason_noted(t, tgid, tid, state)
         };
     }
     if profiling {
-        profile::switch_out(&ctx, tgid, tid, now, state);
+        profile::switch_out(ctx, tgid, tid, now, state);
     }
-    0
 }
 
 /// `next` runs again: charge the interval it was off to its request.

@@ -73,6 +73,25 @@ fn socket_inode(link: &std::path::Path) -> Option<u64> {
     s.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
 }
 
+/// TCP ports `pid` listens on now (its own fds, in its network namespace).
+pub fn listening_ports(pid: u32) -> Vec<u16> {
+    let listening = listening_inodes(&format!("/proc/{pid}/net"), None);
+    if listening.is_empty() {
+        return Vec::new();
+    }
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    let mut ports: Vec<u16> = fds
+        .flatten()
+        .filter_map(|fd| socket_inode(&fd.path()))
+        .filter_map(|inode| listening.get(&inode).copied())
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
 /// Processes that hold a listening socket on `port` now.
 pub fn listeners(port: u16) -> Vec<u32> {
     let inodes = listening_inodes("/proc/net", Some(port));

@@ -204,7 +204,7 @@ impl Agent {
                 off_cpu: p.wall,
             })
             .unwrap_or_default();
-        let (mut probes, ring, maps, profile_maps) = Probes::load(offsets, settings)?;
+        let (mut probes, ring, maps, profile_maps) = Probes::load(&tracefs_path, offsets, settings)?;
         let mut profiler = match &cfg.profile {
             Some(p) => Some(
                 Profiler::spawn(p.clone(), profile_maps.py_procs)
@@ -225,6 +225,10 @@ impl Agent {
         for &pid in &cfg.targets.pids {
             probes.add_target(pid)?;
             known.push(pid);
+            // On the socket path, connections to the ports it listens on are its requests.
+            for port in procfs::listening_ports(pid) {
+                probes.serve_port(port)?;
+            }
             // Children forked before attach (a gunicorn master's workers) are targets too;
             // later forks are followed in the kernel.
             for child in procfs::descendants(pid) {
@@ -240,6 +244,7 @@ impl Agent {
         }
         for &port in &cfg.targets.ports {
             probes.watch_port(port)?;
+            probes.serve_port(port)?;
             let pids = procfs::listeners(port);
             if pids.is_empty() {
                 eprintln!(
@@ -310,7 +315,10 @@ impl Agent {
     }
 
     fn request(&mut self, r: &RequestRecord, end: EndReason, now_ns: u64) -> Request {
-        let port = self.ports.get(r.tgid, r.listen_fd);
+        let port = match r.local_port {
+            0 => self.ports.get(r.tgid, r.listen_fd),
+            p => Some(p),
+        };
         Request::from_record(r, end, now_ns, port, &self.ctx)
     }
 

@@ -1,9 +1,10 @@
 //! The kernel side as user space sees it: preflight checks, loading, attaching, and the maps.
 
+pub mod btf;
 pub mod preflight;
 pub mod tracefs;
 
-use std::collections::HashMap as StdHashMap;
+use std::{collections::HashMap as StdHashMap, path::Path};
 
 use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
@@ -14,7 +15,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use tracer_common::{
-    target, ConnKey, ConnState, Counter, HandlerStack, SignalNote, StackSample, TracepointOffsets,
+    target, ConnKey, ConnState, Counter, HandlerStack, SignalNote, SockStateOffsets, StackSample,
+    TracepointOffsets,
 };
 
 /// On-CPU sampling rate for watched (slow-request) threads when profiling is off.
@@ -53,6 +55,8 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tr
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
+    #[error(transparent)]
+    Tracefs(#[from] tracefs::TracefsError),
     #[error("loading the eBPF programs failed: {0}")]
     Load(Box<aya::EbpfError>),
     #[error("eBPF program {0} is missing from the embedded object")]
@@ -85,9 +89,10 @@ pub enum ProbeError {
     },
 }
 
-/// Program → the tracepoints it attaches to. Exits first: an enter without its exit would leave
+/// Program → the tracepoints it attaches to, on the syscall path (the fallback for kernels
+/// without the socket tracepoints or BTF). Exits first: an enter without its exit would leave
 /// stashed arguments behind.
-const ATTACH: &[(&str, &str, &[&str])] = &[
+const SYSCALL_ATTACH: &[(&str, &str, &[&str])] = &[
     (
         "sys_exit_io",
         "syscalls",
@@ -109,14 +114,6 @@ const ATTACH: &[(&str, &str, &[&str])] = &[
         &["sys_exit_accept", "sys_exit_accept4"],
     ),
     ("exit_connect", "syscalls", &["sys_exit_connect"]),
-    ("sched_process_fork", "sched", &["sched_process_fork"]),
-    // Where request time goes (and the off-CPU profile): the syscalls a thread can wait in, and
-    // the scheduler. Exits before entries, as above.
-    ("exit_waitable", "syscalls", WAITABLE_EXITS),
-    ("enter_waitable", "syscalls", WAITABLE_ENTRIES),
-    ("sched_wakeup", "sched", &["sched_wakeup"]),
-    ("sched_switch", "sched", &["sched_switch"]),
-    ("sched_process_exit", "sched", &["sched_process_exit"]),
     (
         "enter_accept",
         "syscalls",
@@ -141,6 +138,77 @@ const ATTACH: &[(&str, &str, &[&str])] = &[
     ("enter_bind", "syscalls", &["sys_enter_bind"]),
     ("enter_connect", "syscalls", &["sys_enter_connect"]),
 ];
+
+/// The scheduler as classic tracepoints, with the waitable syscalls' entries and exits telling
+/// why a thread waits: the fallback when kernel BTF is missing.
+const CLASSIC_SCHED_ATTACH: &[(&str, &str, &[&str])] = &[
+    ("exit_waitable", "syscalls", WAITABLE_EXITS),
+    ("enter_waitable", "syscalls", WAITABLE_ENTRIES),
+    ("sched_wakeup", "sched", &["sched_wakeup"]),
+    ("sched_switch", "sched", &["sched_switch"]),
+];
+
+/// Always attached (rare events: a fork, an exit).
+const PROCESS_ATTACH: &[(&str, &str, &[&str])] = &[
+    ("sched_process_fork", "sched", &["sched_process_fork"]),
+    ("sched_process_exit", "sched", &["sched_process_exit"]),
+];
+
+/// The socket path (default): raw tracepoints on the socket layer, plus TCP state changes.
+const SOCK_RAW_ATTACH: &[(&str, &str)] = &[
+    ("sock_recv", "sock_recv_length"),
+    ("sock_send", "sock_send_length"),
+];
+const SOCK_ATTACH: &[(&str, &str, &[&str])] =
+    &[("sock_state", "sock", &["inet_sock_set_state"])];
+
+/// The scheduler as raw tracepoints (needs BTF for `task_struct.pid`).
+const RAW_SCHED_ATTACH: &[(&str, &str)] = &[
+    ("sched_switch_raw", "sched_switch"),
+    ("sched_wakeup_raw", "sched_wakeup"),
+];
+
+/// Which attach path this kernel gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Plan {
+    /// Socket tracepoints instead of syscall tracepoints for socket I/O.
+    pub sock: bool,
+    /// Raw sched tracepoints and registers instead of classic ones and waitable syscalls.
+    pub raw_sched: bool,
+}
+
+impl Plan {
+    /// The best this kernel allows: BTF (for struct offsets and the register helpers) and the
+    /// socket tracepoints (Linux 6.3+). `SLOWTRACE_SYSCALL_PATH=1` forces the fallback (for
+    /// tests and comparisons).
+    pub fn detect(tracefs: &Path, btf_ok: bool) -> Plan {
+        let forced = std::env::var_os("SLOWTRACE_SYSCALL_PATH").is_some_and(|v| v == "1");
+        let sock_tps = tracefs.join("events/sock/sock_recv_length").is_dir()
+            && tracefs.join("events/sock/sock_send_length").is_dir()
+            && tracefs.join("events/sock/inet_sock_set_state").is_dir();
+        Plan {
+            sock: btf_ok && sock_tps && !forced,
+            raw_sched: btf_ok && !forced,
+        }
+    }
+
+    /// One line for the user, saying what was given up when the fallback is in use.
+    pub fn describe(&self, attached: usize) -> String {
+        match (self.sock, self.raw_sched) {
+            (true, true) => format!(
+                "socket and scheduler tracepoints ({attached} attach points; no syscall tracepoints)"
+            ),
+            (false, true) => format!(
+                "syscall tracepoints ({attached} attach points): this kernel lacks the socket \
+                 tracepoints (Linux 6.3+), so every process's syscalls pay a little while tracing"
+            ),
+            _ => format!(
+                "syscall and classic sched tracepoints ({attached} attach points): no kernel BTF \
+                 (/sys/kernel/btf/vmlinux), so every process's syscalls pay a little while tracing"
+            ),
+        }
+    }
+}
 
 /// Syscalls a request's thread blocks in for a reason other than I/O on its sockets.
 const WAITABLE_ENTRIES: &[&str] = &[
@@ -182,26 +250,60 @@ pub struct Probes {
     /// Handler calls, taken by the agent when `--handler` is given.
     pub handler_events: Option<RingBuf<MapData>>,
     hstack: HashMap<MapData, u32, HandlerStack>,
+    served_ports: HashMap<MapData, u16, u8>,
     /// How the programs are attached, for the user.
     pub attach_mode: String,
+    pub plan: Plan,
 }
 
 impl Probes {
     /// Load the embedded object and attach every program.
     pub fn load(
+        tracefs: &Path,
         offsets: TracepointOffsets,
         profile: ProfileSettings,
     ) -> Result<(Probes, RingBuf<MapData>, CaptureMaps, ProfileMaps), ProbeError> {
         let flags: u32 = u32::from(profile.sample_hz > 0) | (u32::from(profile.off_cpu) << 1);
+        let kernel = match btf::Btf::from_file(Path::new(btf::VMLINUX))
+            .and_then(|b| btf::kernel_offsets(&b))
+        {
+            Ok(k) => Some(k),
+            Err(e) => {
+                log::info!("kernel BTF unusable, falling back to syscall tracepoints: {e}");
+                None
+            }
+        };
+        let plan = Plan::detect(tracefs, kernel.is_some());
+        let sock_state = if plan.sock {
+            tracefs::sock_state_offsets(tracefs)?
+        } else {
+            SockStateOffsets::default()
+        };
+        let kernel = kernel.unwrap_or_default();
         let mut ebpf = EbpfLoader::new()
             .override_global("OFFSETS", &offsets, true)
             .override_global("PROFILE_FLAGS", &flags, true)
+            .override_global("KOFFS", &kernel, true)
+            .override_global("SOCK_STATE", &sock_state, true)
             .load(OBJECT)
             .map_err(|e| ProbeError::Load(Box::new(e)))?;
         let mut attached = 0;
-        for &(name, category, tracepoints) in ATTACH {
+        let mut tracepoints: Vec<&[(&str, &str, &[&str])]> = vec![PROCESS_ATTACH];
+        let mut raw: Vec<&[(&str, &str)]> = Vec::new();
+        if plan.sock {
+            tracepoints.push(SOCK_ATTACH);
+            raw.push(SOCK_RAW_ATTACH);
+        } else {
+            tracepoints.push(SYSCALL_ATTACH);
+        }
+        if plan.raw_sched {
+            raw.push(RAW_SCHED_ATTACH);
+        } else {
+            tracepoints.push(CLASSIC_SCHED_ATTACH);
+        }
+        for &(name, category, points) in tracepoints.into_iter().flatten() {
             let prog: &mut TracePoint = loaded(&mut ebpf, name)?;
-            for &tracepoint in tracepoints {
+            for &tracepoint in points {
                 prog.attach(category, tracepoint)
                     .map_err(|source| ProbeError::Attach {
                         name,
@@ -212,12 +314,23 @@ impl Probes {
                 attached += 1;
             }
         }
+        for &(name, tracepoint) in raw.into_iter().flatten() {
+            let prog: &mut RawTracePoint = loaded(&mut ebpf, name)?;
+            prog.attach(tracepoint)
+                .map_err(|source| ProbeError::Attach {
+                    name,
+                    category: "raw",
+                    tracepoint,
+                    source: Box::new(source),
+                })?;
+            attached += 1;
+        }
         let hz = if profile.sample_hz > 0 {
             profile.sample_hz
         } else {
             CAPTURE_HZ
         };
-        let degraded = attach_capture(&mut ebpf, hz);
+        let degraded = attach_capture(&mut ebpf, hz, !plan.raw_sched);
         let profile_maps = ProfileMaps {
             samples: RingBuf::try_from(take(&mut ebpf, "SAMPLES")?).map_err(|source| {
                 ProbeError::Map {
@@ -260,7 +373,9 @@ impl Probes {
                 })?,
             ),
             hstack: typed(&mut ebpf, "HSTACK")?,
-            attach_mode: format!("tracepoints ({attached} syscall and sched tracepoints)"),
+            served_ports: typed(&mut ebpf, "SERVED_PORTS")?,
+            attach_mode: plan.describe(attached),
+            plan,
             _ebpf: ebpf,
         };
         Ok((probes, events, capture, profile_maps))
@@ -271,6 +386,16 @@ impl Probes {
             .insert(tgid, target::EXPLICIT, 0)
             .map_err(|source| ProbeError::Map {
                 name: "TARGETS",
+                source: Box::new(source),
+            })
+    }
+
+    /// Connections to local TCP port `port` are served ones (requests), on the socket path.
+    pub fn serve_port(&mut self, port: u16) -> Result<(), ProbeError> {
+        self.served_ports
+            .insert(port, 1, 0)
+            .map_err(|source| ProbeError::Map {
+                name: "SERVED_PORTS",
                 source: Box::new(source),
             })
     }
@@ -344,7 +469,7 @@ impl Probes {
 
 /// Stack capture and signal notes: each piece that fails to attach is reported and skipped, since
 /// request timing does not depend on it.
-fn attach_capture(ebpf: &mut Ebpf, hz: u64) -> Vec<String> {
+fn attach_capture(ebpf: &mut Ebpf, hz: u64, separate_off_cpu: bool) -> Vec<String> {
     let mut degraded = Vec::new();
     let mut note = |what: &str, e: &dyn std::fmt::Display| {
         degraded.push(format!("{what} unavailable: {e}"));
@@ -374,10 +499,13 @@ fn attach_capture(ebpf: &mut Ebpf, hz: u64) -> Vec<String> {
         Some(Err(e)) => note("on-CPU stacks", &e),
         None => note("on-CPU stacks", &"program missing"),
     }
+    // With the raw sched tracepoints, `sched_switch_raw` takes these stacks itself.
     match ebpf
         .program_mut("off_cpu")
+        .filter(|_| separate_off_cpu)
         .map(TryInto::<&mut RawTracePoint>::try_into)
     {
+        None if !separate_off_cpu => {}
         Some(Ok(prog)) => {
             if let Err(e) = prog
                 .load()
@@ -434,6 +562,12 @@ trait ProgramLoad {
 }
 
 impl ProgramLoad for TracePoint {
+    fn load_it(&mut self) -> Result<(), aya::programs::ProgramError> {
+        self.load()
+    }
+}
+
+impl ProgramLoad for RawTracePoint {
     fn load_it(&mut self) -> Result<(), aya::programs::ProgramError> {
         self.load()
     }
