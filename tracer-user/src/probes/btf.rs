@@ -195,21 +195,22 @@ impl Btf {
 
     /// Bit offset of `field` in the struct or union `t`, looking into anonymous members (the
     /// kernel nests many fields in unnamed unions and structs).
-    fn find(&self, t: &Type, field: &str, depth: u32) -> Option<(u32, u32)> {
+    /// Returns (bit offset, bit-field size, member).
+    fn find(&self, t: &Type, field: &str, depth: u32) -> Option<(u32, u32, Member)> {
         if depth > 8 {
             return None;
         }
         for m in &t.members {
             if m.name != 0 {
                 if self.string(m.name) == field {
-                    return Some((m.bit_off, m.bits));
+                    return Some((m.bit_off, m.bits, *m));
                 }
                 continue;
             }
             let inner = self.resolve(m.ty)?;
             if inner.kind == kind::STRUCT || inner.kind == kind::UNION {
-                if let Some((off, bits)) = self.find(inner, field, depth + 1) {
-                    return Some((m.bit_off + off, bits));
+                if let Some((off, bits, found)) = self.find(inner, field, depth + 1) {
+                    return Some((m.bit_off + off, bits, found));
                 }
             }
         }
@@ -228,18 +229,13 @@ impl Btf {
         let mut bits_total = 0;
         let mut parts = path.split('.').peekable();
         while let Some(part) = parts.next() {
-            let (off, bits) = self.find(t, part, 0).ok_or_else(no_field)?;
+            let (off, bits, member) = self.find(t, part, 0).ok_or_else(no_field)?;
             if bits != 0 && (bits % 8 != 0 || off % 8 != 0) {
                 return Err(BtfError::BitField(name.to_owned(), path.to_owned()));
             }
             bits_total += off;
             if parts.peek().is_some() {
-                let m = t
-                    .members
-                    .iter()
-                    .find(|m| m.name != 0 && self.string(m.name) == part)
-                    .ok_or_else(no_field)?;
-                t = self.resolve(m.ty).ok_or_else(no_field)?;
+                t = self.resolve(member.ty).ok_or_else(no_field)?;
             }
         }
         if bits_total % 8 != 0 {
