@@ -11,7 +11,10 @@ use std::{fmt::Write as _, process::Command, time::Duration};
 use anyhow::Context as _;
 
 use crate::{
-    bench::{free_port, mmm, spawn_group, traced_run, wait_port, wrk, Guard, Opts},
+    bench::{
+        free_port, mmm, provenance, show, spawn_group, traced_run, wait_port, wrk, wrk_cmd, Guard,
+        Opts,
+    },
     util,
 };
 
@@ -65,9 +68,11 @@ fn compare(
     Ok(c)
 }
 
-fn table(title: &str, what: &str, c: &Cost, target: &str) -> String {
+/// `load`: the wrk command both A and B ran under.
+fn table(title: &str, what: &str, load: &Command, c: &Cost, target: &str) -> String {
     let mut out = format!(
-        "\n### {title}\n\n{what}\n\n| metric | min | median | max | target |\n|---|---|---|---|---|\n"
+        "\n### {title}\n\n{what}\n\n{}\n| metric | min | median | max | target |\n|---|---|---|---|---|\n",
+        provenance(&format!("`{}` in both A and B", show(load)))
     );
     let mut row = |metric: &str, v: &[f64], f: &dyn Fn(f64) -> String, t: &str| {
         let (a, b, c) = mmm(v);
@@ -203,6 +208,7 @@ pub fn run(o: &Opts) -> anyhow::Result<String> {
     out += &table(
         "Continuous profiling at 99 Hz (gunicorn 2 sync workers, WSGI view, wrk -t1 -c4)",
         "A: `slowtrace record --sample-hz 0`, B: `slowtrace record --sample-hz 99` (the default).",
+        &wrk_cmd(&url, 4, o.secs),
         &c,
         "≥ 99%",
     );
@@ -225,6 +231,7 @@ pub fn run(o: &Opts) -> anyhow::Result<String> {
         "A: untraced, B: `slowtrace record` (requests, time breakdown, downstream calls, 99 Hz \
          profile). In-kernel ns per request covers 101 round trips, ~200 syscalls and the \
          context switches of each request.",
+        &wrk_cmd(&url, 2, o.secs),
         &c,
         "",
     );

@@ -5,8 +5,12 @@
 
 mod bench;
 mod bench_cost;
+mod bench_nontarget;
+mod bench_soak;
+mod bpf_stats;
 mod compare;
 mod demo;
+mod echo_load;
 mod setup;
 mod test;
 mod util;
@@ -43,6 +47,20 @@ enum Task {
         /// More and longer pairs (10 × 10 s instead of 5 × 4 s).
         #[arg(long)]
         long: bool,
+        /// Also run the worker-churn soak for this many minutes (gunicorn --max-requests 200
+        /// under wrk, traced throughout; the check is 10).
+        #[arg(long, value_name = "MINUTES")]
+        soak: Option<u64>,
+        /// Smoke test of the bench: 1 pair of this many seconds, core and non-target sections
+        /// only, no setup/build, written to target/bench-smoke.md instead of docs/.
+        #[arg(long, hide = true, value_name = "SECS")]
+        smoke_secs: Option<u64>,
+    },
+    /// Loopback TCP echo load for the bench's non-target measurement (prints round trips/s).
+    #[command(hide = true)]
+    EchoLoad {
+        #[arg(long, default_value_t = 2)]
+        secs: u64,
     },
     /// Setup, build, then profile a test app with slowtrace and py-spy (from PyPI) on the same
     /// run and compare their CPU shares per function (the acceptance check of the profiler).
@@ -66,7 +84,16 @@ fn main() -> ExitCode {
         Task::Build => setup::run(false).and_then(|()| util::build_release()),
         Task::Test { args } => test::run(&args),
         Task::Demo { duration } => demo::run(&duration),
-        Task::Bench { long } => bench::run(long),
+        Task::Bench {
+            long,
+            soak,
+            smoke_secs,
+        } => bench::run(&bench::Args {
+            long,
+            soak_minutes: soak,
+            smoke_secs,
+        }),
+        Task::EchoLoad { secs } => echo_load::run(secs),
         Task::ComparePyspy { seconds } => compare::run(seconds),
     };
     match result {
