@@ -73,21 +73,11 @@ pub struct KernelOffsets {
     pub unix_peer: u32,
     /// `struct unix_address.name` (a `sockaddr_un`).
     pub unix_name: u32,
-    /// `struct task_struct.pid`.
+    /// `struct task_struct.pid` and `.tgid`.
     pub task_pid: u32,
+    pub task_tgid: u32,
     pub valid: u32,
-}
-
-/// Offsets into the `sock:inet_sock_set_state` tracepoint record (from tracefs).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SockStateOffsets {
-    pub skaddr: u32,
-    pub oldstate: u32,
-    pub newstate: u32,
-    pub sport: u32,
-    pub family: u32,
-    pub protocol: u32,
+    pub _pad: u32,
 }
 
 /// Where a watched thread was, as stack-trace-map ids (negative: not captured).
@@ -167,7 +157,6 @@ mod pod {
     unsafe impl aya::Pod for super::RequestRecord {}
     unsafe impl aya::Pod for super::TracepointOffsets {}
     unsafe impl aya::Pod for super::KernelOffsets {}
-    unsafe impl aya::Pod for super::SockStateOffsets {}
     unsafe impl aya::Pod for super::StackSample {}
     unsafe impl aya::Pod for super::SignalNote {}
     unsafe impl aya::Pod for super::HandlerRecord {}

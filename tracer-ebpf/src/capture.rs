@@ -14,7 +14,7 @@ use aya_ebpf::{
 };
 use tracer_common::{SignalNote, StackSample};
 
-use crate::{maps::TARGETS, procs::OFFSETS};
+use crate::{maps::is_target, procs::OFFSETS};
 
 /// Threads serving a request that passed the threshold (user space adds and removes them).
 #[map]
@@ -79,7 +79,7 @@ pub fn signal_generate(ctx: TracePointContext) -> u32 {
         return 0;
     };
     let pid = pid as u32;
-    if unsafe { TARGETS.get(&pid) }.is_none() {
+    if !is_target(pid) {
         return 0;
     }
     let Ok(sig) = (unsafe { ctx.read_at::<i32>(off.signal_sig as usize) }) else {

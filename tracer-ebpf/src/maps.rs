@@ -2,13 +2,16 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use tracer_common::{ConnKey, ConnState, Counter};
 
-/// tgid (or tid of a forked child) → why it is traced (`tracer_common::target`).
+/// tgid (or tid of a forked child) → why it is traced (`tracer_common::target`; 0: it is not),
+/// indexed by pid. An array lookup is inlined by the verifier, where a hash lookup is a call
+/// and a hash: this test runs first in every program, on every socket transfer and context
+/// switch of the machine. User space sizes it to pid_max (4 MB at the largest pid_max).
 #[map]
-pub static TARGETS: HashMap<u32, u8> = HashMap::with_max_entries(65536, 0);
+pub static TARGETS: Array<u8> = Array::with_max_entries(4_194_304, 0);
 
 /// TCP ports whose binder becomes a target (`--port`), host byte order → 1.
 #[map]
@@ -68,5 +71,18 @@ pub fn count(c: Counter) {
 
 #[inline(always)]
 pub fn is_target(tgid: u32) -> bool {
-    unsafe { TARGETS.get(&tgid).is_some() }
+    TARGETS.get(tgid).is_some_and(|v| *v != 0)
+}
+
+/// Mark `tgid` traced (`why`, a `tracer_common::target` value) or not (0). False when the pid
+/// is beyond the array (pid_max raised after start).
+#[inline(always)]
+pub fn set_target(tgid: u32, why: u8) -> bool {
+    match TARGETS.get_ptr_mut(tgid) {
+        Some(p) => {
+            unsafe { *p = why };
+            true
+        }
+        None => false,
+    }
 }

@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use tracer_common::{target, Counter, TracepointOffsets};
 
-use crate::maps::{count, is_target, ARGS, TARGETS, WATCH_PORTS};
+use crate::maps::{count, is_target, set_target, ARGS, WATCH_PORTS};
 
 /// Set by user space from tracefs's format file before load.
 #[unsafe(no_mangle)]
@@ -32,7 +32,7 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     }
     let off = unsafe { core::ptr::read_volatile(&OFFSETS) };
     if let Ok(child) = unsafe { ctx.read_at::<i32>(off.fork_child_pid as usize) } {
-        if TARGETS.insert(&(child as u32), &target::FORKED, 0).is_ok() {
+        if set_target(child as u32, target::FORKED) {
             count(Counter::Forks);
         }
         // A forked child has the parent's memory, so the parent's Python layout (runtime
@@ -54,7 +54,7 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
         return 0;
     }
     let _ = ARGS.remove(&tid);
-    let _ = TARGETS.remove(&tid);
+    set_target(tid, 0);
     let _ = crate::handlers::HSTACK.remove(&tid);
     let _ = crate::handlers::CURRENT.remove(&tid);
     let _ = crate::pywalk::PY_PROCS.remove(&tid);
@@ -85,7 +85,7 @@ pub fn enter_bind(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if TARGETS.insert(&tgid, &target::PORT, 0).is_ok() {
+    if set_target(tgid, target::PORT) {
         count(Counter::PortBinds);
     }
     0

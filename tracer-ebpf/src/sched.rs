@@ -9,7 +9,7 @@ use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::{map, raw_tracepoint, tracepoint},
     maps::HashMap,
-    programs::{RawTracePointContext, TracePointContext},
+    programs::{tracing::StackIdContext, RawTracePointContext, TracePointContext},
     EbpfContext,
 };
 use tracer_common::{sched, sched::ThreadSched, ConnKey, Phase};
@@ -220,10 +220,17 @@ pub fn sched_switch(ctx: TracePointContext) -> u32 {
 pub fn sched_switch_raw(ctx: RawTracePointContext) -> i32 {
     let o = unsafe { core::ptr::read_volatile(&KOFFS) };
     let next_task = ctx.arg::<u64>(2);
-    let next =
-        unsafe { bpf_probe_read_kernel((next_task + o.task_pid as u64) as *const i32) }.ok();
+    // Only a target's thread has anything to charge at switch-in: test its process first, with
+    // the array lookup, before any per-thread hash lookup.
+    let next_tgid =
+        unsafe { bpf_probe_read_kernel((next_task + o.task_tgid as u64) as *const i32) }
+            .unwrap_or(0);
+    let next = if is_target(next_tgid as u32) {
+        unsafe { bpf_probe_read_kernel((next_task + o.task_pid as u64) as *const i32) }.ok()
+    } else {
+        None
+    };
     let state = ctx.arg::<u64>(3) as u32;
-    crate::capture::sample(&ctx, &crate::capture::OFF_CPU);
     on_switch(&ctx, next, state, true);
     0
 }
@@ -233,6 +240,11 @@ pub fn sched_switch_raw(ctx: RawTracePointContext) -> i32 {
 pub fn sched_wakeup_raw(ctx: RawTracePointContext) -> i32 {
     let o = unsafe { core::ptr::read_volatile(&KOFFS) };
     let task = ctx.arg::<u64>(0);
+    let tgid =
+        unsafe { bpf_probe_read_kernel((task + o.task_tgid as u64) as *const i32) }.unwrap_or(0);
+    if !is_target(tgid as u32) {
+        return 0;
+    }
     if let Ok(pid) = unsafe { bpf_probe_read_kernel((task + o.task_pid as u64) as *const i32) } {
         woken(pid as u32);
     }
@@ -240,7 +252,19 @@ pub fn sched_wakeup_raw(ctx: RawTracePointContext) -> i32 {
 }
 
 #[inline(always)]
-fn on_switch<C: EbpfContext>(ctx: &C, next: Option<i32>, state: u32, regs: bool) {
+fn on_switch<C: EbpfContext + StackIdContext>(
+    ctx: &C,
+    next: Option<i32>,
+    state: u32,
+    regs: bool,
+) {
+    let id = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((id >> 32) as u32, id as u32);
+    let prev_target = tid != 0 && is_target(tgid);
+    if next.is_none() && !prev_target {
+        // Neither side is ours: the common case, as this runs on every switch of the machine.
+        return;
+    }
     let now = unsafe { bpf_ktime_get_ns() };
     let profiling = profile::off_cpu_on();
     if let Some(next) = next {
@@ -250,10 +274,13 @@ fn on_switch<C: EbpfContext>(ctx: &C, next: Option<i32>, state: u32, regs: bool)
             profile::switch_in(next, now);
         }
     }
-    let id = bpf_get_current_pid_tgid();
-    let (tgid, tid) = ((id >> 32) as u32, id as u32);
-    if tid == 0 || !is_target(tgid) {
+    if !prev_target {
         return;
+    }
+    if regs {
+        // Stacks of watched (slow-request) threads where they block, for captures; the
+        // classic path has its own raw tracepoint program for this.
+        crate::capture::sample(ctx, &crate::capture::OFF_CPU);
     }
     // Only threads inside a request: idle workers waiting in accept or for the next keep-alive
     // request are not request time. A response blocked on a slow client is.

@@ -262,7 +262,9 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         unix_peer: btf.offset("unix_sock", "peer")?,
         unix_name: btf.offset("unix_address", "name")?,
         task_pid: btf.offset("task_struct", "pid")?,
+        task_tgid: btf.offset("task_struct", "tgid")?,
         valid: 1,
+        _pad: 0,
     })
 }
 

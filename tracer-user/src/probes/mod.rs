@@ -15,7 +15,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use tracer_common::{
-    target, ConnKey, ConnState, Counter, HandlerStack, SignalNote, SockStateOffsets, StackSample,
+    target, ConnKey, ConnState, Counter, HandlerStack, SignalNote, StackSample,
     TracepointOffsets,
 };
 
@@ -158,9 +158,8 @@ const PROCESS_ATTACH: &[(&str, &str, &[&str])] = &[
 const SOCK_RAW_ATTACH: &[(&str, &str)] = &[
     ("sock_recv", "sock_recv_length"),
     ("sock_send", "sock_send_length"),
+    ("sock_state", "inet_sock_set_state"),
 ];
-const SOCK_ATTACH: &[(&str, &str, &[&str])] =
-    &[("sock_state", "sock", &["inet_sock_set_state"])];
 
 /// The scheduler as raw tracepoints (needs BTF for `task_struct.pid`).
 const RAW_SCHED_ATTACH: &[(&str, &str)] = &[
@@ -243,7 +242,7 @@ const WAITABLE_EXITS: &[&str] = &[
 /// Loaded and attached programs with typed handles on their maps.
 pub struct Probes {
     _ebpf: Ebpf,
-    targets: HashMap<MapData, u32, u8>,
+    targets: aya::maps::Array<MapData, u8>,
     ports: HashMap<MapData, u16, u8>,
     conns: HashMap<MapData, ConnKey, ConnState>,
     counters: PerCpuArray<MapData, u64>,
@@ -253,7 +252,6 @@ pub struct Probes {
     served_ports: HashMap<MapData, u16, u8>,
     /// How the programs are attached, for the user.
     pub attach_mode: String,
-    pub plan: Plan,
 }
 
 impl Probes {
@@ -274,24 +272,18 @@ impl Probes {
             }
         };
         let plan = Plan::detect(tracefs, kernel.is_some());
-        let sock_state = if plan.sock {
-            tracefs::sock_state_offsets(tracefs)?
-        } else {
-            SockStateOffsets::default()
-        };
         let kernel = kernel.unwrap_or_default();
         let mut ebpf = EbpfLoader::new()
+            .map_max_entries("TARGETS", pid_max())
             .override_global("OFFSETS", &offsets, true)
             .override_global("PROFILE_FLAGS", &flags, true)
             .override_global("KOFFS", &kernel, true)
-            .override_global("SOCK_STATE", &sock_state, true)
             .load(OBJECT)
             .map_err(|e| ProbeError::Load(Box::new(e)))?;
         let mut attached = 0;
         let mut tracepoints: Vec<&[(&str, &str, &[&str])]> = vec![PROCESS_ATTACH];
         let mut raw: Vec<&[(&str, &str)]> = Vec::new();
         if plan.sock {
-            tracepoints.push(SOCK_ATTACH);
             raw.push(SOCK_RAW_ATTACH);
         } else {
             tracepoints.push(SYSCALL_ATTACH);
@@ -375,7 +367,6 @@ impl Probes {
             hstack: typed(&mut ebpf, "HSTACK")?,
             served_ports: typed(&mut ebpf, "SERVED_PORTS")?,
             attach_mode: plan.describe(attached),
-            plan,
             _ebpf: ebpf,
         };
         Ok((probes, events, capture, profile_maps))
@@ -383,7 +374,7 @@ impl Probes {
 
     pub fn add_target(&mut self, tgid: u32) -> Result<(), ProbeError> {
         self.targets
-            .insert(tgid, target::EXPLICIT, 0)
+            .set(tgid, target::EXPLICIT, 0)
             .map_err(|source| ProbeError::Map {
                 name: "TARGETS",
                 source: Box::new(source),
@@ -465,6 +456,14 @@ impl Probes {
             })
             .collect()
     }
+}
+
+/// Highest pid + 1 this kernel hands out: the size of the `TARGETS` array.
+fn pid_max() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(4_194_304)
 }
 
 /// Stack capture and signal notes: each piece that fails to attach is reported and skipped, since

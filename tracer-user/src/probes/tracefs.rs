@@ -6,7 +6,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use tracer_common::{SockStateOffsets, TracepointOffsets};
+use tracer_common::TracepointOffsets;
 
 const MOUNT_POINT: &str = "/sys/kernel/tracing";
 const CANDIDATES: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
@@ -114,26 +114,6 @@ pub fn offsets(tracefs: &Path) -> Result<TracepointOffsets, TracefsError> {
         fork_child_pid: field("child_pid")?,
         signal_sig: sig_field("sig")?,
         signal_pid: sig_field("pid")?,
-    })
-}
-
-/// Offsets of the `sock:inet_sock_set_state` record fields we read.
-pub fn sock_state_offsets(tracefs: &Path) -> Result<SockStateOffsets, TracefsError> {
-    let path = tracefs.join("events/sock/inet_sock_set_state/format");
-    let text = fs::read_to_string(&path).map_err(|e| TracefsError::Read(path.clone(), e))?;
-    let field = |field: &'static str| {
-        field_offset(&text, field).ok_or_else(|| TracefsError::MissingField {
-            field,
-            path: path.clone(),
-        })
-    };
-    Ok(SockStateOffsets {
-        skaddr: field("skaddr")?,
-        oldstate: field("oldstate")?,
-        newstate: field("newstate")?,
-        sport: field("sport")?,
-        family: field("family")?,
-        protocol: field("protocol")?,
     })
 }
 
