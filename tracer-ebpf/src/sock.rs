@@ -396,25 +396,23 @@ fn downstream_insert(key: &ConnKey, d: &tracer_common::DsConn) -> Sock {
 /// TCP socket of the machine, and a classic tracepoint would build a 72-byte record each time.
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn sock_state(ctx: RawTracePointContext) -> i32 {
+    // Ten of these per short-lived connection (both ends): out after two argument reads unless
+    // the socket starts listening or stops sending.
     let new = ctx.arg::<u64>(2) as i32;
-    let old = ctx.arg::<u64>(1) as i32;
-    let closing_now = matches!(new, tcp::FIN_WAIT1 | tcp::LAST_ACK | tcp::CLOSE)
-        && (old == tcp::ESTABLISHED || old == tcp::CLOSE_WAIT);
-    if new != tcp::LISTEN && new != tcp::CLOSE && !closing_now {
-        return 0;
-    }
-    let sk = ctx.arg::<u64>(0);
-    let o = unsafe { core::ptr::read_volatile(&KOFFS) };
-    if read_u16(sk + o.sk_protocol as u64) != IPPROTO_TCP {
-        return 0;
-    }
     if new == tcp::LISTEN {
-        listening(read_u16(sk + o.sk_num as u64));
-    } else if closing_now {
-        closing(sk, new == tcp::CLOSE);
+        let sk = ctx.arg::<u64>(0);
+        let o = unsafe { core::ptr::read_volatile(&KOFFS) };
+        if read_u16(sk + o.sk_protocol as u64) == IPPROTO_TCP {
+            listening(read_u16(sk + o.sk_num as u64));
+        }
+        return 0;
     }
-    if new == tcp::CLOSE {
-        let _ = SOCKS.remove(&sk);
+    if !matches!(new, tcp::FIN_WAIT1 | tcp::LAST_ACK | tcp::CLOSE) {
+        return 0;
+    }
+    let old = ctx.arg::<u64>(1) as i32;
+    if old == tcp::ESTABLISHED || old == tcp::CLOSE_WAIT {
+        closing(ctx.arg::<u64>(0), new == tcp::CLOSE);
     }
     0
 }
@@ -444,6 +442,8 @@ fn closing(sk: u64, reset: bool) {
     let Some(key) = (unsafe { SOCKS.get(&sk) }).copied() else {
         return;
     };
+    // The socket sends no more: whatever happens to its entry, it is not looked up again.
+    let _ = SOCKS.remove(&sk);
     if let Some(c) = CONNS.get_ptr_mut(&key) {
         let c = unsafe { &mut *c };
         if c.sk != sk {
