@@ -205,6 +205,29 @@ impl Actor {
     }
 }
 
+/// What was sent to requests of a process that died before they ended, and its refusals (a
+/// new process with the same pid may catch the signal).
+impl crate::reaper::PerProcess for Actor {
+    fn pids(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self
+            .sent
+            .keys()
+            .map(|k| k.0)
+            .chain(self.refused.iter().map(|r| r.0))
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    fn forget_process(&mut self, pid: u32) -> bool {
+        let before = self.sent.len() + self.refused.len();
+        self.sent.retain(|k, _| k.0 != pid);
+        self.refused.retain(|r| r.0 != pid);
+        self.sent.len() + self.refused.len() != before
+    }
+}
+
 /// tgkill: the signal goes to the one thread serving the request.
 pub fn send(pid: u32, tid: u32, sig: i32) -> std::io::Result<()> {
     // SAFETY: plain syscall with integer arguments.
@@ -272,6 +295,26 @@ mod tests {
             a.due(&other, 5_000_000_000, |_, _| Some(false)).is_empty(),
             "not caught: refused"
         );
+    }
+
+    #[test]
+    fn forgets_one_process() {
+        use crate::reaper::PerProcess as _;
+        let mut a = Actor::new(Policy {
+            interrupt: Some((Duration::from_secs(1), 14)),
+            dump: None,
+            force: false,
+        });
+        // pid 10 catches the signal, pid 20 does not (refused, remembered).
+        let running = [((10, 1, 0), 10, 10, 0u64), ((20, 1, 0), 20, 20, 0u64)];
+        let sent = a.due(&running, 2_000_000_000, |pid, _| Some(pid == 10));
+        assert_eq!(sent.len(), 1);
+        assert_eq!(a.pids(), [10, 20]);
+        assert!(a.forget_process(20));
+        assert_eq!(a.pids(), [10]);
+        assert!(a.forget_process(10));
+        assert!(a.pids().is_empty());
+        assert!(a.finish(&(10, 1, 0)).is_empty());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 mod act;
 mod agent;
+mod bounded;
 mod capture;
 mod cli;
 mod config;
@@ -14,6 +15,7 @@ mod probes;
 mod procfs;
 mod profile;
 mod python;
+mod reaper;
 mod record;
 mod sinks;
 mod tui;

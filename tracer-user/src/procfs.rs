@@ -150,6 +150,21 @@ impl LocalPorts {
     }
 }
 
+impl crate::reaper::PerProcess for LocalPorts {
+    fn pids(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self.cache.keys().map(|k| k.0).collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    fn forget_process(&mut self, pid: u32) -> bool {
+        let before = self.cache.len();
+        self.forget(pid);
+        self.cache.len() != before
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,6 +186,20 @@ mod tests {
         let _ = child.kill();
         let _ = child.wait();
         assert!(found.contains(&child.id()), "{found:?}");
+    }
+
+    #[test]
+    fn local_ports_forget_one_process() {
+        use crate::reaper::PerProcess as _;
+        let mut p = LocalPorts::default();
+        // No such fds: looked up (and remembered as unknown) all the same.
+        let (a, b) = (std::process::id(), u32::MAX - 1);
+        assert_eq!(p.get(a, 1000), None);
+        assert_eq!(p.get(b, 3), None);
+        assert_eq!(p.pids(), [a, b]);
+        assert!(p.forget_process(b));
+        assert_eq!(p.pids(), [a]);
+        assert!(!p.forget_process(b));
     }
 
     #[test]

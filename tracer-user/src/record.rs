@@ -161,6 +161,7 @@ pub fn run(cfg: RecordConfig) -> anyhow::Result<ExitCode> {
         footer.extend(profile_report(p, &done.counters));
     }
     footer.extend(loss_report(&done.counters));
+    footer.extend(crate::reaper::STATS.report());
     print!("{}", summary::render(&rec.stats, elapsed, &footer));
     Ok(match done.command_status {
         Some(code) if code != 0 => ExitCode::from(u8::try_from(code).unwrap_or(1)),

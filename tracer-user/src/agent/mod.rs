@@ -18,6 +18,7 @@ use tracer_common::{Counter, EndReason, RequestRecord};
 
 mod capturing;
 mod explain;
+mod reaper;
 
 use capturing::{start_capture, Capturing};
 
@@ -503,6 +504,8 @@ impl Agent {
             self.probes.forget_conn(key);
             self.ports.forget(key.tgid);
         }
+        // MEMORY-HOOK: drop what is kept for exited processes (agent/reaper.rs).
+        self.reap(&scan);
         let in_flight = scan
             .in_flight
             .iter()

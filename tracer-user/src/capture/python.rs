@@ -46,7 +46,45 @@ impl PythonStacks {
     }
 
     /// The process is gone (its pid may be reused).
-    pub fn forget(&mut self, pid: u32) {
-        self.procs.remove(&pid);
+    pub fn forget(&mut self, pid: u32) -> bool {
+        self.procs.remove(&pid).is_some()
+    }
+}
+
+impl crate::reaper::PerProcess for PythonStacks {
+    fn pids(&self) -> Vec<u32> {
+        self.procs.keys().copied().collect()
+    }
+
+    fn forget_process(&mut self, pid: u32) -> bool {
+        self.forget(pid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reaper::PerProcess as _;
+
+    #[test]
+    fn forgets_one_process() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let (other, me) = (child.id(), std::process::id());
+        let mut p = PythonStacks::default();
+        // Neither runs Python: remembered as such (the real attach path), no frames.
+        for pid in [me, other] {
+            assert_eq!(p.stack(pid, pid).map(|f| f.len()), Ok(0));
+        }
+        let mut pids = p.pids();
+        pids.sort_unstable();
+        assert_eq!(pids.len(), 2);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let gone = crate::reaper::reap(&mut [&mut p], &[], true, crate::procfs::alive);
+        assert_eq!(gone, [other]);
+        assert_eq!(p.pids(), [me]);
     }
 }

@@ -5,7 +5,7 @@
 //! a stalled pipeline.
 
 use std::{
-    sync::mpsc::{self, Receiver, SyncSender, TrySendError},
+    sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError},
     thread::JoinHandle,
 };
 
@@ -18,7 +18,10 @@ use super::{
     symbols::Symbols,
     watchdog::{Job, RequestKey},
 };
-use crate::model::slow::{Capture, Frame};
+use crate::{
+    model::slow::{Capture, Frame},
+    reaper::{self, Sweep, STATS, SWEEP_EVERY},
+};
 
 /// An on-CPU sample older than this does not describe the thread "now" (99 Hz → ~10 ms apart).
 const FRESH_NS: u64 = 100_000_000;
@@ -53,7 +56,17 @@ impl Worker {
                     symbols: Symbols::new(),
                     python: PythonStacks::default(),
                 };
-                for job in jobs_rx {
+                let mut sweep = Sweep::new(SWEEP_EVERY);
+                loop {
+                    let job = match jobs_rx.recv_timeout(SWEEP_EVERY) {
+                        Ok(job) => Some(job),
+                        Err(RecvTimeoutError::Timeout) => None,
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    };
+                    if sweep.due() {
+                        reader.sweep();
+                    }
+                    let Some(job) = job else { continue };
                     let t = std::time::Instant::now();
                     let mut capture = reader.capture(&job, now_ns());
                     capture.took_us = t.elapsed().as_micros() as u64;
@@ -103,6 +116,17 @@ struct Reader {
 }
 
 impl Reader {
+    /// Drop the Python readers and symbolizer files of processes that exited.
+    fn sweep(&mut self) {
+        let gone = reaper::reap(
+            &mut [&mut self.python, &mut self.symbols],
+            &[],
+            true,
+            crate::procfs::alive,
+        );
+        reaper::add(&STATS.forgotten_captures, gone.len() as u64);
+    }
+
     fn capture(&mut self, job: &Job, now_ns: u64) -> Capture {
         let (pid, tid) = (job.pid, job.tid);
         let mut c = Capture {
@@ -117,7 +141,13 @@ impl Reader {
             Err(e) => c.errors.push(e),
         }
         if state == "exited" {
-            self.python.forget(pid);
+            let gone = reaper::reap(
+                &mut [&mut self.python, &mut self.symbols],
+                &[pid],
+                false,
+                |_| false,
+            );
+            reaper::add(&STATS.forgotten_captures, gone.len() as u64);
             c.native_source = "none".into();
             return c;
         }

@@ -97,8 +97,14 @@ pub struct Sample<'a> {
 
 /// Requests whose samples are kept until they end; beyond it the oldest are dropped (counted).
 const MAX_OPEN_REQUESTS: usize = 4096;
+/// Distinct frames and stacks interned at most (about 10 and 40 MB at their worst): a sample
+/// whose stack needs a new one beyond is counted under `TABLE_FULL` (and reported), so an
+/// always-on profile stays bounded whatever runs.
+const MAX_FRAMES: usize = 100_000;
+const MAX_STACKS: usize = 100_000;
+/// The frame samples that did not fit are counted under.
+pub const TABLE_FULL: &str = "[profile table full]";
 
-#[derive(Default)]
 pub struct Profile {
     frames: Vec<FrameInfo>,
     frame_ids: HashMap<FrameInfo, u32>,
@@ -111,35 +117,100 @@ pub struct Profile {
     pub samples: u64,
     /// Requests whose own samples were dropped because too many were open at once.
     pub dropped_requests: u64,
+    /// Samples counted under `TABLE_FULL` because their stack did not fit.
+    pub folded_samples: u64,
+    /// Caps of the frame and stack tables (tests lower them).
+    max_frames: usize,
+    max_stacks: usize,
+}
+
+impl Default for Profile {
+    fn default() -> Self {
+        Self::with_caps(MAX_FRAMES, MAX_STACKS)
+    }
 }
 
 impl Profile {
-    fn frame_id(&mut self, f: &FrameInfo) -> u32 {
+    pub fn with_caps(max_frames: usize, max_stacks: usize) -> Self {
+        Self {
+            frames: Vec::new(),
+            frame_ids: HashMap::new(),
+            stacks: Vec::new(),
+            stack_ids: HashMap::new(),
+            totals: HashMap::new(),
+            by_request: HashMap::new(),
+            opened: 0,
+            samples: 0,
+            dropped_requests: 0,
+            folded_samples: 0,
+            max_frames,
+            max_stacks,
+        }
+    }
+
+    /// The frame's id; `None` when it is new and the table is full.
+    fn frame_id(&mut self, f: &FrameInfo) -> Option<u32> {
         if let Some(&id) = self.frame_ids.get(f) {
-            return id;
+            return Some(id);
+        }
+        if self.frames.len() >= self.max_frames {
+            return None;
         }
         let id = self.frames.len() as u32;
         self.frames.push(f.clone());
         self.frame_ids.insert(f.clone(), id);
+        Some(id)
+    }
+
+    /// The stack's id; `None` when it is new and the table is full.
+    fn stack_id(&mut self, ids: Vec<u32>) -> Option<u32> {
+        if let Some(&id) = self.stack_ids.get(&ids) {
+            return Some(id);
+        }
+        if self.stacks.len() >= self.max_stacks {
+            return None;
+        }
+        let id = self.stacks.len() as u32;
+        self.stacks.push(ids.clone());
+        self.stack_ids.insert(ids, id);
+        Some(id)
+    }
+
+    /// `root;[profile table full]`: where samples go that do not fit. Room for it is kept
+    /// (the caps apply to everything else), so it always exists.
+    fn table_full(&mut self, root: u32) -> u32 {
+        let full = FrameInfo::new(FrameKind::Marker, TABLE_FULL);
+        let (max_frames, max_stacks) = (self.max_frames, self.max_stacks);
+        self.max_frames = usize::MAX;
+        self.max_stacks = usize::MAX;
+        let f = self.frame_id(&full).unwrap_or_default();
+        let id = self.stack_id(vec![root, f]).unwrap_or_default();
+        (self.max_frames, self.max_stacks) = (max_frames, max_stacks);
         id
     }
 
     pub fn add(&mut self, s: &Sample<'_>) {
         self.samples += 1;
         let root = FrameInfo::new(FrameKind::Root, s.endpoint.unwrap_or(NO_REQUEST));
+        // When not even the endpoint fits: under the first root there is (id 0).
+        let root = self.frame_id(&root).unwrap_or_default();
         let mut ids = Vec::with_capacity(s.frames.len() + 1);
-        ids.push(self.frame_id(&root));
+        ids.push(root);
         for f in s.frames {
-            let id = self.frame_id(f);
-            ids.push(id);
+            match self.frame_id(f) {
+                Some(id) => ids.push(id),
+                None => {
+                    ids.clear();
+                    break;
+                }
+            }
         }
-        let stack = match self.stack_ids.get(&ids) {
-            Some(&id) => id,
+        let stack = match (!ids.is_empty()).then(|| self.stack_id(ids)).flatten() {
+            Some(id) => id,
             None => {
-                let id = self.stacks.len() as u32;
-                self.stacks.push(ids.clone());
-                self.stack_ids.insert(ids, id);
-                id
+                self.folded_samples += 1;
+                crate::reaper::add(&crate::reaper::STATS.profile_samples_folded, 1);
+                self.table_full(root)
             }
         };
         self.totals.entry(stack).or_default().add(s.weights);
@@ -155,6 +226,7 @@ impl Profile {
             if let Some(k) = oldest {
                 self.by_request.remove(&k);
                 self.dropped_requests += 1;
+                crate::reaper::add(&crate::reaper::STATS.request_profiles, 1);
             }
         }
         self.opened += 1;
@@ -174,6 +246,27 @@ impl Profile {
             cpu: lines(Metric::Cpu),
             wall: lines(Metric::Wall),
         })
+    }
+
+    /// Table sizes for the debug log: (frames, stacks, open requests).
+    pub fn sizes(&self) -> (usize, usize, usize) {
+        (self.frames.len(), self.stacks.len(), self.by_request.len())
+    }
+
+    /// Processes with requests whose own samples are kept.
+    pub fn request_pids(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self.by_request.keys().map(|k| k.0).collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// The process exited: its requests will not end any more (their samples stay in the
+    /// profile; only the per-request copies go). True if it had any.
+    pub fn forget_requests_of(&mut self, pid: u32) -> bool {
+        let before = self.by_request.len();
+        self.by_request.retain(|k, _| k.0 != pid);
+        self.by_request.len() != before
     }
 
     /// Folded stacks (`root;…;leaf COUNT`), sorted, for every endpoint matching `filter`.
@@ -389,6 +482,56 @@ mod tests {
     fn labels_are_safe_for_folded_format() {
         let f = FrameInfo::new(FrameKind::Native, "weird;name");
         assert_eq!(f.label(), "weird:name");
+    }
+
+    #[test]
+    fn capped_tables_fold_what_does_not_fit_and_count_it() {
+        // Room for the root, the marker, two more frames and three stacks.
+        let mut p = Profile::with_caps(3, 2);
+        let sample = |p: &mut Profile, frames: &[FrameInfo]| {
+            p.add(&Sample {
+                endpoint: Some("GET /"),
+                frames,
+                request: None,
+                weights: cpu(1),
+            })
+        };
+        sample(&mut p, &[py("a", 1), py("b", 2)]);
+        sample(&mut p, &[py("a", 1)]);
+        // A new frame (no room) and a new stack of known frames (no room): both folded.
+        sample(&mut p, &[py("c", 3)]);
+        sample(&mut p, &[py("b", 2), py("a", 1)]);
+        sample(&mut p, &[py("a", 1), py("b", 2)]);
+        assert_eq!(p.folded_samples, 2);
+        assert_eq!(p.samples, 5);
+        assert_eq!(
+            p.folded(Metric::Cpu, None),
+            vec![
+                "GET /;[profile table full] 2",
+                "GET /;a (app.py:1) 1",
+                "GET /;a (app.py:1);b (app.py:2) 2",
+            ]
+        );
+        assert!(p.frames.len() <= 4 && p.stacks.len() <= 3);
+    }
+
+    #[test]
+    fn forgets_the_open_requests_of_an_exited_process() {
+        let mut p = Profile::default();
+        for pid in [1, 2] {
+            p.add(&Sample {
+                endpoint: Some("GET /"),
+                frames: &[py("f", 1)],
+                request: Some((pid, 100, 0)),
+                weights: cpu(1),
+            });
+        }
+        assert_eq!(p.request_pids(), [1, 2]);
+        assert!(p.forget_requests_of(1));
+        assert_eq!(p.request_pids(), [2]);
+        assert!(p.take_request(&(1, 100, 0)).is_none());
+        assert!(p.take_request(&(2, 100, 0)).is_some());
+        assert_eq!(p.folded(Metric::Cpu, None), vec!["GET /;f (app.py:1) 2"]);
     }
 
     #[test]

@@ -25,6 +25,11 @@ pub struct Scan {
     pub dead: Vec<ConnKey>,
     /// Requests still running (for slow-request tracking and in-flight reporting).
     pub in_flight: Vec<RequestRecord>,
+    /// Processes found dead on a connection: everything kept for them can go.
+    pub exited: Vec<u32>,
+    /// Time for the periodic sweep of every pid anything holds (processes that exit with no
+    /// connection open are found only by it).
+    pub sweep: bool,
 }
 
 #[derive(Debug)]
@@ -33,6 +38,8 @@ pub struct Tracker {
     ended_here: HashSet<RequestId>,
     /// Kernel records of requests already ended here (expected, not an error).
     pub late_records: u64,
+    /// When the next scan says `sweep` (0: the first scan does).
+    next_sweep_ns: u64,
 }
 
 impl Tracker {
@@ -41,6 +48,7 @@ impl Tracker {
             idle_ns,
             ended_here: HashSet::new(),
             late_records: 0,
+            next_sweep_ns: 0,
         }
     }
 
@@ -88,6 +96,12 @@ impl Tracker {
             self.ended_here
                 .retain(|(tgid, _, _)| !dead_tgids.contains(tgid));
         }
+        out.exited = dead_tgids.into_iter().collect();
+        out.exited.sort_unstable();
+        if now_ns >= self.next_sweep_ns {
+            out.sweep = true;
+            self.next_sweep_ns = now_ns + crate::reaper::SWEEP_EVERY.as_nanos() as u64;
+        }
         out
     }
 
@@ -115,6 +129,23 @@ impl Tracker {
         c.phase() == Phase::Response
             && c.writing == 0
             && now_ns.saturating_sub(c.rec.end_ns) >= self.idle_ns
+    }
+}
+
+/// Requests ended here whose kernel record has not come: a process that exits before sending it
+/// would leave them forever.
+impl crate::reaper::PerProcess for Tracker {
+    fn pids(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self.ended_here.iter().map(|r| r.0).collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    fn forget_process(&mut self, pid: u32) -> bool {
+        let before = self.ended_here.len();
+        self.ended_here.retain(|r| r.0 != pid);
+        self.ended_here.len() != before
     }
 }
 
@@ -170,6 +201,27 @@ mod tests {
         assert_eq!(s.finished.len(), 1);
         assert_eq!(s.finished[0].1, EndReason::ProcessExit);
         assert_eq!(s.dead.len(), 2);
+        assert_eq!(s.exited, [10]);
+    }
+
+    #[test]
+    fn forgets_the_requests_of_an_exited_process_and_sweeps_periodically() {
+        use crate::reaper::PerProcess as _;
+        let mut t = Tracker::new(500);
+        let mut other = conn(Phase::Response, 0, 1000);
+        other.0.tgid = 11;
+        other.1.rec.tgid = 11;
+        // Both end here (quiet); their kernel records would be awaited forever.
+        let s = t.scan([conn(Phase::Response, 0, 1000), other], 1600, |_| true);
+        assert_eq!(s.finished.len(), 2);
+        assert!(s.sweep, "the first scan sweeps");
+        assert_eq!(t.pids(), [10, 11]);
+        assert!(t.forget_process(10));
+        assert_eq!(t.pids(), [11]);
+        assert!(!t.forget_process(10), "nothing left for it");
+        let sweep_ns = crate::reaper::SWEEP_EVERY.as_nanos() as u64;
+        assert!(!t.scan([], 1700, |_| true).sweep);
+        assert!(t.scan([], 1600 + sweep_ns, |_| true).sweep);
     }
 
     #[test]

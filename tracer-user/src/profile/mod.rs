@@ -11,7 +11,7 @@ mod resolve;
 use std::{
     path::PathBuf,
     sync::{
-        mpsc::{self, Receiver, SyncSender, TrySendError},
+        mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError},
         Arc, Mutex,
     },
     thread::JoinHandle,
@@ -26,6 +26,8 @@ use crate::{
         profile::{HotFrame, Metric, Profile, ReqKey, Sample, Weights},
         request::endpoint_of,
     },
+    procfs,
+    reaper::{self, PerProcess, Sweep, STATS, SWEEP_EVERY},
     sinks::flame,
 };
 
@@ -147,19 +149,78 @@ impl Profiler {
     }
 }
 
+/// The pids the agent asked to probe: forgotten with the process, so a new process with the
+/// same pid is probed again. (The profiler thread sweeps its own state; see `Dead`.)
+impl PerProcess for Profiler {
+    fn pids(&self) -> Vec<u32> {
+        self.probed.iter().copied().collect()
+    }
+
+    fn forget_process(&mut self, pid: u32) -> bool {
+        self.probed.remove(&pid)
+    }
+}
+
+/// The profiler thread's sweep. Python readers, maps and symbols of an exited process go at
+/// once; the samples of its open requests one sweep later, so that the agent, which may learn
+/// of the exit a scan after us, can still end those requests and have their flamegraphs.
+struct Dead {
+    sweep: Sweep,
+    /// Exited at the last sweep, with requests still open then.
+    pending: Vec<u32>,
+}
+
+impl Dead {
+    fn new() -> Self {
+        Self {
+            sweep: Sweep::new(SWEEP_EVERY),
+            pending: Vec::new(),
+        }
+    }
+
+    fn sweep(&mut self, resolver: &mut resolve::Resolver, profile: &mut Profile) {
+        if !self.sweep.due() {
+            return;
+        }
+        let gone = reaper::reap(&mut [resolver], &[], true, procfs::alive);
+        reaper::add(&STATS.forgotten_profiler, gone.len() as u64);
+        for pid in std::mem::take(&mut self.pending) {
+            profile.forget_requests_of(pid);
+        }
+        self.pending = profile
+            .request_pids()
+            .into_iter()
+            .filter(|p| !procfs::alive(*p))
+            .collect();
+        let (frames, stacks, open) = profile.sizes();
+        log::debug!(
+            "profiler memory: {}; profile {frames} frames, {stacks} stacks, {open} open requests",
+            resolver.sizes()
+        );
+    }
+}
+
 fn run(
     cfg: ProfilerConfig,
     py_procs: BpfHashMap<MapData, u32, PyProcLayout>,
     rx: Receiver<Msg>,
     hot: &Mutex<Vec<HotFrame>>,
 ) {
-    let mut resolver = resolve::Resolver::new(py_procs);
+    let mut resolver = resolve::Resolver::new(Some(py_procs));
     let mut profile = Profile::default();
     let mut report = Report::default();
     let period_us = 1_000_000 / cfg.sample_hz.max(1);
     let mut hot_at = Instant::now();
     let slow_dir = cfg.out_dir.as_ref().map(|d| d.join("slow"));
-    for msg in rx {
+    let mut dead = Dead::new();
+    loop {
+        let msg = match rx.recv_timeout(SWEEP_EVERY) {
+            Ok(m) => Some(m),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        dead.sweep(&mut resolver, &mut profile);
+        let Some(msg) = msg else { continue };
         match msg {
             Msg::Sample(r) => {
                 if let Some(n) = usize::from(r.py_status)

@@ -8,6 +8,8 @@
 
 use std::{collections::HashMap, rc::Rc};
 
+use crate::bounded::Bounded;
+
 use super::{
     layout::Layout,
     linetable,
@@ -16,8 +18,8 @@ use super::{
     PyError,
 };
 
-/// Forget everything beyond this many code objects (a long-lived process that loads code
-/// dynamically should not grow us without bound).
+/// At most this many code objects per process (a long-lived process that loads code
+/// dynamically should not grow us without bound); the least recently used go first.
 const MAX_CACHED: usize = 8192;
 /// First read of a string or bytes object: header plus what most names and paths need.
 const STR_GUESS: usize = 256;
@@ -61,14 +63,33 @@ impl Code {
     }
 }
 
-#[derive(Default)]
 pub struct CodeCache {
-    by_addr: HashMap<u64, Rc<Code>>,
+    /// Least recently used entries go beyond `MAX_CACHED` (counted in the run summary).
+    by_addr: Bounded<u64, Rc<Code>>,
     /// Misses since creation (tests check that a hit reads nothing more).
     pub misses: u64,
 }
 
+impl Default for CodeCache {
+    fn default() -> Self {
+        Self::with_cap(MAX_CACHED)
+    }
+}
+
 impl CodeCache {
+    pub fn with_cap(cap: usize) -> Self {
+        Self {
+            by_addr: Bounded::new(cap, Some(&crate::reaper::STATS.code_objects)),
+            misses: 0,
+        }
+    }
+
+    /// Code objects evicted so far.
+    #[cfg(test)]
+    pub fn evicted(&self) -> u64 {
+        self.by_addr.evicted
+    }
+
     /// Resolve every code object in `addrs` (distinct addresses), using and refreshing the cache.
     pub fn resolve(
         &mut self,
@@ -110,9 +131,6 @@ impl CodeCache {
             return Ok(out);
         }
         self.misses += missing.len() as u64;
-        if self.by_addr.len() + missing.len() > MAX_CACHED {
-            self.by_addr.clear();
-        }
         for (addr, code) in read_codes(mem, layout, &missing)? {
             let code = Rc::new(code);
             self.by_addr.insert(addr, Rc::clone(&code));

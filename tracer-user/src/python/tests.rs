@@ -338,3 +338,24 @@ fn random_memory_never_panics() {
         }
     }
 }
+
+#[test]
+fn code_cache_is_capped_and_counts_evictions() {
+    let mut b = Builder::new((3, 12));
+    let codes: Vec<u64> = (0..10)
+        .map(|i| b.code(&format!("f{i}"), "/app/many.py", i * 10, 4))
+        .collect();
+    let mut p = b.process(None);
+    p.codes = super::codes::CodeCache::with_cap(4);
+    for &c in &codes {
+        let got = p.resolve(&[(c, 0)]);
+        assert!(got[0].is_some());
+    }
+    // Ten code objects through a cache of four: six evicted, and each still resolves (again
+    // read from the target: a miss, not a wrong name).
+    assert_eq!(p.codes.evicted(), 6);
+    let misses = p.codes.misses;
+    let first = p.resolve(&[(codes[0], 0)]);
+    assert_eq!(first[0].as_ref().unwrap().function, "f0");
+    assert_eq!(p.codes.misses, misses + 1);
+}

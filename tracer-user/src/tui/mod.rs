@@ -281,6 +281,7 @@ pub fn run(cfg: TopConfig) -> anyhow::Result<ExitCode> {
         ));
     }
     lines.extend(loss_report(&outcome.finished.counters));
+    lines.extend(crate::reaper::STATS.report());
     for l in lines {
         eprintln!("{l}");
     }

@@ -9,11 +9,16 @@ use serde::Serialize;
 use tracer_common::DownstreamRecord;
 
 use super::{commands, findings::Call, recognize, Protocol};
+use crate::{
+    bounded::Bounded,
+    reaper::{self, STATS},
+};
 
 /// A served request: (tgid, connection id, index on the connection).
 pub type ReqKey = (u32, u64, u32);
 
-/// Connections and open requests remembered at most; beyond, the oldest half is forgotten.
+/// Connections and open requests remembered at most; beyond, the least recently used
+/// connections and all open requests are forgotten (counted).
 const MAX_CONNS: usize = 16384;
 const MAX_OPEN_REQUESTS: usize = 8192;
 
@@ -33,9 +38,8 @@ pub struct Exchange {
     pub calls: Vec<Call>,
 }
 
-#[derive(Default)]
 pub struct CallTracker {
-    conns: HashMap<(u32, u64), Conn>,
+    conns: Bounded<(u32, u64), Conn>,
     open: HashMap<ReqKey, Vec<Exchange>>,
     /// Exchanges outside any request (start-up, background threads).
     pub outside: u64,
@@ -43,27 +47,44 @@ pub struct CallTracker {
     pub dropped_requests: u64,
 }
 
+impl Default for CallTracker {
+    fn default() -> Self {
+        Self {
+            conns: Bounded::new(MAX_CONNS, Some(&STATS.downstream_conns)),
+            open: HashMap::new(),
+            outside: 0,
+            dropped_requests: 0,
+        }
+    }
+}
+
 impl CallTracker {
     pub fn add(&mut self, r: &DownstreamRecord) {
-        if self.conns.len() >= MAX_CONNS {
-            self.conns.clear();
-        }
-        let conn = self.conns.entry((r.tgid, r.ds_conn_id)).or_insert_with(|| {
+        let ck = (r.tgid, r.ds_conn_id);
+        if !self.conns.contains_key(&ck) {
             let req = &r.req[..usize::from(r.req_len).min(r.req.len())];
             let greeting = &r.greeting[..usize::from(r.greeting_len).min(r.greeting.len())];
-            Conn {
-                peer: peer(r),
-                protocol: recognize(req, (!greeting.is_empty()).then_some(greeting)),
-            }
-        });
+            self.conns.insert(
+                ck,
+                Conn {
+                    peer: peer(r),
+                    protocol: recognize(req, (!greeting.is_empty()).then_some(greeting)),
+                },
+            );
+        }
+        let Some(conn) = self.conns.get(&ck) else {
+            return;
+        };
         if r.req_conn_id == 0 {
             self.outside += 1;
             return;
         }
         let key = (r.tgid, r.req_conn_id, r.req_seq);
         if !self.open.contains_key(&key) && self.open.len() >= MAX_OPEN_REQUESTS {
+            let n = self.open.len() as u64;
             self.open.clear();
-            self.dropped_requests += MAX_OPEN_REQUESTS as u64;
+            self.dropped_requests += n;
+            reaper::add(&STATS.downstream_requests, n);
         }
         let duration_ns = r.resp_ns.saturating_sub(r.start_ns);
         let msg = &r.req[..usize::from(r.req_len).min(r.req.len())];
@@ -99,6 +120,29 @@ impl CallTracker {
     /// The request ended: its exchanges.
     pub fn take(&mut self, key: &ReqKey) -> Vec<Exchange> {
         self.open.remove(key).unwrap_or_default()
+    }
+}
+
+/// Its connections, and the exchanges of requests that will never end (their process died
+/// without the agent seeing the request's end).
+impl crate::reaper::PerProcess for CallTracker {
+    fn pids(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self
+            .conns
+            .keys()
+            .map(|k| k.0)
+            .chain(self.open.keys().map(|k| k.0))
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    fn forget_process(&mut self, pid: u32) -> bool {
+        let before = self.conns.len() + self.open.len();
+        self.conns.retain(|k, _| k.0 != pid);
+        self.open.retain(|k, _| k.0 != pid);
+        self.conns.len() + self.open.len() != before
     }
 }
 
@@ -332,6 +376,33 @@ mod tests {
             Some("books_n_plus_one (/srv/app/views.py:77)")
         );
         assert_eq!(app_site(&[]), None);
+    }
+
+    #[test]
+    fn forgets_one_process_and_bounds_connections() {
+        use crate::reaper::PerProcess as _;
+        let mut t = CallTracker::default();
+        let get = b"*2\r\n$3\r\nGET\r\n$8\r\nuser:42\r\n";
+        let mut other = record(2, get, 0, 10);
+        other.tgid = 8;
+        t.add(&record(1, get, 0, 10));
+        t.add(&other);
+        assert_eq!(t.pids(), [7, 8]);
+        assert!(t.forget_process(7));
+        assert_eq!(t.pids(), [8]);
+        assert!(t.take(&(7, 99, 0)).is_empty(), "its open request went too");
+        assert_eq!(t.take(&(8, 99, 0)).len(), 1);
+        // One connection per record, far more than the cap: bounded, evictions counted.
+        for c in 0..(MAX_CONNS as u64 * 3) {
+            let mut r = record(c, get, 0, 10);
+            r.req_conn_id = 0;
+            t.add(&r);
+        }
+        assert!(t.conns.len() <= MAX_CONNS);
+        assert_eq!(
+            t.conns.evicted + t.conns.len() as u64,
+            MAX_CONNS as u64 * 3 + 1
+        );
     }
 
     #[test]
