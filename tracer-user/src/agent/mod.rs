@@ -604,6 +604,9 @@ impl Agent {
                 _ = drain_tick.tick() => {
                     self.drain_side();
                     self.drain(ring.get_mut(), out)?;
+                    if let Some(p) = self.profiler.as_mut() {
+                        p.flush_done();
+                    }
                     if let Some(h) = handler_ring.as_mut() {
                         self.drain_handlers(h.get_mut(), out)?;
                     }

@@ -54,6 +54,8 @@ pub struct ProfilerConfig {
 enum Msg {
     Sample(ProfileRecord),
     Probe(u32),
+    /// Fast requests that ended: their own stacks are dropped.
+    DoneBatch(Vec<ReqKey>),
     /// A request ended; `Some(name)`: it was slow, write `slow/<name>.svg`.
     Done(ReqKey, Option<String>),
     Finish(mpsc::Sender<Report>),
@@ -83,7 +85,12 @@ pub struct Profiler {
     probed: std::collections::HashSet<u32>,
     /// Samples dropped because the queue was full.
     pub overflow: u64,
+    /// Fast requests ended since the last `flush_done`.
+    done: Vec<ReqKey>,
 }
+
+/// Request ends handed over in one message at most.
+const DONE_BATCH: usize = 4096;
 
 impl Profiler {
     pub fn spawn(
@@ -102,6 +109,7 @@ impl Profiler {
             hot,
             probed: std::collections::HashSet::new(),
             overflow: 0,
+            done: Vec::new(),
         })
     }
 
@@ -120,13 +128,29 @@ impl Profiler {
     }
 
     pub fn request_done(&mut self, key: ReqKey, slow_name: Option<String>) {
-        // Blocking for a slow request's flamegraph; a fast one may be dropped (it only frees
-        // memory, which the profile's own bound also does).
-        let msg = Msg::Done(key, slow_name.clone());
-        if slow_name.is_some() {
-            let _ = self.tx.send(msg);
-        } else {
-            let _ = self.tx.try_send(msg);
+        match slow_name {
+            // Blocking for a slow request's flamegraph.
+            Some(name) => {
+                self.flush_done();
+                let _ = self.tx.send(Msg::Done(key, Some(name)));
+            }
+            // Fast ones are batched: a message per request woke the profiler thread once per
+            // request, a quarter of the agent's CPU at 40k requests/s (perf under wrk).
+            None => {
+                self.done.push(key);
+                if self.done.len() >= DONE_BATCH {
+                    self.flush_done();
+                }
+            }
+        }
+    }
+
+    /// Hand over the batched request ends (each drain). A batch may be dropped when the queue
+    /// is full: it only frees memory, which the profile's own bound also does.
+    pub fn flush_done(&mut self) {
+        if !self.done.is_empty() {
+            let batch = std::mem::take(&mut self.done);
+            let _ = self.tx.try_send(Msg::DoneBatch(batch));
         }
     }
 
@@ -136,6 +160,7 @@ impl Profiler {
 
     /// Write the files (with `--flamegraph`) and stop the thread.
     pub fn finish(mut self) -> Report {
+        self.flush_done();
         let (tx, rx) = mpsc::channel();
         let report = if self.tx.send(Msg::Finish(tx)).is_ok() {
             rx.recv().unwrap_or_default()
@@ -257,6 +282,11 @@ fn run(
                 }
             }
             Msg::Probe(pid) => resolver.probe(pid),
+            Msg::DoneBatch(keys) => {
+                for key in &keys {
+                    profile.forget_request(key);
+                }
+            }
             Msg::Done(key, slow) => {
                 let own = profile.take_request(&key);
                 if let (Some(name), Some(own), Some(dir)) = (slow, own, slow_dir.as_ref()) {
