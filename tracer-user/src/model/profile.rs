@@ -238,12 +238,12 @@ impl Profile {
         entry.1.entry(stack).or_default().add(s.weights);
     }
 
-    /// The request ended: its own samples, if any, as folded lines (both metrics).
     /// A fast request ended: its own stacks are not needed.
     pub fn forget_request(&mut self, key: &ReqKey) {
         self.by_request.remove(key);
     }
 
+    /// The request ended: its own samples, if any, as folded lines (both metrics).
     pub fn take_request(&mut self, key: &ReqKey) -> Option<RequestProfile> {
         let (_, stacks) = self.by_request.remove(key)?;
         let lines = |m: Metric| self.lines(stacks.iter().map(|(s, w)| (*s, *w)), m, None);
