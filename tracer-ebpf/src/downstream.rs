@@ -24,8 +24,9 @@ use crate::{
 #[map]
 pub static DS_CONNS: HashMap<ConnKey, DsConn> = HashMap::with_max_entries(16384, 0);
 
+/// Polled every 50 ms: 2 MB hold ~7,000 exchanges (~300 bytes each).
 #[map]
-pub static DS_EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
+pub static DS_EVENTS: RingBuf = RingBuf::with_byte_size(2 * 1024 * 1024, 0);
 
 /// A `DsConn` being built (too big for the BPF stack).
 #[map]
@@ -218,7 +219,7 @@ pub fn read(key: &ConnKey, tid: u32, data: Option<(*const u8, u64)>, n: u64) {
     out.addr = d.addr;
     out.greeting = d.greeting;
     out.req.copy_from_slice(&d.req);
-    slot.submit(crate::io::wake_flags(&DS_EVENTS, 1024 * 1024));
+    slot.submit(crate::io::wake_flags(&DS_EVENTS, 512 * 1024));
     count(Counter::DownstreamCalls);
 }
 

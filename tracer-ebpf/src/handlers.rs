@@ -20,7 +20,7 @@ use crate::maps::{count, is_target, CONNS};
 pub static HSTACK: HashMap<u32, HandlerStack> = HashMap::with_max_entries(16384, 0);
 
 #[map]
-pub static HANDLER_EVENTS: RingBuf = RingBuf::with_byte_size(1024 * 1024, 0);
+pub static HANDLER_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
 /// tid → the request it serves (written by io.rs).
 #[map]
@@ -110,7 +110,7 @@ pub fn handler_return(_ctx: RetProbeContext) -> u32 {
             }
         }
     }
-    rec.submit(crate::io::wake_flags(&HANDLER_EVENTS, 256 * 1024));
+    rec.submit(crate::io::wake_flags(&HANDLER_EVENTS, 64 * 1024));
     count(Counter::Events);
     if st.depth == 0 {
         let _ = HSTACK.remove(&tid);

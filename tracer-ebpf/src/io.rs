@@ -24,7 +24,7 @@ fn arg(ctx: &TracePointContext, i: usize) -> u64 {
 
 /// Waking user space for every record costs a wakeup (and a context switch) per request; user
 /// space drains on a short timer instead, and is woken only when the ring fills up.
-const WAKE_AT_BYTES: u64 = 2 * 1024 * 1024;
+const WAKE_AT_BYTES: u64 = 1024 * 1024;
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
 const BPF_RB_AVAIL_DATA: u64 = 0;

@@ -25,9 +25,12 @@ pub static CONNS: HashMap<ConnKey, ConnState> = HashMap::with_max_entries(16384,
 #[map]
 pub static ARGS: HashMap<u32, SyscallArgs> = HashMap::with_max_entries(16384, 0);
 
-/// One `RequestRecord` per finished request.
+/// One `RequestRecord` (~480 bytes) per finished request. User space drains it every 50 ms and
+/// is woken at 1 MB: 4 MB hold 8,000 requests, 80 ms at 100k requests/s. Its pages are mapped
+/// twice into the agent (the data area is mapped again for wrap-around), so its size counts
+/// double in the agent's RSS.
 #[map]
-pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
 
 /// Drops and errors, per CPU (`tracer_common::Counter`).
 #[map]
