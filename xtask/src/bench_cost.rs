@@ -44,9 +44,9 @@ fn compare(
     for i in 0..o.pairs {
         let base = match a {
             None => wrk(url, conns, o.secs)?,
-            Some(flags) => traced_run(port, url, conns, o.secs, flags)?.0,
+            Some(flags) => traced_run(port, url, conns, o.secs, flags, true)?.0,
         };
-        let (with, agent) = traced_run(port, url, conns, o.secs, b)?;
+        let (with, agent) = traced_run(port, url, conns, o.secs, b, a.is_some())?;
         eprintln!(
             "bench: {name} pair {}/{}: A {:.0} req/s p99 {:.2}ms | B {:.0} req/s p99 {:.2}ms",
             i + 1,
