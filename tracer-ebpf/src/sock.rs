@@ -262,16 +262,64 @@ fn read_u64(p: u64) -> u64 {
     unsafe { bpf_probe_read_kernel(p as *const u64) }.unwrap_or(0)
 }
 
+/// The fields of a socket that classify it, read in as few helper calls as the layout allows
+/// (each `bpf_probe_read_kernel` is ~50-100 ns here, a good part of a new connection's cost).
+struct SockFields {
+    ty: u16,
+    protocol: u16,
+    family: u16,
+    local_port: u16,
+    /// Network byte order.
+    peer_port: u16,
+}
+
+#[inline(always)]
+fn fields(sk: u64, o: &KernelOffsets) -> SockFields {
+    // struct sock_common has started daddr(4) rcv_saddr(4) hash(4) dport(2) num(2) family(2)
+    // on every 64-bit kernel for years: one read of its head then.
+    let head = if o.sk_dport == 12 && o.sk_num == 14 && o.sk_family == 16 {
+        unsafe { bpf_probe_read_kernel(sk as *const [u16; 9]) }.ok()
+    } else {
+        None
+    };
+    let (family, local_port, peer_port) = match head {
+        Some(h) => (h[8], h[7], h[6]),
+        None => (
+            read_u16(sk + o.sk_family as u64),
+            read_u16(sk + o.sk_num as u64),
+            read_u16(sk + o.sk_dport as u64),
+        ),
+    };
+    // sk_type and sk_protocol sit side by side in struct sock.
+    let (ty, protocol) = if o.sk_protocol == o.sk_type + 2 {
+        match unsafe { bpf_probe_read_kernel((sk + o.sk_type as u64) as *const [u16; 2]) } {
+            Ok(v) => (v[0], v[1]),
+            Err(_) => (0, 0),
+        }
+    } else {
+        (
+            read_u16(sk + o.sk_type as u64),
+            read_u16(sk + o.sk_protocol as u64),
+        )
+    };
+    SockFields {
+        ty,
+        protocol,
+        family,
+        local_port,
+        peer_port,
+    }
+}
+
 #[inline(always)]
 fn classify(key: &ConnKey, sk: u64) -> Sock {
     let o = unsafe { core::ptr::read_volatile(&KOFFS) };
-    let sock = if read_u16(sk + o.sk_type as u64) != SOCK_STREAM {
+    let f = fields(sk, &o);
+    let sock = if f.ty != SOCK_STREAM {
         Sock::Skip
     } else {
-        match read_u16(sk + o.sk_family as u64) {
-            f @ (AF_INET | AF_INET6) if read_u16(sk + o.sk_protocol as u64) == IPPROTO_TCP => {
-                inet(key, sk, f, &o)
-            }
+        match f.family {
+            AF_INET | AF_INET6 if f.protocol == IPPROTO_TCP => inet(key, sk, &f, &o),
             AF_UNIX => unix(key, sk, &o),
             _ => Sock::Skip,
         }
@@ -283,9 +331,9 @@ fn classify(key: &ConnKey, sk: u64) -> Sock {
 }
 
 #[inline(always)]
-fn inet(key: &ConnKey, sk: u64, family: u16, o: &KernelOffsets) -> Sock {
-    let local = read_u16(sk + o.sk_num as u64);
-    let peer_port = u16::from_be(read_u16(sk + o.sk_dport as u64));
+fn inet(key: &ConnKey, sk: u64, f: &SockFields, o: &KernelOffsets) -> Sock {
+    let (family, local) = (f.family, f.local_port);
+    let peer_port = u16::from_be(f.peer_port);
     let _ = SOCKS.insert(&sk, key, 0);
     if unsafe { SERVED_PORTS.get(&local) }.is_some() {
         let Some(s) = SCRATCH.get_ptr_mut(0) else {
