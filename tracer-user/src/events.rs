@@ -3,45 +3,53 @@
 use tracer_common::RequestRecord;
 
 #[derive(Debug, thiserror::Error)]
-#[error("ring-buffer record of {0} bytes is too short for a request record")]
-pub struct ShortRecord(usize);
+#[error("ring-buffer record of {got} bytes is too short for a {what} ({need} bytes)")]
+pub struct ShortRecord {
+    got: usize,
+    need: usize,
+    what: &'static str,
+}
 
-pub fn decode(bytes: &[u8]) -> Result<RequestRecord, ShortRecord> {
-    if bytes.len() < std::mem::size_of::<RequestRecord>() {
-        return Err(ShortRecord(bytes.len()));
+/// A record type the kernel writes to a ring buffer: `#[repr(C)]` plain data, valid for any
+/// bit pattern (the `aya::Pod` contract tracer-common's types sign).
+pub trait Record: aya::Pod {
+    const WHAT: &'static str;
+}
+
+impl Record for RequestRecord {
+    const WHAT: &'static str = "request record";
+}
+impl Record for tracer_common::HandlerRecord {
+    const WHAT: &'static str = "handler call record";
+}
+impl Record for tracer_common::DownstreamRecord {
+    const WHAT: &'static str = "downstream record";
+}
+impl Record for tracer_common::ProfileRecord {
+    const WHAT: &'static str = "profiling sample";
+}
+
+/// Decode one ring-buffer item.
+pub fn decode<T: Record>(bytes: &[u8]) -> Result<T, ShortRecord> {
+    let need = std::mem::size_of::<T>();
+    if bytes.len() < need {
+        return Err(ShortRecord {
+            got: bytes.len(),
+            need,
+            what: T::WHAT,
+        });
     }
-    // SAFETY: length checked; RequestRecord is plain data valid for any bit pattern, and the
+    // SAFETY: length checked; T is plain data valid for any bit pattern (`aya::Pod`), and the
     // ring buffer gives no alignment guarantee beyond 8, hence read_unaligned.
-    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<RequestRecord>()) })
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }
 
-/// A `--handler` call record.
-pub fn decode_handler(bytes: &[u8]) -> Result<tracer_common::HandlerRecord, ShortRecord> {
-    if bytes.len() < std::mem::size_of::<tracer_common::HandlerRecord>() {
-        return Err(ShortRecord(bytes.len()));
-    }
-    // SAFETY: length checked; plain data valid for any bit pattern.
-    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<tracer_common::HandlerRecord>()) })
-}
-
-/// A downstream exchange.
-pub fn decode_downstream(bytes: &[u8]) -> Result<tracer_common::DownstreamRecord, ShortRecord> {
-    if bytes.len() < std::mem::size_of::<tracer_common::DownstreamRecord>() {
-        return Err(ShortRecord(bytes.len()));
-    }
-    // SAFETY: length checked; plain data valid for any bit pattern.
-    Ok(unsafe {
-        std::ptr::read_unaligned(bytes.as_ptr().cast::<tracer_common::DownstreamRecord>())
-    })
-}
-
-/// A profiling sample.
-pub fn decode_profile(bytes: &[u8]) -> Result<tracer_common::ProfileRecord, ShortRecord> {
-    if bytes.len() < std::mem::size_of::<tracer_common::ProfileRecord>() {
-        return Err(ShortRecord(bytes.len()));
-    }
-    // SAFETY: length checked; plain data valid for any bit pattern.
-    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<tracer_common::ProfileRecord>()) })
+/// The bytes of a record, as the kernel would write them (for the fake kernel of the tests).
+#[cfg(test)]
+pub fn encode<T: Record>(r: &T) -> Vec<u8> {
+    // SAFETY: T is plain data; reading its bytes is always valid.
+    unsafe { std::slice::from_raw_parts((r as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
+        .to_vec()
 }
 
 #[cfg(test)]
@@ -53,14 +61,10 @@ mod tests {
         let mut r = RequestRecord::zeroed();
         r.tgid = 42;
         r.req_len = 3;
-        let bytes = unsafe {
-            std::slice::from_raw_parts(
-                (&r as *const RequestRecord).cast::<u8>(),
-                std::mem::size_of_val(&r),
-            )
-        };
-        let back = decode(bytes).unwrap();
+        let bytes = encode(&r);
+        let back: RequestRecord = decode(&bytes).unwrap();
         assert_eq!((back.tgid, back.req_len), (42, 3));
-        assert!(decode(&bytes[..10]).is_err());
+        let err = decode::<RequestRecord>(&bytes[..10]).unwrap_err();
+        assert!(err.to_string().contains("10 bytes"), "{err}");
     }
 }

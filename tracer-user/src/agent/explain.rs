@@ -46,7 +46,7 @@ impl Agent {
     pub(super) fn drain_side(&mut self) {
         if let Some(ring) = self.ds_ring.as_mut() {
             while let Some(item) = ring.next() {
-                match events::decode_downstream(&item) {
+                match events::decode::<tracer_common::DownstreamRecord>(&item) {
                     Ok(rec) => self.calls.add(&rec),
                     Err(_) => self.malformed += 1,
                 }
@@ -56,7 +56,7 @@ impl Agent {
             return;
         };
         while let Some(item) = ring.next() {
-            match events::decode_profile(&item) {
+            match events::decode::<tracer_common::ProfileRecord>(&item) {
                 Ok(rec) => p.submit(rec),
                 Err(_) => self.malformed += 1,
             }
