@@ -18,6 +18,7 @@ mod python;
 mod reaper;
 mod record;
 mod sinks;
+mod symbols;
 mod tui;
 
 use std::process::ExitCode;

@@ -7,7 +7,7 @@
 //! sweep every [`SWEEP_EVERY`] checks every pid any component holds (a /proc read each), which
 //! catches the processes that exit between requests with no connection open (a pre-fork
 //! server recycling workers). The agent's components are reaped from its scan
-//! (`Agent::reap`); the profiler and capture threads sweep their own.
+//! (`Agent::reap`); the profiler and the stack resolver threads sweep their own.
 
 use std::{
     collections::BTreeSet,
@@ -76,12 +76,12 @@ impl Sweep {
 /// What was freed and evicted, over the whole run (all threads).
 pub struct MemoryStats {
     /// Exited processes whose state was dropped: by the agent (request tracking, ports,
-    /// downstream connections, signals), the profiler (Python readers, process maps, symbols)
-    /// and the capture worker (Python readers, symbolizer files).
+    /// downstream connections, signals), the profiler (its open requests' own samples) and the
+    /// stack resolver (Python readers, process maps, symbols, symbolizer files).
     pub forgotten_agent: AtomicU64,
     pub forgotten_profiler: AtomicU64,
-    pub forgotten_captures: AtomicU64,
-    /// Resolved native and kernel addresses evicted from the profiler's symbol caches.
+    pub forgotten_stacks: AtomicU64,
+    /// Resolved native and kernel addresses evicted from the stack resolver's caches.
     pub symbols: AtomicU64,
     /// Process memory maps evicted (more live processes than the cap).
     pub maps: AtomicU64,
@@ -106,7 +106,7 @@ impl MemoryStats {
         Self {
             forgotten_agent: AtomicU64::new(0),
             forgotten_profiler: AtomicU64::new(0),
-            forgotten_captures: AtomicU64::new(0),
+            forgotten_stacks: AtomicU64::new(0),
             symbols: AtomicU64::new(0),
             maps: AtomicU64::new(0),
             code_objects: AtomicU64::new(0),
@@ -123,12 +123,12 @@ impl MemoryStats {
     pub fn report(&self) -> Vec<String> {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let mut lines = vec![format!(
-            "memory: state of exited processes freed ({} agent, {} profiler, {} capture); \
+            "memory: state of exited processes freed ({} agent, {} profiler, {} stack resolver); \
              capped caches evicted {} resolved addresses, {} process maps, {} code objects, \
              {} symbolizer files, {} downstream connections",
             g(&self.forgotten_agent),
             g(&self.forgotten_profiler),
-            g(&self.forgotten_captures),
+            g(&self.forgotten_stacks),
             g(&self.symbols),
             g(&self.maps),
             g(&self.code_objects),

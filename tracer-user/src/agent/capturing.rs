@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use anyhow::Context as _;
 use aya::maps::MapData;
 use tracer_common::{EndReason, RequestRecord};
 
@@ -40,7 +39,11 @@ struct Closing {
 
 const CLOSING_WAIT: Duration = Duration::from_secs(5);
 
-pub(super) fn start_capture(c: CaptureConfig, maps: CaptureMaps) -> anyhow::Result<Capturing> {
+pub(super) fn start_capture(
+    c: CaptureConfig,
+    maps: CaptureMaps,
+    resolver: crate::symbols::Stacks,
+) -> anyhow::Result<Capturing> {
     let CaptureMaps {
         watch,
         stacks,
@@ -49,15 +52,15 @@ pub(super) fn start_capture(c: CaptureConfig, maps: CaptureMaps) -> anyhow::Resu
         signals,
         degraded: _,
     } = maps;
-    let worker = Worker::spawn(
+    let worker = Worker::new(
         StackMaps {
             stacks,
             on_cpu,
             off_cpu,
         },
         mono_ns,
-    )
-    .context("starting the capture thread")?;
+        resolver,
+    );
     let policy = Policy {
         threshold_ns: c.threshold.as_nanos() as u64,
         resample_ns: c.resample.as_nanos() as u64,

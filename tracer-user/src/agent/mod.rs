@@ -206,9 +206,13 @@ impl Agent {
             })
             .unwrap_or_default();
         let (mut probes, ring, maps, profile_maps) = Probes::load(&tracefs_path, offsets, settings)?;
+        // One stack resolver (symbols, Python readers) for the profiler and the captures.
+        let py_procs = cfg.profile.as_ref().map(|_| profile_maps.py_procs);
+        let stacks =
+            crate::symbols::Stacks::spawn(py_procs).context("starting the stack resolver")?;
         let mut profiler = match &cfg.profile {
             Some(p) => Some(
-                Profiler::spawn(p.clone(), profile_maps.py_procs)
+                Profiler::spawn(p.clone(), stacks.clone())
                     .context("starting the profiler thread")?,
             ),
             None => None,
@@ -217,7 +221,7 @@ impl Agent {
         let ds_ring = Some(profile_maps.downstream);
         let degraded = maps.degraded.clone();
         let capturing = match cfg.capture {
-            Some(c) => Some(start_capture(c, maps)?),
+            Some(c) => Some(start_capture(c, maps, stacks)?),
             None => None,
         };
 

@@ -1,7 +1,6 @@
-//! Stack captures of slow requests while they run: the watchdog decides, the worker reads.
+//! Stack captures of slow requests while they run: the watchdog decides, the worker reads (on
+//! the stack resolver thread, `crate::symbols`).
 
 pub mod procinfo;
-pub mod python;
-pub mod symbols;
 pub mod watchdog;
 pub mod worker;

@@ -1,9 +1,11 @@
 //! The profiler: kernel samples → resolved stacks → the continuous profile, on its own thread.
 //!
-//! Like the capture worker, symbolization and Python code-object reads are blocking and
-//! sometimes slow, so they stay off the event loop behind a bounded queue (a full queue drops
-//! samples, counted). The thread owns the profile; the agent tells it when requests end (so a
-//! slow request's own flamegraph can be written) and asks for the result at the end.
+//! Symbolization and Python code-object reads are blocking and sometimes slow, so they stay off
+//! the event loop behind a bounded queue (a full queue drops samples, counted). Samples go over
+//! in one batch per drain, and each batch is resolved in one round trip to the stack resolver
+//! thread (`crate::symbols`, shared with the captures). The profiler thread owns the profile; the
+//! agent tells it when requests end (so a slow request's own flamegraph can be written) and asks
+//! for the result at the end.
 
 mod merge;
 mod resolve;
@@ -11,27 +13,35 @@ mod resolve;
 use std::{
     path::PathBuf,
     sync::{
-        mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError},
+        atomic::{AtomicUsize, Ordering},
+        mpsc::{self, Receiver, RecvTimeoutError, SyncSender},
         Arc, Mutex,
     },
     thread::JoinHandle,
     time::{Duration, Instant},
 };
 
-use aya::maps::{HashMap as BpfHashMap, MapData};
-use tracer_common::{profile::sample_kind, ProfileRecord, PyProcLayout};
+use tracer_common::{profile::sample_kind, ProfileRecord};
 
 use crate::{
     model::{
-        profile::{HotFrame, Metric, Profile, ReqKey, Sample, Weights},
+        profile::{FrameInfo, HotFrame, Metric, Profile, ReqKey, Sample, Weights},
         request::endpoint_of,
     },
     procfs,
     reaper::{self, PerProcess, Sweep, STATS, SWEEP_EVERY},
     sinks::flame,
+    symbols::Stacks,
 };
 
+/// Messages waiting for the profiler thread at most.
 const QUEUE: usize = 4096;
+/// Samples handed over and not yet profiled, at most: the queue's bound in samples (a message
+/// carries a batch of them, and memory is what this bounds).
+const MAX_QUEUED_SAMPLES: usize = 4096;
+/// Samples in one message at most: one round trip to the resolver thread each, short enough
+/// that a capture queued behind a batch there waits a millisecond or so, not a backlog.
+const SAMPLE_BATCH: usize = 64;
 /// How often the hot-frames table for `top` is refreshed.
 const HOT_EVERY: Duration = Duration::from_secs(1);
 const HOT_ROWS: usize = 200;
@@ -47,13 +57,10 @@ pub struct ProfilerConfig {
     pub wall: bool,
 }
 
-#[expect(
-    clippy::large_enum_variant,
-    reason = "samples are the traffic; boxing each would allocate per sample"
-)]
 enum Msg {
-    Sample(ProfileRecord),
-    Probe(u32),
+    /// A drain's samples, oldest first. A message is small whatever it carries: the queue's
+    /// slots stay small, and only the samples actually waiting take memory.
+    Samples(Vec<ProfileRecord>),
     /// Fast requests that ended: their own stacks are dropped.
     DoneBatch(Vec<ReqKey>),
     /// A request ended; `Some(name)`: it was slow, write `slow/<name>.svg`.
@@ -82,9 +89,14 @@ pub struct Profiler {
     tx: SyncSender<Msg>,
     thread: Option<JoinHandle<()>>,
     hot: Arc<Mutex<Vec<HotFrame>>>,
+    stacks: Stacks,
     probed: std::collections::HashSet<u32>,
     /// Samples dropped because the queue was full.
     pub overflow: u64,
+    /// Samples since the last hand-over.
+    samples: Vec<ProfileRecord>,
+    /// Samples handed over and not yet profiled (the profiler thread takes them off).
+    queued: Arc<AtomicUsize>,
     /// Fast requests ended since the last `flush_done`.
     done: Vec<ReqKey>,
 }
@@ -93,37 +105,58 @@ pub struct Profiler {
 const DONE_BATCH: usize = 4096;
 
 impl Profiler {
-    pub fn spawn(
-        cfg: ProfilerConfig,
-        py_procs: BpfHashMap<MapData, u32, PyProcLayout>,
-    ) -> std::io::Result<Profiler> {
+    /// `stacks`: the stack resolver thread, shared with the captures.
+    pub fn spawn(cfg: ProfilerConfig, stacks: Stacks) -> std::io::Result<Profiler> {
         let (tx, rx) = mpsc::sync_channel::<Msg>(QUEUE);
         let hot = Arc::new(Mutex::new(Vec::new()));
-        let shared = Arc::clone(&hot);
-        let thread = std::thread::Builder::new()
-            .name("profiler".into())
-            .spawn(move || run(cfg, py_procs, rx, &shared))?;
+        let queued = Arc::new(AtomicUsize::new(0));
+        let thread = {
+            let (hot, queued, stacks) = (Arc::clone(&hot), Arc::clone(&queued), stacks.clone());
+            std::thread::Builder::new()
+                .name("profiler".into())
+                .spawn(move || run(&cfg, &stacks, &rx, &hot, &queued))?
+        };
         Ok(Profiler {
             tx,
             thread: Some(thread),
             hot,
+            stacks,
             probed: std::collections::HashSet::new(),
             overflow: 0,
+            samples: Vec::new(),
+            queued,
             done: Vec::new(),
         })
     }
 
+    /// A sample, handed over with the others of this drain (`flush_done`).
     pub fn submit(&mut self, rec: ProfileRecord) {
-        match self.tx.try_send(Msg::Sample(rec)) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => self.overflow += 1,
+        self.samples.push(rec);
+        if self.samples.len() >= SAMPLE_BATCH {
+            self.flush_samples();
+        }
+    }
+
+    /// Hand over the samples gathered so far, or drop them (counted) when too many wait.
+    fn flush_samples(&mut self) {
+        let n = self.samples.len();
+        if n == 0 {
+            return;
+        }
+        let batch = std::mem::take(&mut self.samples);
+        // Counted before the send: the thread may take them off before `try_send` returns.
+        if self.queued.fetch_add(n, Ordering::Relaxed) + n > MAX_QUEUED_SAMPLES
+            || self.tx.try_send(Msg::Samples(batch)).is_err()
+        {
+            self.queued.fetch_sub(n, Ordering::Relaxed);
+            self.overflow += n as u64;
         }
     }
 
     /// Find CPython in `pid` now (targets known at start), not at its first sample.
     pub fn probe(&mut self, pid: u32) {
         if self.probed.insert(pid) {
-            let _ = self.tx.try_send(Msg::Probe(pid));
+            self.stacks.try_run(move |r| r.probe(pid));
         }
     }
 
@@ -145,9 +178,11 @@ impl Profiler {
         }
     }
 
-    /// Hand over the batched request ends (each drain). A batch may be dropped when the queue
-    /// is full: it only frees memory, which the profile's own bound also does.
+    /// Hand over the samples and the batched request ends (each drain), in that order: a
+    /// request's samples must be in before its end forgets them. A batch of ends may be dropped
+    /// when the queue is full: it only frees memory, which the profile's own bound also does.
     pub fn flush_done(&mut self) {
+        self.flush_samples();
         if !self.done.is_empty() {
             let batch = std::mem::take(&mut self.done);
             let _ = self.tx.try_send(Msg::DoneBatch(batch));
@@ -186,9 +221,10 @@ impl PerProcess for Profiler {
     }
 }
 
-/// The profiler thread's sweep. Python readers, maps and symbols of an exited process go at
-/// once; the samples of its open requests one sweep later, so that the agent, which may learn
-/// of the exit a scan after us, can still end those requests and have their flamegraphs.
+/// The profiler thread's sweep: the samples of an exited process's open requests go one sweep
+/// after the exit is seen, so that the agent, which may learn of the exit a scan after us, can
+/// still end those requests and have their flamegraphs. (Its Python reader, maps and symbols
+/// are the stack resolver's, which sweeps its own.)
 struct Dead {
     sweep: Sweep,
     /// Exited at the last sweep, with requests still open then.
@@ -203,35 +239,32 @@ impl Dead {
         }
     }
 
-    fn sweep(&mut self, resolver: &mut resolve::Resolver, profile: &mut Profile) {
+    fn sweep(&mut self, profile: &mut Profile) {
         if !self.sweep.due() {
             return;
         }
-        let gone = reaper::reap(&mut [resolver], &[], true, procfs::alive);
-        reaper::add(&STATS.forgotten_profiler, gone.len() as u64);
-        for pid in std::mem::take(&mut self.pending) {
-            profile.forget_requests_of(pid);
-        }
+        let forgotten = std::mem::take(&mut self.pending)
+            .into_iter()
+            .filter(|pid| profile.forget_requests_of(*pid))
+            .count();
+        reaper::add(&STATS.forgotten_profiler, forgotten as u64);
         self.pending = profile
             .request_pids()
             .into_iter()
             .filter(|p| !procfs::alive(*p))
             .collect();
         let (frames, stacks, open) = profile.sizes();
-        log::debug!(
-            "profiler memory: {}; profile {frames} frames, {stacks} stacks, {open} open requests",
-            resolver.sizes()
-        );
+        log::debug!("profile memory: {frames} frames, {stacks} stacks, {open} open requests");
     }
 }
 
 fn run(
-    cfg: ProfilerConfig,
-    py_procs: BpfHashMap<MapData, u32, PyProcLayout>,
-    rx: Receiver<Msg>,
+    cfg: &ProfilerConfig,
+    stacks: &Stacks,
+    rx: &Receiver<Msg>,
     hot: &Mutex<Vec<HotFrame>>,
+    queued: &AtomicUsize,
 ) {
-    let mut resolver = resolve::Resolver::new(Some(py_procs));
     let mut profile = Profile::default();
     let mut report = Report::default();
     let period_us = 1_000_000 / cfg.sample_hz.max(1);
@@ -244,36 +277,22 @@ fn run(
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => return,
         };
-        dead.sweep(&mut resolver, &mut profile);
+        dead.sweep(&mut profile);
         let Some(msg) = msg else { continue };
         match msg {
-            Msg::Sample(r) => {
-                if let Some(n) = usize::from(r.py_status)
-                    .checked_sub(1)
-                    .and_then(|i| report.py_walks.get_mut(i))
-                {
-                    *n += 1;
-                }
-                let frames = resolver.stack(&r);
-                let endpoint = (r.conn_id != 0)
-                    .then(|| endpoint_of(&r.req[..(r.req_len as usize).min(r.req.len())]));
-                let weights = match r.kind {
-                    sample_kind::OFF_CPU => Weights {
-                        cpu_samples: 0,
-                        wall_us: r.off_ns / 1000,
-                    },
-                    _ => Weights {
-                        cpu_samples: 1,
-                        // Wall time is request time; outside requests a sample is CPU only.
-                        wall_us: if r.conn_id != 0 { period_us } else { 0 },
-                    },
-                };
-                profile.add(&Sample {
-                    endpoint: endpoint.as_deref(),
-                    frames: &frames,
-                    request: (r.conn_id != 0).then_some((r.tgid, r.conn_id, r.seq)),
-                    weights,
+            Msg::Samples(batch) => {
+                let n = batch.len();
+                // Resolved in one round trip; the records come back with their stacks.
+                let resolved = stacks.call(move |res| {
+                    let frames: Vec<_> = batch.iter().map(|r| resolve::stack(res, r)).collect();
+                    (batch, frames)
                 });
+                if let Some((batch, frames)) = resolved {
+                    for (r, frames) in batch.iter().zip(&frames) {
+                        add(&mut profile, &mut report, r, frames, period_us);
+                    }
+                }
+                queued.fetch_sub(n, Ordering::Relaxed);
                 if hot_at.elapsed() >= HOT_EVERY {
                     hot_at = Instant::now();
                     if let Ok(mut h) = hot.lock() {
@@ -281,7 +300,6 @@ fn run(
                     }
                 }
             }
-            Msg::Probe(pid) => resolver.probe(pid),
             Msg::DoneBatch(keys) => {
                 for key in &keys {
                     profile.forget_request(key);
@@ -307,7 +325,7 @@ fn run(
             }
             Msg::Finish(reply) => {
                 report.samples = profile.samples;
-                report.python_procs = resolver.python_procs;
+                report.python_procs = stacks.call(|r| r.python_procs()).unwrap_or(0);
                 report.dropped_requests = profile.dropped_requests;
                 report.top_cpu = top(profile.folded(Metric::Cpu, cfg.endpoint.as_ref()));
                 report.top_wall = top(profile.folded(Metric::Wall, cfg.endpoint.as_ref()));
@@ -322,6 +340,41 @@ fn run(
             }
         }
     }
+}
+
+/// One resolved sample into the profile.
+fn add(
+    profile: &mut Profile,
+    report: &mut Report,
+    r: &ProfileRecord,
+    frames: &[FrameInfo],
+    period_us: u64,
+) {
+    if let Some(n) = usize::from(r.py_status)
+        .checked_sub(1)
+        .and_then(|i| report.py_walks.get_mut(i))
+    {
+        *n += 1;
+    }
+    let endpoint =
+        (r.conn_id != 0).then(|| endpoint_of(&r.req[..(r.req_len as usize).min(r.req.len())]));
+    let weights = match r.kind {
+        sample_kind::OFF_CPU => Weights {
+            cpu_samples: 0,
+            wall_us: r.off_ns / 1000,
+        },
+        _ => Weights {
+            cpu_samples: 1,
+            // Wall time is request time; outside requests a sample is CPU only.
+            wall_us: if r.conn_id != 0 { period_us } else { 0 },
+        },
+    };
+    profile.add(&Sample {
+        endpoint: endpoint.as_deref(),
+        frames,
+        request: (r.conn_id != 0).then_some((r.tgid, r.conn_id, r.seq)),
+        weights,
+    });
 }
 
 /// The heaviest folded lines first.

@@ -1,5 +1,5 @@
 //! Native and kernel addresses → function, file:line, with blazesym. Its `Symbolizer` is neither
-//! Send nor Sync, so it lives on the capture worker thread and nowhere else.
+//! Send nor Sync, so it lives on the stack resolver thread and nowhere else.
 //!
 //! blazesym keeps every ELF file it parsed (and its file descriptor) for the symbolizer's life.
 //! For a process source it reaches files through /proc/PID/map_files/START-END and keys its
@@ -8,6 +8,9 @@
 //! of those paths each process used and evict them when it is forgotten; files symbolized by
 //! path are evicted when replaced on disk (blazesym would keep both versions), and beyond
 //! `MAX_FILES` the symbolizer is rebuilt. Everything let go is counted.
+//!
+//! Addresses come in as lookups: the caller (`Resolver`) has already moved return addresses
+//! back onto their call instruction.
 
 use std::{
     collections::HashMap,
@@ -17,7 +20,7 @@ use std::{
 
 use blazesym::symbolize::{
     evict::{self, Evict},
-    source::{Kernel, Process, Source},
+    source::{Elf, Kernel, Process, Source},
     Input, Symbolized, Symbolizer,
 };
 
@@ -32,6 +35,31 @@ const MAX_FILES: usize = 2048;
 
 /// A file's identity on disk: another (device, inode, mtime) under the same path is a new file.
 type FileId = (u64, u64, i64);
+
+/// What the addresses given to blazesym are.
+#[derive(Clone, Copy)]
+enum Addr {
+    /// Virtual addresses in a process or the kernel.
+    Abs,
+    /// Offsets into an ELF file.
+    FileOffset,
+}
+
+impl Addr {
+    fn many(self, addrs: &[u64]) -> Input<&[u64]> {
+        match self {
+            Addr::Abs => Input::AbsAddr(addrs),
+            Addr::FileOffset => Input::FileOffset(addrs),
+        }
+    }
+
+    fn one(self, addr: u64) -> Input<u64> {
+        match self {
+            Addr::Abs => Input::AbsAddr(addr),
+            Addr::FileOffset => Input::FileOffset(addr),
+        }
+    }
+}
 
 pub struct Symbols {
     sym: Symbolizer,
@@ -56,58 +84,26 @@ impl Symbols {
         }
     }
 
-    /// User-space stack of `pid`, innermost first. Return addresses point after their call, so
-    /// every frame but the innermost is looked up one byte earlier to land on the call's line.
-    pub fn user(&mut self, pid: u32, ips: &[u64]) -> Vec<Frame> {
-        self.note_mappings(pid, ips);
-        let src = Source::Process(Process::new(pid.into()));
-        self.resolve(&src, ips)
-    }
-
-    pub fn kernel(&self, ips: &[u64]) -> Vec<Frame> {
-        let src = Source::Kernel(Kernel::default());
-        self.resolve(&src, ips)
-    }
-
-    /// Like [`user`](Self::user) for addresses already adjusted by the caller (the profiler
-    /// caches by lookup address, so it does the leaf/return-address adjustment itself).
-    pub fn user_lookups(&mut self, pid: u32, lookups: &[u64]) -> Vec<Frame> {
+    /// Addresses of `pid` outside any file the caller knows of (vdso, anonymous code, or
+    /// mappings newer than its copy of /proc/PID/maps), through the process.
+    pub fn process(&mut self, pid: u32, lookups: &[u64]) -> Vec<Frame> {
         self.note_mappings(pid, lookups);
         let src = Source::Process(Process::new(pid.into()));
-        self.lookup(&src, lookups, lookups)
+        self.symbolize(&src, Addr::Abs, lookups, None)
     }
 
-    /// Addresses given as offsets into the ELF file at `path` (the profiler maps them itself):
-    /// blazesym keeps each file parsed, so a miss costs a lookup, not a /proc/PID/maps parse.
+    /// Addresses given as offsets into the ELF file at `path`: blazesym keeps each file parsed,
+    /// so a miss costs a lookup, not a /proc/PID/maps parse.
     pub fn elf_offsets(&mut self, path: &Path, offsets: &[u64]) -> Vec<Frame> {
         self.note_file(path);
-        let src = Source::Elf(blazesym::symbolize::source::Elf::new(path));
+        let src = Source::Elf(Elf::new(path));
         let module = path.file_name().map(|n| n.to_string_lossy().into_owned());
-        let with_module = |mut f: Frame| {
-            if f.module.is_none() {
-                f.module.clone_from(&module);
-            }
-            f
-        };
-        match self.sym.symbolize(&src, Input::FileOffset(offsets)) {
-            Ok(syms) => syms
-                .iter()
-                .zip(offsets)
-                .map(|(s, off)| with_module(frame(s, *off)))
-                .collect(),
-            Err(e) => {
-                log::debug!("symbolizing offsets in {}: {e}", path.display());
-                offsets
-                    .iter()
-                    .map(|off| with_module(unknown(*off)))
-                    .collect()
-            }
-        }
+        self.symbolize(&src, Addr::FileOffset, offsets, module.as_deref())
     }
 
-    pub fn kernel_lookups(&self, lookups: &[u64]) -> Vec<Frame> {
+    pub fn kernel(&self, lookups: &[u64]) -> Vec<Frame> {
         let src = Source::Kernel(Kernel::default());
-        self.lookup(&src, lookups, lookups)
+        self.symbolize(&src, Addr::Abs, lookups, None)
     }
 
     /// What is held, for the debug log.
@@ -182,30 +178,36 @@ impl Symbols {
         reaper::add(&STATS.symbolizer_files, n);
     }
 
-    fn resolve(&self, src: &Source<'_>, ips: &[u64]) -> Vec<Frame> {
-        let lookups: Vec<u64> = ips
-            .iter()
-            .enumerate()
-            .map(|(i, ip)| if i == 0 { *ip } else { ip.saturating_sub(1) })
-            .collect();
-        self.lookup(src, &lookups, ips)
-    }
-
-    fn lookup(&self, src: &Source<'_>, lookups: &[u64], ips: &[u64]) -> Vec<Frame> {
-        match self.sym.symbolize(src, Input::AbsAddr(lookups)) {
-            Ok(syms) => syms.iter().zip(ips).map(|(s, ip)| frame(s, *ip)).collect(),
+    /// One frame per address, `module` filled in where blazesym names none. The retry policy
+    /// of every symbol lookup: one unreadable module must not cost the other frames, so a batch
+    /// that fails is retried address by address, and an address that fails is shown as such.
+    fn symbolize(
+        &self,
+        src: &Source<'_>,
+        kind: Addr,
+        addrs: &[u64],
+        module: Option<&str>,
+    ) -> Vec<Frame> {
+        let with_module = |mut f: Frame| {
+            if f.module.is_none() {
+                f.module = module.map(str::to_owned);
+            }
+            f
+        };
+        match self.sym.symbolize(src, kind.many(addrs)) {
+            Ok(syms) => syms
+                .iter()
+                .zip(addrs)
+                .map(|(s, a)| with_module(frame(s, *a)))
+                .collect(),
             Err(e) => {
-                // One unreadable module must not cost the other frames: retry one by one.
-                log::debug!("symbolization failed ({e}); retrying frame by frame");
-                lookups
+                log::debug!("symbolization failed ({e}); retrying address by address");
+                addrs
                     .iter()
-                    .zip(ips)
-                    .map(
-                        |(addr, ip)| match self.sym.symbolize_single(src, Input::AbsAddr(*addr)) {
-                            Ok(s) => frame(&s, *ip),
-                            Err(_) => unknown(*ip),
-                        },
-                    )
+                    .map(|a| match self.sym.symbolize_single(src, kind.one(*a)) {
+                        Ok(s) => with_module(frame(&s, *a)),
+                        Err(_) => with_module(unknown(*a)),
+                    })
                     .collect()
             }
         }
@@ -297,7 +299,7 @@ mod tests {
     #[test]
     fn symbolizes_own_function() {
         let mut s = Symbols::new();
-        let frames = s.user(std::process::id(), &[marker_function()]);
+        let frames = s.process(std::process::id(), &[marker_function()]);
         assert!(frames[0].function.contains("marker_function"), "{frames:?}");
     }
 
@@ -349,8 +351,8 @@ mod tests {
         }
         let text = text.expect("sleep's code mapping");
         let mut s = Symbols::new();
-        s.user(std::process::id(), &[marker_function()]);
-        s.user(pid, &[text + 0x10]);
+        s.process(std::process::id(), &[marker_function()]);
+        s.process(pid, &[text + 0x10]);
         assert_eq!(s.pids().len(), 2);
         let opened = fds_on(&exe);
         if opened == 0 {
