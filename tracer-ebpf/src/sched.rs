@@ -252,12 +252,7 @@ pub fn sched_wakeup_raw(ctx: RawTracePointContext) -> i32 {
 }
 
 #[inline(always)]
-fn on_switch<C: EbpfContext + StackIdContext>(
-    ctx: &C,
-    next: Option<i32>,
-    state: u32,
-    regs: bool,
-) {
+fn on_switch<C: EbpfContext + StackIdContext>(ctx: &C, next: Option<i32>, state: u32, regs: bool) {
     let id = bpf_get_current_pid_tgid();
     let (tgid, tid) = ((id >> 32) as u32, id as u32);
     let prev_target = tid != 0 && is_target(tgid);

@@ -346,9 +346,19 @@ fn inet(key: &ConnKey, sk: u64, f: &SockFields, o: &KernelOffsets) -> Sock {
         s.rec.peer_family = family;
         s.rec.peer_port = peer_port;
         let _ = if family == AF_INET {
-            unsafe { bpf_probe_read_kernel_buf((sk + o.sk_daddr as u64) as *const u8, &mut s.rec.peer_addr[..4]) }
+            unsafe {
+                bpf_probe_read_kernel_buf(
+                    (sk + o.sk_daddr as u64) as *const u8,
+                    &mut s.rec.peer_addr[..4],
+                )
+            }
         } else {
-            unsafe { bpf_probe_read_kernel_buf((sk + o.sk_v6_daddr as u64) as *const u8, &mut s.rec.peer_addr) }
+            unsafe {
+                bpf_probe_read_kernel_buf(
+                    (sk + o.sk_v6_daddr as u64) as *const u8,
+                    &mut s.rec.peer_addr,
+                )
+            }
         };
         served(key, s)
     } else {
@@ -356,9 +366,16 @@ fn inet(key: &ConnKey, sk: u64, f: &SockFields, o: &KernelOffsets) -> Sock {
             return Sock::Skip;
         };
         let _ = if family == AF_INET {
-            unsafe { bpf_probe_read_kernel_buf((sk + o.sk_daddr as u64) as *const u8, &mut d.addr[..4]) }
+            unsafe {
+                bpf_probe_read_kernel_buf((sk + o.sk_daddr as u64) as *const u8, &mut d.addr[..4])
+            }
         } else {
-            unsafe { bpf_probe_read_kernel_buf((sk + o.sk_v6_daddr as u64) as *const u8, &mut d.addr[..16]) }
+            unsafe {
+                bpf_probe_read_kernel_buf(
+                    (sk + o.sk_v6_daddr as u64) as *const u8,
+                    &mut d.addr[..16],
+                )
+            }
         };
         downstream_insert(key, d)
     }

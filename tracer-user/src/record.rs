@@ -6,60 +6,42 @@ use std::{
     time::Instant,
 };
 
-use anyhow::Context as _;
 use tracer_common::Counter;
 
 use crate::{
     agent::{Agent, AgentConfig, AgentEvent, Consumer, Counters},
     config::RecordConfig,
     model::{handler::HandlerCall, slow::SlowRequest, Stats},
-    sinks::{findings::FindingsSink, jsonl::JsonlSink, slow::SlowSink, summary, Sink},
+    sinks::{files::Files, summary},
 };
 
+/// `record`'s outputs: the files, and the per-endpoint numbers of the exit summary.
 struct Recorder {
+    files: Files,
     stats: Stats,
-    sink: JsonlSink,
-    slow: Option<SlowSink>,
-    /// `--handler` calls: handlers.jsonl and their own rows.
-    handlers: Option<(JsonlSink, Stats)>,
-    findings: FindingsSink,
+    /// `--handler` calls: their own rows in the summary.
+    handler_stats: Stats,
 }
 
 impl Consumer for Recorder {
     fn on_event(&mut self, ev: AgentEvent) -> anyhow::Result<()> {
-        match ev {
-            AgentEvent::Request(req) => {
-                self.stats.add(&req);
-                self.findings.add(&req).context("writing findings.jsonl")?;
-                self.sink.request(&req).context("writing requests.jsonl")
-            }
-            // The file is flushed on every scan, so a request is on disk within one period.
-            AgentEvent::Tick { .. } => {
-                if let Some(s) = self.slow.as_mut() {
-                    s.flush().context("writing slow.jsonl")?;
-                }
-                if let Some((h, _)) = self.handlers.as_mut() {
-                    h.flush().context("writing handlers.jsonl")?;
-                }
-                self.findings.flush().context("writing findings.jsonl")?;
-                self.sink.flush().context("writing requests.jsonl")
-            }
+        if let AgentEvent::Request(req) = &ev {
+            self.stats.add(req);
         }
+        self.files.on_event(ev)
     }
 
     fn on_handler(&mut self, call: &HandlerCall) -> anyhow::Result<()> {
-        let Some((sink, stats)) = self.handlers.as_mut() else {
-            return Ok(());
-        };
-        stats.sample(&call.handler, call.duration_us, false);
-        sink.line(call).context("writing handlers.jsonl")
+        self.handler_stats
+            .sample(&call.handler, call.duration_us, false);
+        self.files.handler(call)
     }
 
     fn on_slow(&mut self, slow: &SlowRequest) -> anyhow::Result<()> {
-        let Some(sink) = self.slow.as_mut() else {
+        self.files.slow(slow)?;
+        let Some(path) = &self.files.last_report else {
             return Ok(());
         };
-        let path = sink.write(slow).context("writing a slow-request report")?;
         let what = if slow.killed.is_some() {
             "killed"
         } else {
@@ -93,8 +75,16 @@ pub fn run(cfg: RecordConfig) -> anyhow::Result<ExitCode> {
     for d in &agent.degraded {
         eprintln!("slowtrace: note: {d}");
     }
-    let out = cfg.out_dir.join("requests.jsonl");
-    let sink = JsonlSink::create(&out).with_context(|| format!("creating {}", out.display()))?;
+    let mut rec = Recorder {
+        files: Files::create(
+            &cfg.out_dir,
+            cfg.capture.is_some(),
+            !cfg.handlers.is_empty(),
+        )?,
+        stats: Stats::default(),
+        handler_stats: Stats::default(),
+    };
+    let out = cfg.out_dir.join(crate::sinks::files::REQUESTS);
     eprintln!(
         "slowtrace: tracing {} with {}; writing {}{}",
         agent.described,
@@ -104,39 +94,18 @@ pub fn run(cfg: RecordConfig) -> anyhow::Result<ExitCode> {
             .map(|d| format!(" for {}", humantime::format_duration(d)))
             .unwrap_or_default(),
     );
-    let slow = match cfg.capture {
-        Some(_) => Some(SlowSink::create(&cfg.out_dir).context("creating slow.jsonl")?),
-        None => None,
-    };
-    let handlers = if cfg.handlers.is_empty() {
-        None
-    } else {
-        let path = cfg.out_dir.join("handlers.jsonl");
-        let sink =
-            JsonlSink::create(&path).with_context(|| format!("creating {}", path.display()))?;
-        Some((sink, Stats::default()))
-    };
-    let findings = FindingsSink::create(&cfg.out_dir).context("creating findings.jsonl")?;
-    let mut rec = Recorder {
-        findings,
-        stats: Stats::default(),
-        sink,
-        slow,
-        handlers,
-    };
     let started = Instant::now();
     let done = agent.run(&mut rec, cfg.duration, Arc::new(AtomicBool::new(false)))?;
     let elapsed = started.elapsed();
-    rec.sink.flush().context("writing requests.jsonl")?;
+    rec.files.flush()?;
 
     let mut footer = vec![format!(
         "\nstopped by {}; {} records written to {}",
         done.stop,
-        rec.sink.written,
+        rec.files.requests.written,
         out.display()
     )];
-    if let (Some(s), Some(c)) = (rec.slow.as_mut(), cfg.capture) {
-        s.flush().context("writing slow.jsonl")?;
+    if let (Some(s), Some(c)) = (rec.files.slow.as_ref(), cfg.capture) {
         footer.push(format!(
             "{} slow requests (over {}), {} killed with a request in flight; reports in {}",
             s.slow,
@@ -145,8 +114,8 @@ pub fn run(cfg: RecordConfig) -> anyhow::Result<ExitCode> {
             cfg.out_dir.join("slow").display()
         ));
     }
-    if let Some((h, stats)) = rec.handlers.as_mut() {
-        h.flush().context("writing handlers.jsonl")?;
+    if rec.files.handlers.is_some() {
+        let stats = &rec.handler_stats;
         footer.push(format!("\n{} handler calls (handlers.jsonl):", stats.total));
         footer.push(
             summary::table(&stats.rows(elapsed))
@@ -154,8 +123,7 @@ pub fn run(cfg: RecordConfig) -> anyhow::Result<ExitCode> {
                 .replacen("ENDPOINT", "HANDLER ", 1),
         );
     }
-    rec.findings.flush().context("writing findings.jsonl")?;
-    footer.extend(rec.findings.summary());
+    footer.extend(rec.files.findings.summary());
     footer.extend(downstream_report(&done.counters));
     if let Some(p) = &done.profile {
         footer.extend(profile_report(p, &done.counters));
@@ -190,12 +158,14 @@ fn downstream_report(c: &Counters) -> Vec<String> {
 /// What the profiler saw and wrote.
 fn profile_report(p: &crate::profile::Report, c: &Counters) -> Vec<String> {
     let mut lines = vec![format!(
-        "\nprofile: {} samples ({} off-CPU map full, {} sample ring drops, {} queue drops), {} \
-         Python processes walked in the kernel, {} slow-request flamegraphs",
+        "\nprofile: {} samples ({} off-CPU map full, {} sample ring drops, {} queue drops, {} \
+         requests' own samples dropped), {} Python processes walked in the kernel, {} \
+         slow-request flamegraphs",
         p.samples,
         c.get(Counter::OffCpuMapFull),
         c.get(Counter::SampleRingFull),
         c.profile_overflow,
+        p.dropped_requests,
         p.python_procs,
         p.slow_svgs,
     )];
@@ -248,6 +218,19 @@ pub fn loss_report(c: &Counters) -> Vec<String> {
         c.get(Counter::Forks),
         c.get(Counter::PortBinds),
     )];
+    lines.push(format!(
+        "user space: {} malformed records, {} capture jobs dropped (capture thread busy), {} \
+         profile samples dropped (profiler busy), {} downstream calls outside any request, {} \
+         requests' downstream calls forgotten (too many open), {} fd numbers reused without a \
+         close seen, {} socket transfers by io_uring or kernel callers not traced",
+        c.malformed,
+        c.capture_overflow,
+        c.profile_overflow,
+        c.downstream_outside,
+        c.downstream_dropped_requests,
+        c.get(Counter::FdReused),
+        c.get(Counter::SockOtherSyscall),
+    ));
     if dropped > 0 || c.get(Counter::ArgsMapFull) > 0 || c.malformed > 0 {
         lines.push(format!(
             "WARNING: events were lost ({dropped} ring buffer, {} args map, {} malformed); \
@@ -255,6 +238,12 @@ pub fn loss_report(c: &Counters) -> Vec<String> {
             c.get(Counter::ArgsMapFull),
             c.malformed
         ));
+    }
+    if c.capture_overflow + c.profile_overflow + c.downstream_dropped_requests > 0 {
+        lines.push(
+            "WARNING: captures, samples or downstream calls were dropped (see the line above)"
+                .into(),
+        );
     }
     lines
 }

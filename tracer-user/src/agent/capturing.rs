@@ -3,35 +3,56 @@
 
 use std::time::Duration;
 
-use aya::maps::MapData;
 use tracer_common::{EndReason, RequestRecord};
 
 use super::{mono_ns, CaptureConfig};
 use crate::{
     capture::{
-        watchdog::{Policy, Watchdog},
-        worker::{StackMaps, Worker},
+        watchdog::{Job, Policy, RequestKey, Watchdog},
+        worker::{CaptureResult, StackMaps, Worker},
     },
     model::{
         slow::{self, Killed, SlowRequest},
         Request,
     },
-    probes::CaptureMaps,
+    probes::kernel::Kernel,
 };
+
+/// Where capture jobs go: the capture worker, or a fake in the agent's tests.
+pub(super) trait CaptureJobs {
+    /// Queue a job; false when the queue is full (counted by the implementation).
+    fn submit(&mut self, job: Job) -> bool;
+    /// Captures finished since the last call.
+    fn results(&mut self) -> Vec<CaptureResult>;
+    /// Jobs refused because the queue was full.
+    fn overflow(&self) -> u64;
+}
+
+impl CaptureJobs for Worker {
+    fn submit(&mut self, job: Job) -> bool {
+        Worker::submit(self, job)
+    }
+
+    fn results(&mut self) -> Vec<CaptureResult> {
+        Worker::results(self).collect()
+    }
+
+    fn overflow(&self) -> u64 {
+        self.overflow
+    }
+}
 
 /// The capture side of a running agent.
 pub(super) struct Capturing {
     pub(super) watchdog: Watchdog,
-    pub(super) worker: Worker,
-    pub(super) watch: aya::maps::HashMap<MapData, u32, u8>,
-    signals: aya::maps::HashMap<MapData, u32, tracer_common::SignalNote>,
+    pub(super) worker: Box<dyn CaptureJobs>,
     /// Slow requests that ended while a capture of them was still being taken: held back (not
     /// longer than `CLOSING_WAIT`) so a slow capture worker costs latency, not captures.
     closing: Vec<Closing>,
 }
 
 struct Closing {
-    key: crate::capture::watchdog::RequestKey,
+    key: RequestKey,
     slow: SlowRequest,
     pending: u32,
     deadline: std::time::Instant,
@@ -39,46 +60,43 @@ struct Closing {
 
 const CLOSING_WAIT: Duration = Duration::from_secs(5);
 
+/// What became of a finished request.
+pub(super) enum Finish {
+    /// Fast (no slow record), or slow or killed with all its captures in: hand it out now.
+    Now(Box<Request>, Option<Box<SlowRequest>>),
+    /// Slow with captures still being taken: held back (`ready` releases it), so that it is
+    /// handed out once, complete, in every output.
+    Held,
+}
+
 pub(super) fn start_capture(
     c: CaptureConfig,
-    maps: CaptureMaps,
+    maps: StackMaps,
     resolver: crate::symbols::Stacks,
 ) -> anyhow::Result<Capturing> {
-    let CaptureMaps {
-        watch,
-        stacks,
-        on_cpu,
-        off_cpu,
-        signals,
-        degraded: _,
-    } = maps;
-    let worker = Worker::new(
-        StackMaps {
-            stacks,
-            on_cpu,
-            off_cpu,
-        },
-        mono_ns,
-        resolver,
-    );
-    let policy = Policy {
-        threshold_ns: c.threshold.as_nanos() as u64,
-        resample_ns: c.resample.as_nanos() as u64,
-        max_captures: c.max_captures,
-    };
-    Ok(Capturing {
-        watchdog: Watchdog::new(policy),
-        worker,
-        watch,
-        signals,
-        closing: Vec::new(),
-    })
+    Ok(Capturing::new(
+        c,
+        Box::new(Worker::new(maps, mono_ns, resolver)),
+    ))
 }
 
 impl Capturing {
+    pub(super) fn new(c: CaptureConfig, worker: Box<dyn CaptureJobs>) -> Capturing {
+        let policy = Policy {
+            threshold_ns: c.threshold.as_nanos() as u64,
+            resample_ns: c.resample.as_nanos() as u64,
+            max_captures: c.max_captures,
+        };
+        Capturing {
+            watchdog: Watchdog::new(policy),
+            worker,
+            closing: Vec::new(),
+        }
+    }
+
     /// Move finished captures from the worker to their requests.
     pub(super) fn collect(&mut self) {
-        let results: Vec<_> = self.worker.results().collect();
+        let results = self.worker.results();
         for (key, res) in results {
             match self.closing.iter_mut().find(|c| c.key == key) {
                 Some(c) => {
@@ -95,7 +113,7 @@ impl Capturing {
 
     /// Held-back slow requests whose captures are all in (or that waited long enough; all of
     /// them when `all`).
-    pub(super) fn ready(&mut self, all: bool) -> Vec<SlowRequest> {
+    pub(super) fn ready(&mut self, all: bool) -> Vec<(RequestKey, SlowRequest)> {
         self.collect();
         let now = std::time::Instant::now();
         let (done, keep): (Vec<Closing>, Vec<Closing>) = std::mem::take(&mut self.closing)
@@ -106,13 +124,13 @@ impl Capturing {
             .map(|mut c| {
                 c.slow.captures.sort_by_key(|k| k.offset_ms);
                 c.slow.captures_missed += c.pending;
-                c.slow
+                (c.key, c.slow)
             })
             .collect()
     }
 
     /// At exit: give outstanding captures a moment to come back.
-    pub(super) fn drain(&mut self) -> Vec<SlowRequest> {
+    pub(super) fn drain(&mut self) -> Vec<(RequestKey, SlowRequest)> {
         let start = std::time::Instant::now();
         while !self.closing.is_empty() && start.elapsed() < Duration::from_secs(2) {
             self.collect();
@@ -124,23 +142,25 @@ impl Capturing {
         self.ready(true)
     }
 
-    /// The slow-request record for `r`, if it was slow or killed.
+    /// The request `r` ended as `req`: with its slow-request record if it was slow or killed,
+    /// or held back until its captures are in.
     pub(super) fn finish(
         &mut self,
+        kernel: &mut dyn Kernel,
         r: &RequestRecord,
         end: EndReason,
-        req: &Request,
-    ) -> Option<SlowRequest> {
+        req: Request,
+    ) -> Finish {
         self.collect();
         let key = (r.tgid, r.conn_id, r.seq);
         let watched = self.watchdog.finish(&key);
         if let Some((w, true)) = &watched {
-            let _ = self.watch.remove(&w.tid);
+            kernel.watch(w.tid, false);
         }
-        let killed = self.killed(r, end, req);
+        let killed = self.killed(kernel, r, end, &req);
         let threshold_ms = self.watchdog.policy().threshold_ns / 1_000_000;
         if req.duration_us / 1000 < threshold_ms && killed.is_none() {
-            return None;
+            return Finish::Now(Box::new(req), None);
         }
         let pending = watched.as_ref().map_or(0, |(w, _)| w.pending());
         let (captures, missed) = watched
@@ -149,7 +169,7 @@ impl Capturing {
         let slow = SlowRequest {
             kind: if killed.is_some() { "killed" } else { "slow" },
             threshold_ms,
-            request: req.clone(),
+            request: req,
             killed,
             captures,
             captures_missed: missed,
@@ -161,9 +181,9 @@ impl Capturing {
                 pending,
                 deadline: std::time::Instant::now() + CLOSING_WAIT,
             });
-            return None;
+            return Finish::Held;
         }
-        Some(slow)
+        Finish::Now(Box::new(slow.request.clone()), Some(Box::new(slow)))
     }
 
     /// The slow threshold in microseconds.
@@ -174,7 +194,8 @@ impl Capturing {
     /// Captures of a finished handler call, if it ran past the threshold.
     pub(super) fn finish_handler(
         &mut self,
-        key: crate::capture::watchdog::RequestKey,
+        kernel: &mut dyn Kernel,
+        key: RequestKey,
         duration_us: u64,
     ) -> Vec<slow::Capture> {
         self.collect();
@@ -182,7 +203,7 @@ impl Capturing {
             return Vec::new();
         };
         if unwatch {
-            let _ = self.watch.remove(&w.tid);
+            kernel.watch(w.tid, false);
         }
         if duration_us * 1000 < self.watchdog.policy().threshold_ns {
             return Vec::new();
@@ -194,6 +215,7 @@ impl Capturing {
     /// process dying with it open.
     pub(super) fn killed(
         &mut self,
+        kernel: &dyn Kernel,
         r: &RequestRecord,
         end: EndReason,
         req: &Request,
@@ -209,7 +231,7 @@ impl Capturing {
         let end_ns = r.start_ns + req.duration_us * 1000;
         let note = [r.tid, r.tgid]
             .iter()
-            .filter_map(|t| self.signals.get(t, 0).ok())
+            .filter_map(|&t| kernel.signal_note(t))
             .filter(|n| {
                 slow::is_fatal(n.sig) && n.ts >= r.start_ns && (died || n.ts <= end_ns + 1_000_000)
             })

@@ -4,13 +4,10 @@
 use tracer_common::{EndReason, RequestRecord};
 
 use super::{capturing::Capturing, Agent};
-use crate::{
-    events,
-    model::{
-        breakdown::Breakdown,
-        downstream::{calls::Summary as CallSummary, findings},
-        Request,
-    },
+use crate::model::{
+    breakdown::Breakdown,
+    downstream::{calls::Summary as CallSummary, findings},
+    Request,
 };
 
 impl Agent {
@@ -44,21 +41,17 @@ impl Agent {
     /// record, so draining them right before a request is finished means none is missed.
     /// (They are polled, not waited on: the kernel does not wake us for them.)
     pub(super) fn drain_side(&mut self) {
-        if let Some(ring) = self.ds_ring.as_mut() {
-            while let Some(item) = ring.next() {
-                match events::decode::<tracer_common::DownstreamRecord>(&item) {
-                    Ok(rec) => self.calls.add(&rec),
-                    Err(_) => self.malformed += 1,
-                }
+        while let Some(rec) = self.kernel.next_downstream() {
+            match rec {
+                Ok(rec) => self.calls.add(&rec),
+                Err(_) => self.malformed += 1,
             }
         }
-        let (Some(ring), Some(p)) = (self.samples_ring.as_mut(), self.profiler.as_mut()) else {
-            return;
-        };
-        while let Some(item) = ring.next() {
-            match events::decode::<tracer_common::ProfileRecord>(&item) {
-                Ok(rec) => p.submit(rec),
-                Err(_) => self.malformed += 1,
+        while let Some(rec) = self.kernel.next_sample() {
+            match (rec, self.profiler.as_mut()) {
+                (Ok(rec), Some(p)) => p.submit(rec),
+                (Ok(_), None) => {}
+                (Err(_), _) => self.malformed += 1,
             }
         }
     }

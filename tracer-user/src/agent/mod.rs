@@ -12,7 +12,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use aya::maps::{MapData, RingBuf};
+use std::os::fd::OwnedFd;
 use tokio::io::unix::AsyncFd;
 use tracer_common::{Counter, EndReason, RequestRecord};
 
@@ -20,13 +20,12 @@ mod capturing;
 mod explain;
 mod reaper;
 
-use capturing::{start_capture, Capturing};
+use capturing::{start_capture, Capturing, Finish};
 
 use crate::{
     act::{self, Actor},
     capture::watchdog::Running,
     config::Targets,
-    events,
     handlers::Handler,
     model::{
         downstream::{calls::CallTracker, findings::Thresholds},
@@ -34,7 +33,10 @@ use crate::{
         slow::SlowRequest,
         Context, Request, Tracker,
     },
-    probes::{preflight, tracefs, Probes, ProfileSettings},
+    probes::{
+        kernel::{AyaKernel, Kernel},
+        preflight, tracefs, Probes, ProfileSettings,
+    },
     procfs::{self, LocalPorts},
     profile::{Profiler, ProfilerConfig},
 };
@@ -43,8 +45,10 @@ use crate::{
 /// in-flight requests).
 pub const SCAN_EVERY: Duration = Duration::from_millis(250);
 
-/// How often the ring buffers are drained without a wakeup from the kernel.
-const DRAIN_EVERY: Duration = Duration::from_millis(50);
+/// How often the ring buffers are drained without a wakeup from the kernel. Short, so that a
+/// busy server's records come in small batches: at 70k requests/s a 50 ms drain was a burst of
+/// ~8 ms of agent CPU that the server and its clients waited behind (their p99).
+const DRAIN_EVERY: Duration = Duration::from_millis(10);
 
 /// What the agent tells its consumer.
 #[derive(Debug, Clone)]
@@ -65,6 +69,12 @@ pub struct Counters {
     pub malformed: u64,
     /// Profiling samples the profiler thread could not keep up with.
     pub profile_overflow: u64,
+    /// Capture jobs dropped because the capture thread's queue was full.
+    pub capture_overflow: u64,
+    /// Downstream calls made outside any request (start-up, background threads): not kept.
+    pub downstream_outside: u64,
+    /// Requests whose downstream calls were forgotten (too many requests open at once).
+    pub downstream_dropped_requests: u64,
 }
 
 impl Counters {
@@ -144,8 +154,7 @@ impl std::fmt::Display for Stop {
 
 /// An attached agent, ready to run.
 pub struct Agent {
-    probes: Probes,
-    ring: Option<RingBuf<MapData>>,
+    kernel: Box<dyn Kernel>,
     child: Option<Child>,
     ctx: Context,
     tracker: Tracker,
@@ -153,11 +162,8 @@ pub struct Agent {
     malformed: u64,
     capturing: Option<Capturing>,
     handlers: Vec<Handler>,
-    handler_ring: Option<RingBuf<MapData>>,
     actor: Option<Actor>,
     profiler: Option<Profiler>,
-    samples_ring: Option<RingBuf<MapData>>,
-    ds_ring: Option<RingBuf<MapData>>,
     calls: CallTracker,
     thresholds: Thresholds,
     /// Capture pieces that could not be attached (said once at start).
@@ -205,7 +211,8 @@ impl Agent {
                 off_cpu: p.wall,
             })
             .unwrap_or_default();
-        let (mut probes, ring, maps, profile_maps) = Probes::load(&tracefs_path, offsets, settings)?;
+        let (mut probes, ring, maps, profile_maps) =
+            Probes::load(&tracefs_path, offsets, settings)?;
         // One stack resolver (symbols, Python readers) for the profiler and the captures.
         let py_procs = cfg.profile.as_ref().map(|_| profile_maps.py_procs);
         let stacks =
@@ -218,10 +225,10 @@ impl Agent {
             None => None,
         };
         let samples_ring = profiler.as_ref().map(|_| profile_maps.samples);
-        let ds_ring = Some(profile_maps.downstream);
         let degraded = maps.degraded.clone();
+        let (watch, signals) = (maps.watch, maps.signals);
         let capturing = match cfg.capture {
-            Some(c) => Some(start_capture(c, maps, stacks)?),
+            Some(c) => Some(start_capture(c, maps.stack_maps, stacks)?),
             None => None,
         };
 
@@ -290,10 +297,34 @@ impl Agent {
             probes.handler_events.take()
         };
         let attach_mode = probes.attach_mode.clone();
-        Ok(Agent {
+        let kernel = AyaKernel {
             probes,
-            ring: Some(ring),
-            child,
+            requests: ring,
+            downstream: profile_maps.downstream,
+            samples: samples_ring,
+            handlers: handler_ring,
+            watch: Some(watch),
+            signals: Some(signals),
+        };
+        let mut agent = Agent::assemble(Box::new(kernel), cfg, capturing, profiler);
+        agent.child = child;
+        agent.degraded = degraded;
+        agent.described = described.join(", ");
+        agent.attach_mode = attach_mode;
+        Ok(agent)
+    }
+
+    /// An agent on `kernel`, with no command launched: what `attach` builds on, and what the
+    /// unit tests drive with a fake kernel.
+    fn assemble(
+        kernel: Box<dyn Kernel>,
+        cfg: &AgentConfig,
+        capturing: Option<Capturing>,
+        profiler: Option<Profiler>,
+    ) -> Agent {
+        Agent {
+            kernel,
+            child: None,
             ctx: Context {
                 keep_query: cfg.keep_query,
                 mono_to_unix_ns: mono_to_unix_ns(),
@@ -303,20 +334,17 @@ impl Agent {
             malformed: 0,
             capturing,
             handlers: cfg.handlers.clone(),
-            handler_ring,
             actor: cfg.act.map(Actor::new),
             profiler,
-            samples_ring,
-            ds_ring,
             calls: CallTracker::default(),
             thresholds: Thresholds {
                 n_plus_one: cfg.n_plus_one,
                 ..Thresholds::default()
             },
-            degraded,
-            described: described.join(", "),
-            attach_mode,
-        })
+            degraded: Vec::new(),
+            described: String::new(),
+            attach_mode: String::new(),
+        }
     }
 
     fn request(&mut self, r: &RequestRecord, end: EndReason, now_ns: u64) -> Request {
@@ -327,8 +355,10 @@ impl Agent {
         Request::from_record(r, end, now_ns, port, &self.ctx)
     }
 
-    /// Every finished request goes through here: to the consumer, and if it was slow or killed,
-    /// with its captures.
+    /// Every finished request goes through here: enriched (breakdown, downstream calls,
+    /// findings, signals, captures and the app frame that made the calls), then handed out once.
+    /// A slow request whose captures are still being taken is held back and handed out when
+    /// they are in (`release`), so every output sees the same complete request.
     fn finish(
         &mut self,
         r: &RequestRecord,
@@ -336,14 +366,50 @@ impl Agent {
         now_ns: u64,
         out: &mut dyn Consumer,
     ) -> anyhow::Result<()> {
+        let key = (r.tgid, r.conn_id, r.seq);
         let mut req = self.request(r, end, now_ns);
         if let Some(a) = self.actor.as_mut() {
-            req.signals = a.finish(&(r.tgid, r.conn_id, r.seq));
+            req.signals = a.finish(&key);
         }
         self.explain(r, end, &mut req);
-        let slow = self.capturing.as_mut().and_then(|c| c.finish(r, end, &req));
-        if let (Some(s), Some(d)) = (&slow, req.downstream.as_mut()) {
-            d.site = crate::model::downstream::calls::app_site(&s.captures);
+        match self.capturing.as_mut() {
+            None => self.hand_out(key, Box::new(req), None, out),
+            Some(c) => match c.finish(self.kernel.as_mut(), r, end, req) {
+                Finish::Now(req, slow) => self.hand_out(key, req, slow.map(|s| *s), out),
+                Finish::Held => Ok(()),
+            },
+        }
+    }
+
+    /// Held-back slow requests whose captures came in (all of them when `all`).
+    fn release(&mut self, all: bool, out: &mut dyn Consumer) -> anyhow::Result<()> {
+        let ready = match self.capturing.as_mut() {
+            Some(c) if all => c.drain(),
+            Some(c) => c.ready(false),
+            None => Vec::new(),
+        };
+        for (key, slow) in ready {
+            self.hand_out(key, Box::new(slow.request.clone()), Some(slow), out)?;
+        }
+        Ok(())
+    }
+
+    /// The one place a finished request leaves the agent.
+    fn hand_out(
+        &mut self,
+        key: crate::capture::watchdog::RequestKey,
+        mut req: Box<Request>,
+        mut slow: Option<SlowRequest>,
+        out: &mut dyn Consumer,
+    ) -> anyhow::Result<()> {
+        if let Some(s) = slow.as_mut() {
+            let site = crate::model::downstream::calls::app_site(&s.captures);
+            for d in [req.downstream.as_mut(), s.request.downstream.as_mut()]
+                .into_iter()
+                .flatten()
+            {
+                d.site.clone_from(&site);
+            }
         }
         if let Some(p) = self.profiler.as_mut() {
             // A slow request's own flamegraph is named after its report.
@@ -352,9 +418,9 @@ impl Agent {
                 .as_ref()
                 .is_some_and(|c| req.duration_us >= c.threshold_us());
             let name = over.then(|| crate::sinks::slow::report_base(&req));
-            p.request_done((r.tgid, r.conn_id, r.seq), name);
+            p.request_done(key, name);
         }
-        out.on_event(AgentEvent::Request(Box::new(req)))?;
+        out.on_event(AgentEvent::Request(req))?;
         match slow {
             Some(s) => out.on_slow(&s),
             None => Ok(()),
@@ -379,14 +445,8 @@ impl Agent {
     }
 
     /// Handler calls from the kernel, each with its enclosing request when known.
-    fn drain_handlers(
-        &mut self,
-        ring: &mut RingBuf<MapData>,
-        out: &mut dyn Consumer,
-    ) -> anyhow::Result<()> {
-        while let Some(item) = ring.next() {
-            let rec = events::decode_handler(&item);
-            drop(item);
+    fn drain_handlers(&mut self, out: &mut dyn Consumer) -> anyhow::Result<()> {
+        while let Some(rec) = self.kernel.next_handler_call() {
             let Ok(rec) = rec else {
                 self.malformed += 1;
                 continue;
@@ -400,6 +460,7 @@ impl Agent {
             let mut call = HandlerCall::from_record(&rec, h, prefix, &self.ctx);
             if let (Some(c), 0) = (self.capturing.as_mut(), rec.depth) {
                 call.captures = c.finish_handler(
+                    self.kernel.as_mut(),
                     handler_key(rec.tgid, rec.start_ns, rec.handler),
                     call.duration_us,
                 );
@@ -425,7 +486,7 @@ impl Agent {
         // Outermost handler calls in progress are watched like requests.
         if !self.handlers.is_empty() {
             running.extend(
-                self.probes
+                self.kernel
                     .handler_stacks()
                     .into_iter()
                     .filter(|(_, st)| st.depth > 0)
@@ -440,12 +501,10 @@ impl Agent {
         c.collect();
         let plan = c.watchdog.plan(&running, now_ns);
         for tid in plan.watch {
-            if let Err(e) = c.watch.insert(tid, 1, 0) {
-                log::debug!("watching tid {tid}: {e}");
-            }
+            self.kernel.watch(tid, true);
         }
         for tid in plan.unwatch {
-            let _ = c.watch.remove(&tid);
+            self.kernel.watch(tid, false);
         }
         for job in plan.jobs {
             if !c.worker.submit(job) {
@@ -456,16 +515,17 @@ impl Agent {
 
     fn counters(&self) -> Counters {
         Counters {
-            kernel: self.probes.counters(),
+            kernel: self.kernel.counters(),
             malformed: self.malformed,
             profile_overflow: self.profiler.as_ref().map_or(0, |p| p.overflow),
+            capture_overflow: self.capturing.as_ref().map_or(0, |c| c.worker.overflow()),
+            downstream_outside: self.calls.outside,
+            downstream_dropped_requests: self.calls.dropped_requests,
         }
     }
 
-    fn drain(&mut self, ring: &mut RingBuf<MapData>, out: &mut dyn Consumer) -> anyhow::Result<()> {
-        while let Some(item) = ring.next() {
-            let decoded = events::decode(&item);
-            drop(item);
+    fn drain(&mut self, out: &mut dyn Consumer) -> anyhow::Result<()> {
+        while let Some(decoded) = self.kernel.next_request() {
             let rec = match decoded {
                 Ok(rec) => rec,
                 Err(e) => {
@@ -483,7 +543,7 @@ impl Agent {
 
     fn scan(&mut self, out: &mut dyn Consumer) -> anyhow::Result<()> {
         let now = mono_ns();
-        let scan = self.tracker.scan(self.probes.conns(), now, procfs::alive);
+        let scan = self.tracker.scan(self.kernel.conns(), now, procfs::alive);
         for (rec, why) in &scan.finished {
             self.finish(rec, *why, now, out)?;
         }
@@ -496,16 +556,9 @@ impl Agent {
             }
         }
         self.plan_captures(&scan.in_flight, now);
-        let ready = self
-            .capturing
-            .as_mut()
-            .map(|c| c.ready(false))
-            .unwrap_or_default();
-        for slow in &ready {
-            out.on_slow(slow)?;
-        }
+        self.release(false, out)?;
         for key in &scan.dead {
-            self.probes.forget_conn(key);
+            self.kernel.forget_conn(key);
             self.ports.forget(key.tgid);
         }
         // MEMORY-HOOK: drop what is kept for exited processes (agent/reaper.rs).
@@ -536,20 +589,12 @@ impl Agent {
             .enable_all()
             .build()
             .context("starting the async runtime")?;
-        let ring = self.ring.take().context("the agent already ran")?;
-        let why = runtime.block_on(self.event_loop(ring, out, duration, &stop))?;
+        let why = runtime.block_on(self.event_loop(out, duration, &stop))?;
         let now = mono_ns();
-        for (r, end) in self.tracker.finish_all(self.probes.conns(), now) {
+        for (r, end) in self.tracker.finish_all(self.kernel.conns(), now) {
             self.finish(&r, end, now, out)?;
         }
-        let held = self
-            .capturing
-            .as_mut()
-            .map(Capturing::drain)
-            .unwrap_or_default();
-        for slow in &held {
-            out.on_slow(slow)?;
-        }
+        self.release(true, out)?;
         let command_status = self.child.take().and_then(stop_child);
         let counters = self.counters();
         let profile = self.profiler.take().map(Profiler::finish);
@@ -563,20 +608,22 @@ impl Agent {
 
     async fn event_loop(
         &mut self,
-        ring: RingBuf<MapData>,
         out: &mut dyn Consumer,
         duration: Option<Duration>,
         stop: &AtomicBool,
     ) -> anyhow::Result<Stop> {
-        // SAFETY: the ring buffer owns its fd, open for as long as the AsyncFd lives.
-        let mut ring = unsafe { AsyncFd::register(ring) }
-            .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
-        let mut handler_ring = match self.handler_ring.take() {
-            // SAFETY: as above.
-            Some(r) => Some(
-                unsafe { AsyncFd::register(r) }
-                    .map_err(|e| anyhow::anyhow!("polling the handler ring buffer: {e}"))?,
-            ),
+        // Woken by the kernel when request records pile up (its own copy of the fd, so the
+        // kernel side keeps the ring).
+        let mut wakeup = match self.kernel.wakeup_fd() {
+            Some(fd) => {
+                let owned = fd.try_clone_to_owned()?;
+                // SAFETY: `owned` is our own duplicate of the ring's fd, open for as long as
+                // the AsyncFd that owns it lives.
+                Some(
+                    unsafe { AsyncFd::register(owned) }
+                        .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?,
+                )
+            }
             None => None,
         };
         // The kernel wakes us only when its ring fills up (a wakeup per request would cost more
@@ -595,29 +642,22 @@ impl Agent {
         let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
         let why = loop {
             tokio::select! {
-                guard = ring.readable_mut() => {
+                guard = readable_opt(&mut wakeup) => {
                     let mut guard = guard?;
-                    self.drain(guard.get_inner_mut(), out)?;
-                    guard.clear_ready();
-                }
-                guard = readable_opt(&mut handler_ring) => {
-                    let mut guard = guard?;
-                    self.drain_handlers(guard.get_inner_mut(), out)?;
+                    self.drain(out)?;
                     guard.clear_ready();
                 }
                 _ = drain_tick.tick() => {
                     self.drain_side();
-                    self.drain(ring.get_mut(), out)?;
+                    self.drain(out)?;
                     if let Some(p) = self.profiler.as_mut() {
                         p.flush_done();
                     }
-                    if let Some(h) = handler_ring.as_mut() {
-                        self.drain_handlers(h.get_mut(), out)?;
-                    }
+                    self.drain_handlers(out)?;
                 }
                 _ = tick.tick() => {
                     self.drain_side();
-                    self.drain(ring.get_mut(), out)?;
+                    self.drain(out)?;
                     self.scan(out)?;
                     if stop.load(Ordering::Relaxed) {
                         break Stop::Requested;
@@ -638,10 +678,8 @@ impl Agent {
         tokio::time::sleep(Duration::from_millis(100)).await;
         // Records the kernel wrote before we stopped listening.
         self.drain_side();
-        self.drain(ring.get_mut(), out)?;
-        if let Some(h) = handler_ring.as_mut() {
-            self.drain_handlers(h.get_mut(), out)?;
-        }
+        self.drain(out)?;
+        self.drain_handlers(out)?;
         self.scan(out)?;
         Ok(why)
     }
@@ -654,8 +692,8 @@ fn handler_key(tgid: u32, start_ns: u64, handler: u32) -> crate::capture::watchd
 
 /// Readiness of an optional ring buffer; never ready when there is none.
 async fn readable_opt(
-    fd: &mut Option<AsyncFd<RingBuf<MapData>>>,
-) -> std::io::Result<tokio::io::unix::AsyncFdReadyMutGuard<'_, RingBuf<MapData>>> {
+    fd: &mut Option<AsyncFd<OwnedFd>>,
+) -> std::io::Result<tokio::io::unix::AsyncFdReadyMutGuard<'_, OwnedFd>> {
     match fd {
         Some(f) => f.readable_mut().await,
         None => std::future::pending().await,
@@ -689,3 +727,6 @@ fn stop_child(mut child: Child) -> Option<i32> {
     let _ = child.kill();
     child.wait().ok().and_then(|s| s.code())
 }
+
+#[cfg(test)]
+mod tests;

@@ -92,7 +92,9 @@ impl Btf {
 
     pub fn parse(data: &[u8]) -> Result<Btf, BtfError> {
         if data.len() < 24 || u16::from_le_bytes([data[0], data[1]]) != MAGIC {
-            return Err(BtfError::Malformed("bad magic (big-endian BTF is not supported)"));
+            return Err(BtfError::Malformed(
+                "bad magic (big-endian BTF is not supported)",
+            ));
         }
         let hdr_len = u32_at(data, 4)? as usize;
         let type_off = u32_at(data, 8)? as usize;
@@ -331,7 +333,10 @@ mod tests {
             btf.offset("outer", "nope"),
             Err(BtfError::NoField(..))
         ));
-        assert!(matches!(btf.offset("nope", "x"), Err(BtfError::NoStruct(_))));
+        assert!(matches!(
+            btf.offset("nope", "x"),
+            Err(BtfError::NoStruct(_))
+        ));
     }
 
     #[test]

@@ -1,13 +1,14 @@
 //! The kernel side as user space sees it: preflight checks, loading, attaching, and the maps.
 
 pub mod btf;
+pub mod kernel;
 pub mod preflight;
 pub mod tracefs;
 
 use std::{collections::HashMap as StdHashMap, path::Path};
 
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
         PerfEvent, RawTracePoint, TracePoint,
@@ -15,8 +16,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use tracer_common::{
-    target, ConnKey, ConnState, Counter, HandlerStack, SignalNote, StackSample,
-    TracepointOffsets,
+    target, ConnKey, ConnState, Counter, HandlerStack, SignalNote, TracepointOffsets,
 };
 
 /// On-CPU sampling rate for watched (slow-request) threads when profiling is off.
@@ -42,9 +42,8 @@ pub struct ProfileMaps {
 /// Maps of the stack-capture programs, handed to the capture side.
 pub struct CaptureMaps {
     pub watch: HashMap<MapData, u32, u8>,
-    pub stacks: StackTraceMap<MapData>,
-    pub on_cpu: HashMap<MapData, u32, StackSample>,
-    pub off_cpu: HashMap<MapData, u32, StackSample>,
+    /// What the capture worker reads, on its own thread.
+    pub stack_maps: crate::capture::worker::StackMaps,
     pub signals: HashMap<MapData, u32, SignalNote>,
     /// What could not be attached, for the user (capture degrades, tracing goes on).
     pub degraded: Vec<String>,
@@ -344,9 +343,11 @@ impl Probes {
         };
         let capture = CaptureMaps {
             watch: typed(&mut ebpf, "WATCH")?,
-            stacks: typed(&mut ebpf, "STACKS")?,
-            on_cpu: typed(&mut ebpf, "ON_CPU")?,
-            off_cpu: typed(&mut ebpf, "OFF_CPU")?,
+            stack_maps: crate::capture::worker::StackMaps {
+                stacks: typed(&mut ebpf, "STACKS")?,
+                on_cpu: typed(&mut ebpf, "ON_CPU")?,
+                off_cpu: typed(&mut ebpf, "OFF_CPU")?,
+            },
             signals: typed(&mut ebpf, "SIGNALS")?,
             degraded,
         };
@@ -434,8 +435,7 @@ impl Probes {
                 let id = prog
                     .attach(point, &h.path, UProbeScope::AllProcesses)
                     .map_err(uprobe_error)?;
-                self.links
-                    .keep(prog.take_link(id).map_err(uprobe_error)?);
+                self.links.keep(prog.take_link(id).map_err(uprobe_error)?);
             }
         }
         Ok(())
@@ -536,9 +536,7 @@ fn attach_capture(
                             .and_then(|id| prog.take_link(id))
                         {
                             Ok(link) => links.keep(link),
-                            Err(e) => {
-                                note(&format!("on-CPU stacks (perf event, cpu {cpu})"), &e)
-                            }
+                            Err(e) => note(&format!("on-CPU stacks (perf event, cpu {cpu})"), &e),
                         }
                     }
                 }

@@ -1,5 +1,6 @@
 //! Where requests go. Each sink is independent: adding an output means adding a sink.
 
+pub mod files;
 pub mod findings;
 pub mod flame;
 pub mod jsonl;

@@ -8,14 +8,14 @@ use ratatui::crossterm::event::KeyCode;
 
 use super::{
     app::{App, FramesSource},
-    feed::{Forwarder, Sinks},
+    feed::Forwarder,
     state::{tests::meta, Update},
     tests::{incident_app, keys, render, screen, secs},
 };
 use crate::{
     agent::Consumer as _,
     model::profile::{FrameInfo, FrameKind, HotFrame},
-    sinks::jsonl::JsonlSink,
+    sinks::files::Files,
 };
 
 const SITE: &str = "/srv/venv/lib/python3.12/site-packages";
@@ -126,11 +126,7 @@ pub(super) fn forwarder(
 ) -> (Forwarder, mpsc::Receiver<Update>) {
     let (tx, rx) = mpsc::sync_channel(capacity);
     let fwd = Forwarder {
-        sinks: Sinks {
-            requests: JsonlSink::create(&dir.path().join("requests.jsonl")).unwrap(),
-            slow: None,
-            handlers: None,
-        },
+        files: Files::create(dir.path(), false, false).unwrap(),
         tx,
         overflow: Arc::default(),
         flushed: Arc::default(),

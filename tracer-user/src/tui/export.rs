@@ -1,6 +1,6 @@
-//! Where `top` keeps its requests: it always streams them to a requests.jsonl, the same file
-//! `record` writes (and slow.jsonl, slow/*.txt, handlers.jsonl when it takes captures or times
-//! handlers), so exporting never depends on what the screen kept.
+//! Where `top` keeps its requests: it always writes the files `record` writes (`sinks::files`:
+//! requests.jsonl, findings.jsonl, and slow.jsonl, slow/*.txt, handlers.jsonl when it takes
+//! captures or times handlers), so exporting never depends on what the screen kept.
 //!
 //! - `--export DIR`: the files are in DIR from the start, flushed every 250 ms and complete on
 //!   exit.
@@ -15,11 +15,11 @@ use std::{
 
 use crate::sinks::create_private;
 
-pub const REQUESTS: &str = "requests.jsonl";
+pub use crate::sinks::files::{HANDLERS, REQUESTS};
 pub const SLOW: &str = "slow.jsonl";
+pub const FINDINGS: &str = "findings.jsonl";
 /// The dogslow-style text reports, one file per slow request.
 pub const SLOW_REPORTS: &str = "slow";
-pub const HANDLERS: &str = "handlers.jsonl";
 /// A launched command's output, which cannot go to the terminal the dashboard draws on.
 pub const COMMAND_LOG: &str = "command.log";
 
@@ -107,6 +107,7 @@ impl Spool {
         for (name, lines) in [
             (SLOW, Some(&mut slow)),
             (HANDLERS, None),
+            (FINDINGS, None),
             (COMMAND_LOG, None),
         ] {
             let from = self.dir.join(name);

@@ -21,7 +21,7 @@ use super::state::Update;
 use crate::{
     agent::{Agent, AgentConfig, AgentEvent, Consumer, Finished, Stop},
     model::{handler::HandlerCall, profile::HotFrame, slow::SlowRequest},
-    sinks::{jsonl::JsonlSink, slow::SlowSink, Sink as _},
+    sinks::files::Files,
 };
 
 /// Events queued for the dashboard at most. At 250 ms per frame this is tens of thousands of
@@ -49,31 +49,9 @@ pub struct Ended {
     pub quit: bool,
 }
 
-/// The files `top` writes, in one directory (see `export::Spool`).
-pub struct Sinks {
-    pub requests: JsonlSink,
-    /// slow.jsonl and slow/*.txt; None when captures are off (`--threshold 0`).
-    pub slow: Option<SlowSink>,
-    /// handlers.jsonl; None without `--handler`.
-    pub handlers: Option<JsonlSink>,
-}
-
-impl Sinks {
-    fn flush(&mut self) -> anyhow::Result<()> {
-        self.requests.flush().context("writing requests.jsonl")?;
-        if let Some(s) = self.slow.as_mut() {
-            s.flush().context("writing slow.jsonl")?;
-        }
-        if let Some(h) = self.handlers.as_mut() {
-            h.flush().context("writing handlers.jsonl")?;
-        }
-        Ok(())
-    }
-}
-
 /// The agent's consumer: the files first, then the screen.
 pub(super) struct Forwarder {
-    pub(super) sinks: Sinks,
+    pub(super) files: Files,
     pub(super) tx: SyncSender<Update>,
     pub(super) overflow: Arc<AtomicU64>,
     pub(super) flushed: Arc<AtomicU64>,
@@ -95,16 +73,12 @@ impl Forwarder {
 impl Consumer for Forwarder {
     fn on_event(&mut self, ev: AgentEvent) -> anyhow::Result<()> {
         match &ev {
-            AgentEvent::Request(r) => self
-                .sinks
-                .requests
-                .request(r)
-                .context("writing requests.jsonl")?,
+            AgentEvent::Request(r) => self.files.request(r)?,
             // Flushed every scan, as `record` does: on disk within 250 ms.
             AgentEvent::Tick { .. } => {
-                self.sinks.flush()?;
+                self.files.flush()?;
                 self.flushed
-                    .store(self.sinks.requests.written, Ordering::Relaxed);
+                    .store(self.files.requests.written, Ordering::Relaxed);
             }
         }
         self.offer(Update::Agent(ev));
@@ -112,9 +86,7 @@ impl Consumer for Forwarder {
     }
 
     fn on_slow(&mut self, slow: &SlowRequest) -> anyhow::Result<()> {
-        if let Some(sink) = self.sinks.slow.as_mut() {
-            sink.write(slow).context("writing a slow-request report")?;
-        }
+        self.files.slow(slow)?;
         self.offer(Update::Slow(Box::new(slow.clone())));
         Ok(())
     }
@@ -127,9 +99,7 @@ impl Consumer for Forwarder {
     }
 
     fn on_handler(&mut self, call: &HandlerCall) -> anyhow::Result<()> {
-        if let Some(sink) = self.sinks.handlers.as_mut() {
-            sink.line(call).context("writing handlers.jsonl")?;
-        }
+        self.files.handler(call)?;
         self.offer(Update::Handler(Box::new(call.clone())));
         Ok(())
     }
@@ -145,6 +115,8 @@ pub struct Outcome {
     pub slow: Option<(u64, u64)>,
     /// Calls written to handlers.jsonl.
     pub handler_calls: u64,
+    /// Request lines written to findings.jsonl.
+    pub findings: u64,
 }
 
 /// The running agent thread.
@@ -168,14 +140,14 @@ type Ready = (String, String, Vec<String>);
 impl Feed {
     /// Attach on a new thread and return once attached, so an attach error is reported before
     /// the dashboard takes the terminal. The agent is built on its thread and never moves.
-    pub fn start(cfg: AgentConfig, sinks: Sinks) -> anyhow::Result<Feed> {
+    pub fn start(cfg: AgentConfig, files: Files) -> anyhow::Result<Feed> {
         let (tx, rx) = mpsc::sync_channel(CAPACITY);
         let (ready_tx, ready_rx) = mpsc::channel::<anyhow::Result<Ready>>();
         let stop = Arc::new(AtomicBool::new(false));
         let overflow = Arc::new(AtomicU64::new(0));
         let flushed = Arc::new(AtomicU64::new(0));
         let mut fwd = Forwarder {
-            sinks,
+            files,
             tx,
             overflow: overflow.clone(),
             flushed: flushed.clone(),
@@ -198,13 +170,14 @@ impl Feed {
                     agent.degraded.clone(),
                 )));
                 let finished = agent.run(&mut fwd, None, stop_flag)?;
-                let s = &mut fwd.sinks;
-                s.flush()?;
+                let f = &mut fwd.files;
+                f.flush()?;
                 Ok(Outcome {
                     finished,
-                    written: s.requests.written,
-                    slow: s.slow.as_ref().map(|s| (s.slow, s.killed)),
-                    handler_calls: s.handlers.as_ref().map_or(0, |h| h.written),
+                    written: f.requests.written,
+                    slow: f.slow.as_ref().map(|s| (s.slow, s.killed)),
+                    handler_calls: f.handlers.as_ref().map_or(0, |h| h.written),
+                    findings: f.findings.written,
                 })
             })
             .context("starting the tracing thread")?;
@@ -306,11 +279,7 @@ mod tests {
         let path = dir.path().join("requests.jsonl");
         let (tx, rx) = mpsc::sync_channel(2);
         let mut fwd = Forwarder {
-            sinks: Sinks {
-                requests: JsonlSink::create(&path).unwrap(),
-                slow: None,
-                handlers: None,
-            },
+            files: Files::create(dir.path(), false, false).unwrap(),
             tx,
             overflow: Arc::default(),
             flushed: Arc::default(),
@@ -349,11 +318,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (tx, rx) = mpsc::sync_channel(1);
         let mut fwd = Forwarder {
-            sinks: Sinks {
-                requests: JsonlSink::create(&dir.path().join("requests.jsonl")).unwrap(),
-                slow: Some(SlowSink::create(dir.path()).unwrap()),
-                handlers: None,
-            },
+            files: Files::create(dir.path(), true, false).unwrap(),
             tx,
             overflow: Arc::default(),
             flushed: Arc::default(),
@@ -374,7 +339,7 @@ mod tests {
             Update::Slow(got) => assert_eq!(*got, s),
             other => panic!("{other:?}"),
         }
-        fwd.sinks.flush().unwrap();
+        fwd.files.flush().unwrap();
         let lines = std::fs::read_to_string(dir.path().join("slow.jsonl")).unwrap();
         assert_eq!(lines.lines().count(), 2, "the file has both");
         let reports = std::fs::read_dir(dir.path().join("slow")).unwrap().count();

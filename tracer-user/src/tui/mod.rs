@@ -10,7 +10,7 @@
 mod app;
 pub mod bench;
 mod breakdown;
-mod captures;
+pub(crate) mod captures;
 mod cpu;
 mod detail;
 mod endpoints;
@@ -20,7 +20,7 @@ mod findings;
 mod footer;
 mod frames;
 mod rate;
-mod state;
+pub(crate) mod state;
 mod terminal;
 mod ui;
 
@@ -45,7 +45,7 @@ use ratatui::{backend::Backend, crossterm::event::Event, Terminal};
 use self::{
     app::{Action, App},
     export::{Kept, Spool},
-    feed::{Ended, Feed, Sinks, Source},
+    feed::{Ended, Feed, Source},
     state::Meta,
     terminal::Input,
 };
@@ -54,7 +54,7 @@ use crate::{
     cli::DEFAULT_OUTPUT_DIR,
     config::TopConfig,
     record::loss_report,
-    sinks::{jsonl::JsonlSink, slow::SlowSink},
+    sinks::files::Files,
 };
 
 /// The screen is redrawn at least this often: 4 frames per second, and the agent's scan
@@ -137,28 +137,9 @@ fn drain(app: &mut App, source: &mut dyn Source, now: Duration) -> usize {
     n
 }
 
-/// The files `record` would write, in the spool directory.
-fn create_sinks(cfg: &TopConfig, spool: &Spool) -> anyhow::Result<Sinks> {
-    let create = |name: &str| {
-        let path = spool.dir().join(name);
-        JsonlSink::create(&path).with_context(|| format!("creating {}", path.display()))
-    };
-    Ok(Sinks {
-        requests: create(export::REQUESTS)?,
-        slow: match cfg.capture {
-            Some(_) => Some(SlowSink::create(spool.dir()).context("creating slow.jsonl")?),
-            None => None,
-        },
-        handlers: match cfg.handlers.is_empty() {
-            true => None,
-            false => Some(create(export::HANDLERS)?),
-        },
-    })
-}
-
 pub fn run(cfg: TopConfig) -> anyhow::Result<ExitCode> {
     let mut spool = Spool::new(cfg.export.as_deref()).context("creating requests.jsonl")?;
-    let sinks = create_sinks(&cfg, &spool)?;
+    let files = Files::create(spool.dir(), cfg.capture.is_some(), !cfg.handlers.is_empty())?;
     if cfg.targets.command.is_some() {
         crate::launch::send_output_to(spool.command_log());
     }
@@ -174,7 +155,7 @@ pub fn run(cfg: TopConfig) -> anyhow::Result<ExitCode> {
             profile: cfg.profile.clone(),
             n_plus_one: cfg.n_plus_one,
         },
-        sinks,
+        files,
     )?;
     let feed_degraded = feed.degraded.clone();
     let mut app = App::new(Meta {
@@ -256,6 +237,12 @@ pub fn run(cfg: TopConfig) -> anyhow::Result<ExitCode> {
         lines.push(format!(
             "slowtrace: {slow} slow requests, {killed} killed with a request in flight; \
              captures {whither}"
+        ));
+    }
+    if let (n @ 1.., Kept::In(dir)) = (outcome.findings, &kept) {
+        lines.push(format!(
+            "slowtrace: {n} requests with findings in {}",
+            dir.join(export::FINDINGS).display()
         ));
     }
     if let (n @ 1.., Kept::In(dir)) = (outcome.handler_calls, &kept) {

@@ -1,0 +1,151 @@
+//! The files of a run, written the same way whether `record` or `top` runs the agent:
+//! requests.jsonl, findings.jsonl, slow.jsonl with one report per slow request in slow/, and
+//! handlers.jsonl. Both commands hold one `Files` as one of their outputs, so the same run
+//! gives the same files from either.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+
+use super::{findings::FindingsSink, jsonl::JsonlSink, slow::SlowSink, Sink as _};
+use crate::{
+    agent::{AgentEvent, Consumer},
+    model::{handler::HandlerCall, slow::SlowRequest, Request},
+};
+
+pub const REQUESTS: &str = "requests.jsonl";
+pub const HANDLERS: &str = "handlers.jsonl";
+
+pub struct Files {
+    pub requests: JsonlSink,
+    pub findings: FindingsSink,
+    /// slow.jsonl and slow/*.txt; None when captures are off (`--threshold 0`).
+    pub slow: Option<SlowSink>,
+    /// handlers.jsonl; None without `--handler`.
+    pub handlers: Option<JsonlSink>,
+    /// Path of the last slow-request report written (for the one-line notice of `record`).
+    pub last_report: Option<PathBuf>,
+}
+
+impl Files {
+    /// Create the files in `dir` (which exists): slow ones only when `captures`, handlers.jsonl
+    /// only when `handlers`.
+    pub fn create(dir: &Path, captures: bool, handlers: bool) -> anyhow::Result<Files> {
+        let jsonl = |name: &str| {
+            let path = dir.join(name);
+            JsonlSink::create(&path).with_context(|| format!("creating {}", path.display()))
+        };
+        Ok(Files {
+            requests: jsonl(REQUESTS)?,
+            findings: FindingsSink::create(dir).context("creating findings.jsonl")?,
+            slow: match captures {
+                true => Some(SlowSink::create(dir).context("creating slow.jsonl")?),
+                false => None,
+            },
+            handlers: match handlers {
+                true => Some(jsonl(HANDLERS)?),
+                false => None,
+            },
+            last_report: None,
+        })
+    }
+
+    pub fn request(&mut self, req: &Request) -> anyhow::Result<()> {
+        self.findings.add(req).context("writing findings.jsonl")?;
+        self.requests.request(req).context("writing requests.jsonl")
+    }
+
+    pub fn slow(&mut self, slow: &SlowRequest) -> anyhow::Result<()> {
+        if let Some(sink) = self.slow.as_mut() {
+            let path = sink.write(slow).context("writing a slow-request report")?;
+            self.last_report = Some(path);
+        }
+        Ok(())
+    }
+
+    pub fn handler(&mut self, call: &HandlerCall) -> anyhow::Result<()> {
+        if let Some(sink) = self.handlers.as_mut() {
+            sink.line(call).context("writing handlers.jsonl")?;
+        }
+        Ok(())
+    }
+
+    /// Everything written so far on disk (every scan: a request is there within 250 ms).
+    pub fn flush(&mut self) -> anyhow::Result<()> {
+        self.requests.flush().context("writing requests.jsonl")?;
+        self.findings.flush().context("writing findings.jsonl")?;
+        if let Some(s) = self.slow.as_mut() {
+            s.flush().context("writing slow.jsonl")?;
+        }
+        if let Some(h) = self.handlers.as_mut() {
+            h.flush().context("writing handlers.jsonl")?;
+        }
+        Ok(())
+    }
+}
+
+impl Consumer for Files {
+    fn on_event(&mut self, ev: AgentEvent) -> anyhow::Result<()> {
+        match ev {
+            AgentEvent::Request(req) => self.request(&req),
+            AgentEvent::Tick { .. } => self.flush(),
+        }
+    }
+
+    fn on_slow(&mut self, slow: &SlowRequest) -> anyhow::Result<()> {
+        self.slow(slow)
+    }
+
+    fn on_handler(&mut self, call: &HandlerCall) -> anyhow::Result<()> {
+        self.handler(call)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_file_of_a_run_with_captures_and_handlers() {
+        use crate::tui::captures::tests::{capture, py, slow_request};
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = Files::create(dir.path(), true, true).unwrap();
+        let r = crate::tui::state::tests::req("GET /slow", 1500, 200);
+        f.on_event(AgentEvent::Request(Box::new(r.clone())))
+            .unwrap();
+        let s = slow_request(
+            r,
+            vec![capture(1000, vec![py("view", "app.py", 3)], vec![])],
+        );
+        f.on_slow(&s).unwrap();
+        f.on_event(AgentEvent::Tick {
+            in_flight: vec![],
+            counters: Default::default(),
+        })
+        .unwrap();
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "findings.jsonl",
+                "handlers.jsonl",
+                "requests.jsonl",
+                "slow",
+                "slow.jsonl"
+            ]
+        );
+        let lines = |n: &str| {
+            std::fs::read_to_string(dir.path().join(n))
+                .unwrap()
+                .lines()
+                .count()
+        };
+        assert_eq!(lines(REQUESTS), 1);
+        assert_eq!(lines("slow.jsonl"), 1);
+        assert!(f.last_report.as_ref().is_some_and(|p| p.exists()));
+    }
+}
