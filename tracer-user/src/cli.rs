@@ -100,93 +100,18 @@ pub struct TargetArgs {
     pub command: Vec<String>,
 }
 
-#[derive(Debug, Args)]
-pub struct RecordArgs {
+/// The flags `record` and `top` share: what to trace and how. `config::AgentConfig::from_args`
+/// turns them into the agent's settings, once, for both commands.
+#[derive(Debug, Args, Clone)]
+pub struct TraceArgs {
     #[command(flatten)]
     pub targets: TargetArgs,
-
-    /// Stop after this long (e.g. 30s, 5m, 1h30m). Default: until Ctrl-C or the command exits.
-    #[arg(short, long, value_parser = humantime::parse_duration, value_name = "DURATION")]
-    pub duration: Option<Duration>,
-
-    /// Directory for requests.jsonl (created if missing; files are mode 0600).
-    #[arg(
-        short,
-        long = "output",
-        value_name = "DIR",
-        default_value = DEFAULT_OUTPUT_DIR
-    )]
-    pub output: PathBuf,
 
     /// Keep query strings in recorded paths. By default they are replaced by `?[redacted]`,
     /// since they often carry tokens and personal data.
     #[arg(long)]
     pub keep_query: bool,
 
-    #[command(flatten)]
-    pub capture: CaptureArgs,
-
-    #[command(flatten)]
-    pub profile: ProfileArgs,
-
-    /// Write flamegraphs: DIR/cpu.folded and cpu.svg (on-CPU samples), DIR/wall.folded and
-    /// wall.svg (wall-clock time inside requests: on-CPU plus time blocked, charged to the stack
-    /// where the thread blocked), DIR/profile.speedscope.json, and DIR/slow/<id>.svg for each slow
-    /// request. The root frame is the endpoint. Adds an off-CPU probe on sched_switch.
-    #[arg(long)]
-    pub flamegraph: bool,
-
-    /// With --flamegraph: keep only endpoints matching this glob, e.g. 'GET /api/*'.
-    #[arg(long, value_name = "PATTERN", requires = "flamegraph")]
-    pub endpoint: Option<String>,
-
-    /// A keep-alive connection quiet this long after a response ends that request.
-    /// The next request or a close ends it sooner.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "500ms",
-          value_name = "DURATION", hide_short_help = true)]
-    pub idle_flush: Duration,
-}
-
-#[derive(Debug, Args)]
-pub struct TopArgs {
-    #[command(flatten)]
-    pub targets: TargetArgs,
-
-    /// Keep query strings in recorded paths (redacted by default, as in `record`).
-    #[arg(long)]
-    pub keep_query: bool,
-
-    #[command(flatten)]
-    pub capture: CaptureArgs,
-
-    #[command(flatten)]
-    pub profile: ProfileArgs,
-
-    /// A keep-alive connection quiet this long after a response ends that request.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "500ms",
-          value_name = "DURATION", hide_short_help = true)]
-    pub idle_flush: Duration,
-
-    /// Write requests.jsonl, slow.jsonl and slow/*.txt to DIR, as `record -o DIR` does: kept up to
-    /// date while the dashboard runs, complete on exit. Without it they go to a private temporary
-    /// directory, deleted on exit unless `e` was pressed (which exports to ./slowtrace-out).
-    #[arg(long, value_name = "DIR")]
-    pub export: Option<PathBuf>,
-}
-
-/// Continuous profiling.
-#[derive(Debug, Args, Clone)]
-pub struct ProfileArgs {
-    /// Sample every traced thread this often while it runs (perf event, all CPUs): the CPU
-    /// profile behind the flamegraphs and top's hot frames. Each sample carries its request's
-    /// endpoint and, for CPython 3.11-3.13, the Python frames at that instant. 0 turns it off.
-    #[arg(long, default_value_t = 99, value_name = "HZ")]
-    pub sample_hz: u64,
-}
-
-/// When and how often to capture where a slow request is.
-#[derive(Debug, Args, Clone)]
-pub struct CaptureArgs {
     /// A request running longer than this is slow: its thread's Python, native and kernel frames
     /// are captured while it runs, and it is written with them to slow.jsonl and slow/*.txt next
     /// to requests.jsonl (top also lists it and shows its captures). `0` turns captures off.
@@ -226,4 +151,58 @@ pub struct CaptureArgs {
     /// Send --interrupt-after / --dump-signal signals even to processes that do not catch them.
     #[arg(long)]
     pub force: bool,
+
+    /// Sample every traced thread this often while it runs (perf event, all CPUs): the CPU
+    /// profile behind the flamegraphs and top's hot frames. Each sample carries its request's
+    /// endpoint and, for CPython 3.11-3.13, the Python frames at that instant. 0 turns it off.
+    #[arg(long, default_value_t = 99, value_name = "HZ")]
+    pub sample_hz: u64,
+
+    /// A keep-alive connection quiet this long after a response ends that request.
+    /// The next request or a close ends it sooner.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "500ms",
+          value_name = "DURATION", hide_short_help = true)]
+    pub idle_flush: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct RecordArgs {
+    /// Stop after this long (e.g. 30s, 5m, 1h30m). Default: until Ctrl-C or the command exits.
+    #[arg(short, long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub duration: Option<Duration>,
+
+    /// Directory for requests.jsonl (created if missing; files are mode 0600).
+    #[arg(
+        short,
+        long = "output",
+        value_name = "DIR",
+        default_value = DEFAULT_OUTPUT_DIR
+    )]
+    pub output: PathBuf,
+
+    #[command(flatten)]
+    pub trace: TraceArgs,
+
+    /// Write flamegraphs: DIR/cpu.folded and cpu.svg (on-CPU samples), DIR/wall.folded and
+    /// wall.svg (wall-clock time inside requests: on-CPU plus time blocked, charged to the stack
+    /// where the thread blocked), DIR/profile.speedscope.json, and DIR/slow/<id>.svg for each slow
+    /// request. The root frame is the endpoint. Adds an off-CPU probe on sched_switch.
+    #[arg(long)]
+    pub flamegraph: bool,
+
+    /// With --flamegraph: keep only endpoints matching this glob, e.g. 'GET /api/*'.
+    #[arg(long, value_name = "PATTERN", requires = "flamegraph")]
+    pub endpoint: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    #[command(flatten)]
+    pub trace: TraceArgs,
+
+    /// Write requests.jsonl, slow.jsonl and slow/*.txt to DIR, as `record -o DIR` does: kept up to
+    /// date while the dashboard runs, complete on exit. Without it they go to a private temporary
+    /// directory, deleted on exit unless `e` was pressed (which exports to ./slowtrace-out).
+    #[arg(long, value_name = "DIR")]
+    pub export: Option<PathBuf>,
 }

@@ -7,8 +7,10 @@ use std::{
 };
 
 use crate::{
-    agent::CaptureConfig,
-    cli::{CaptureArgs, RecordArgs, TargetArgs, TopArgs},
+    act::Policy,
+    cli::{RecordArgs, TargetArgs, TopArgs, TraceArgs},
+    handlers::Handler,
+    profile::ProfilerConfig,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -44,33 +46,11 @@ pub enum ConfigError {
 /// Above this the sampler itself would be the hotspot.
 pub const MAX_SAMPLE_HZ: u64 = 1000;
 
-fn profile_config(
-    a: &crate::cli::ProfileArgs,
-    flamegraph: Option<(&Path, Option<&str>)>,
-) -> Result<Option<crate::profile::ProfilerConfig>, ConfigError> {
-    if a.sample_hz > MAX_SAMPLE_HZ {
-        return Err(ConfigError::SampleHz(a.sample_hz));
-    }
-    let endpoint = match flamegraph.and_then(|(_, e)| e) {
-        Some(p) => Some(
-            glob::Pattern::new(p).map_err(|source| ConfigError::EndpointPattern {
-                pattern: p.to_owned(),
-                source,
-            })?,
-        ),
-        None => None,
-    };
-    if a.sample_hz == 0 && flamegraph.is_none() {
-        return Ok(None);
-    }
-    Ok(Some(crate::profile::ProfilerConfig {
-        sample_hz: a.sample_hz,
-        out_dir: flamegraph.map(|(d, _)| d.to_owned()),
-        endpoint,
-        wall: flamegraph.is_some(),
-    }))
-}
+/// How often the agent looks at the connection map (idle keep-alive ends, dead processes,
+/// in-flight requests). Here rather than in `agent` because `--resample` is checked against it.
+pub const SCAN_EVERY: Duration = Duration::from_millis(250);
 
+/// Which processes to trace: `--pid`, `--port`, `-- CMD`, checked.
 #[derive(Debug, Clone)]
 pub struct Targets {
     pub pids: Vec<u32>,
@@ -79,29 +59,120 @@ pub struct Targets {
     pub command: Option<(PathBuf, Vec<String>)>,
 }
 
+/// dogslow from outside: capture requests that run longer than `threshold`.
+#[derive(Debug, Clone, Copy)]
+pub struct CaptureConfig {
+    pub threshold: Duration,
+    pub resample: Duration,
+    pub max_captures: u32,
+}
+
+/// Settings the agent needs: the flags `record` and `top` share (`cli::TraceArgs`), resolved and
+/// checked once by `AgentConfig::from_args`.
 #[derive(Debug, Clone)]
-pub struct RecordConfig {
+pub struct AgentConfig {
     pub targets: Targets,
-    pub duration: Option<Duration>,
-    pub out_dir: PathBuf,
     pub keep_query: bool,
     pub idle_flush: Duration,
+    /// None: time requests only, no stack captures (`--threshold 0`).
     pub capture: Option<CaptureConfig>,
-    pub handlers: Vec<crate::handlers::Handler>,
-    pub act: Option<crate::act::Policy>,
-    pub profile: Option<crate::profile::ProfilerConfig>,
+    /// `--handler` functions to time with uprobes.
+    pub handlers: Vec<Handler>,
+    /// `--interrupt-after` / `--dump-signal`: None unless asked for.
+    pub act: Option<Policy>,
+    /// Continuous profiling (`--sample-hz`, `--flamegraph`); None: off.
+    pub profile: Option<ProfilerConfig>,
+    /// `--n-plus-one`: the same statement this many times in one request is a finding.
     pub n_plus_one: u32,
+    /// Where a launched command's stdin, stdout and stderr go. None: it shares our terminal
+    /// (`record`). `top` draws on the terminal and reads keys from it, so it gives the command no
+    /// stdin and sends its output to this file.
+    pub command_output: Option<PathBuf>,
+}
+
+/// `record --flamegraph`: where the flamegraphs go, and `--endpoint`.
+#[derive(Debug, Clone, Copy)]
+pub struct Flamegraph<'a> {
+    pub dir: &'a Path,
+    pub endpoint: Option<&'a str>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RecordConfig {
+    pub agent: AgentConfig,
+    pub duration: Option<Duration>,
+    pub out_dir: PathBuf,
+}
+
+/// What `slowtrace top` runs with.
+#[derive(Debug, Clone)]
+pub struct TopConfig {
+    pub agent: AgentConfig,
+    /// Checked writable; requests.jsonl is streamed there.
+    pub export: Option<PathBuf>,
+}
+
+impl AgentConfig {
+    /// The shared flags, resolved and checked: targets exist, handlers resolve, signals parse,
+    /// the sampling rate is sane. `flamegraph` (only `record` has it) adds wall-clock profiling.
+    pub fn from_args(
+        a: &TraceArgs,
+        flamegraph: Option<Flamegraph<'_>>,
+    ) -> Result<Self, ConfigError> {
+        let targets = Targets::resolve(&a.targets)?;
+        let (handlers, act) = probe_options(a)?;
+        Ok(Self {
+            targets,
+            keep_query: a.keep_query,
+            idle_flush: a.idle_flush,
+            capture: capture_config(a),
+            handlers,
+            act,
+            profile: profile_config(a.sample_hz, flamegraph)?,
+            n_plus_one: a.n_plus_one,
+            command_output: None,
+        })
+    }
+
+    /// `--threshold`: slow on the dashboard is slow for captures. Zero when captures are off.
+    pub fn threshold(&self) -> Duration {
+        self.capture.map_or(Duration::ZERO, |c| c.threshold)
+    }
+}
+
+fn profile_config(
+    sample_hz: u64,
+    flamegraph: Option<Flamegraph<'_>>,
+) -> Result<Option<ProfilerConfig>, ConfigError> {
+    if sample_hz > MAX_SAMPLE_HZ {
+        return Err(ConfigError::SampleHz(sample_hz));
+    }
+    let endpoint = match flamegraph.and_then(|f| f.endpoint) {
+        Some(p) => Some(
+            glob::Pattern::new(p).map_err(|source| ConfigError::EndpointPattern {
+                pattern: p.to_owned(),
+                source,
+            })?,
+        ),
+        None => None,
+    };
+    if sample_hz == 0 && flamegraph.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(ProfilerConfig {
+        sample_hz,
+        out_dir: flamegraph.map(|f| f.dir.to_owned()),
+        endpoint,
+        wall: flamegraph.is_some(),
+    }))
 }
 
 /// `--threshold 0` means no captures; resampling faster than the scan period is pointless.
-pub fn capture_config(a: &CaptureArgs) -> Option<CaptureConfig> {
+fn capture_config(a: &TraceArgs) -> Option<CaptureConfig> {
     if a.threshold.is_zero() {
         return None;
     }
-    let resample = a
-        .resample
-        .unwrap_or(a.threshold / 2)
-        .max(crate::agent::SCAN_EVERY);
+    let resample = a.resample.unwrap_or(a.threshold / 2).max(SCAN_EVERY);
     Some(CaptureConfig {
         threshold: a.threshold,
         resample,
@@ -110,9 +181,7 @@ pub fn capture_config(a: &CaptureArgs) -> Option<CaptureConfig> {
 }
 
 /// `--handler`, `--interrupt-after`, `--dump-signal`, resolved and checked.
-pub fn probe_options(
-    a: &CaptureArgs,
-) -> Result<(Vec<crate::handlers::Handler>, Option<crate::act::Policy>), ConfigError> {
+fn probe_options(a: &TraceArgs) -> Result<(Vec<Handler>, Option<Policy>), ConfigError> {
     let mut handlers = Vec::new();
     for spec in &a.handlers {
         handlers.extend(crate::handlers::resolve(spec)?);
@@ -126,29 +195,12 @@ pub fn probe_options(
         Some(s) => Some((a.threshold, crate::act::parse_signal(s)?)),
         None => None,
     };
-    let act = (interrupt.is_some() || dump.is_some()).then_some(crate::act::Policy {
+    let act = (interrupt.is_some() || dump.is_some()).then_some(Policy {
         interrupt,
         dump,
         force: a.force,
     });
     Ok((handlers, act))
-}
-
-/// What `slowtrace top` runs with.
-#[derive(Debug, Clone)]
-pub struct TopConfig {
-    pub targets: Targets,
-    pub threshold: Duration,
-    pub keep_query: bool,
-    pub idle_flush: Duration,
-    /// Checked writable; requests.jsonl is streamed there.
-    pub export: Option<PathBuf>,
-    /// As `record`'s: None with `--threshold 0`.
-    pub capture: Option<CaptureConfig>,
-    pub handlers: Vec<crate::handlers::Handler>,
-    pub act: Option<crate::act::Policy>,
-    pub profile: Option<crate::profile::ProfilerConfig>,
-    pub n_plus_one: u32,
 }
 
 impl Targets {
@@ -178,51 +230,41 @@ impl Targets {
 
 impl RecordConfig {
     pub fn from_args(a: &RecordArgs) -> Result<Self, ConfigError> {
-        let targets = Targets::resolve(&a.targets)?;
-        if a.duration == Some(Duration::ZERO) {
+        let RecordArgs {
+            trace,
+            duration,
+            output,
+            flamegraph,
+            endpoint,
+        } = a;
+        let flamegraph = flamegraph.then_some(Flamegraph {
+            dir: output,
+            endpoint: endpoint.as_deref(),
+        });
+        let agent = AgentConfig::from_args(trace, flamegraph)?;
+        if *duration == Some(Duration::ZERO) {
             return Err(ConfigError::ZeroDuration);
         }
-        let (handlers, act) = probe_options(&a.capture)?;
-        prepare_output_dir(&a.output)?;
-        let flame = a
-            .flamegraph
-            .then_some((a.output.as_path(), a.endpoint.as_deref()));
-        let profile = profile_config(&a.profile, flame)?;
+        // Last: every flag is checked before anything is created on disk.
+        prepare_output_dir(output)?;
         Ok(Self {
-            n_plus_one: a.capture.n_plus_one,
-            profile,
-            targets,
-            duration: a.duration,
-            out_dir: a.output.clone(),
-            keep_query: a.keep_query,
-            idle_flush: a.idle_flush,
-            capture: capture_config(&a.capture),
-            handlers,
-            act,
+            agent,
+            duration: *duration,
+            out_dir: output.clone(),
         })
     }
 }
 
 impl TopConfig {
     pub fn from_args(a: &TopArgs) -> Result<Self, ConfigError> {
-        let targets = Targets::resolve(&a.targets)?;
-        let (handlers, act) = probe_options(&a.capture)?;
-        if let Some(dir) = &a.export {
+        let TopArgs { trace, export } = a;
+        let agent = AgentConfig::from_args(trace, None)?;
+        if let Some(dir) = export {
             prepare_output_dir(dir)?;
         }
-        let profile = profile_config(&a.profile, None)?;
         Ok(Self {
-            n_plus_one: a.capture.n_plus_one,
-            profile,
-            targets,
-            // The same --threshold as captures: slow on the dashboard is slow for captures.
-            threshold: a.capture.threshold,
-            keep_query: a.keep_query,
-            idle_flush: a.idle_flush,
-            export: a.export.clone(),
-            capture: capture_config(&a.capture),
-            handlers,
-            act,
+            agent,
+            export: export.clone(),
         })
     }
 }
@@ -292,25 +334,30 @@ mod tests {
         assert!(t.command.unwrap().0.ends_with("sh"));
     }
 
+    /// The flags' defaults, tracing this test process.
+    fn trace_args() -> TraceArgs {
+        TraceArgs {
+            targets: args(vec![std::process::id()], vec![]),
+            keep_query: false,
+            threshold: Duration::from_secs(1),
+            resample: None,
+            n_plus_one: 10,
+            max_captures: 20,
+            handlers: vec![],
+            interrupt_after: None,
+            dump_signal: None,
+            force: false,
+            sample_hz: 99,
+            idle_flush: Duration::from_millis(500),
+        }
+    }
+
     #[test]
     fn unwritable_output_dir() {
         let a = RecordArgs {
-            targets: args(vec![std::process::id()], vec![]),
+            trace: trace_args(),
             duration: None,
             output: "/proc/slowtrace-cannot-be-here".into(),
-            keep_query: false,
-            idle_flush: Duration::from_millis(500),
-            capture: CaptureArgs {
-                threshold: Duration::from_secs(1),
-                resample: None,
-                max_captures: 20,
-                n_plus_one: 10,
-                handlers: vec![],
-                interrupt_after: None,
-                dump_signal: None,
-                force: false,
-            },
-            profile: crate::cli::ProfileArgs { sample_hz: 99 },
             flamegraph: false,
             endpoint: None,
         };
@@ -323,20 +370,7 @@ mod tests {
     #[test]
     fn top_checks_its_export_dir() {
         let mut a = TopArgs {
-            targets: args(vec![std::process::id()], vec![]),
-            keep_query: false,
-            capture: CaptureArgs {
-                threshold: Duration::from_secs(1),
-                resample: None,
-                max_captures: 20,
-                n_plus_one: 10,
-                handlers: vec![],
-                interrupt_after: None,
-                dump_signal: None,
-                force: false,
-            },
-            profile: crate::cli::ProfileArgs { sample_hz: 99 },
-            idle_flush: Duration::from_millis(500),
+            trace: trace_args(),
             export: Some("/proc/slowtrace-cannot-be-here".into()),
         };
         assert!(matches!(
@@ -345,13 +379,77 @@ mod tests {
         ));
         a.export = None;
         let c = TopConfig::from_args(&a).unwrap();
-        assert_eq!(c.threshold, Duration::from_secs(1));
-        let cap = c.capture.expect("top takes captures, as record does");
+        assert_eq!(c.agent.threshold(), Duration::from_secs(1));
+        let cap = c.agent.capture.expect("top takes captures, as record does");
         assert_eq!(
             (cap.resample, cap.max_captures),
             (Duration::from_millis(500), 20)
         );
-        a.capture.threshold = Duration::ZERO;
-        assert!(TopConfig::from_args(&a).unwrap().capture.is_none());
+        a.trace.threshold = Duration::ZERO;
+        let c = TopConfig::from_args(&a).unwrap();
+        assert!(c.agent.capture.is_none());
+        assert_eq!(c.agent.threshold(), Duration::ZERO);
+    }
+
+    #[test]
+    fn record_and_top_build_the_same_agent_config() {
+        let mut trace = trace_args();
+        trace.keep_query = true;
+        trace.resample = Some(Duration::from_millis(100));
+        trace.sample_hz = 0;
+        let dir = std::env::temp_dir().join(format!("slowtrace-config-{}", std::process::id()));
+        let rec = RecordConfig::from_args(&RecordArgs {
+            trace: trace.clone(),
+            duration: Some(Duration::from_secs(3)),
+            output: dir.clone(),
+            flamegraph: false,
+            endpoint: None,
+        })
+        .unwrap();
+        let _ = std::fs::remove_dir(&dir);
+        let top = TopConfig::from_args(&TopArgs {
+            trace,
+            export: None,
+        })
+        .unwrap();
+        for agent in [&rec.agent, &top.agent] {
+            assert!(agent.keep_query);
+            let cap = agent.capture.unwrap();
+            assert_eq!(
+                cap.resample, SCAN_EVERY,
+                "--resample is at least the scan period"
+            );
+            assert!(agent.profile.is_none(), "--sample-hz 0 and no flamegraph");
+            assert!(agent.command_output.is_none());
+        }
+        assert_eq!(rec.duration, Some(Duration::from_secs(3)));
+    }
+
+    #[test]
+    fn flamegraph_turns_on_wall_clock_profiling() {
+        let dir = std::env::temp_dir().join(format!("slowtrace-flame-{}", std::process::id()));
+        let mut a = RecordArgs {
+            trace: trace_args(),
+            duration: None,
+            output: dir.clone(),
+            flamegraph: true,
+            endpoint: Some("GET /api/*".into()),
+        };
+        let c = RecordConfig::from_args(&a).unwrap();
+        let _ = std::fs::remove_dir(&dir);
+        let p = c.agent.profile.expect("profiling on");
+        assert!(p.wall);
+        assert_eq!(p.out_dir.as_deref(), Some(dir.as_path()));
+        assert!(p.endpoint.is_some());
+        a.endpoint = Some("[".into());
+        assert!(matches!(
+            RecordConfig::from_args(&a),
+            Err(ConfigError::EndpointPattern { .. })
+        ));
+        a.trace.sample_hz = MAX_SAMPLE_HZ + 1;
+        assert!(matches!(
+            RecordConfig::from_args(&a),
+            Err(ConfigError::SampleHz(_))
+        ));
     }
 }

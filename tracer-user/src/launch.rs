@@ -8,19 +8,9 @@
 use std::{
     io,
     os::unix::process::CommandExt as _,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
-    sync::OnceLock,
 };
-
-/// Where a launched command's output goes when the terminal is not ours to share: `top` draws on
-/// it and reads keys from it, so the command gets no stdin and writes to this file instead. Set
-/// once, before the agent starts; `record` leaves the terminal to the command.
-static OUTPUT_FILE: OnceLock<PathBuf> = OnceLock::new();
-
-pub fn send_output_to(path: PathBuf) {
-    let _ = OUTPUT_FILE.set(path);
-}
 
 fn pipe() -> io::Result<(i32, i32)> {
     let mut fds = [0i32; 2];
@@ -37,13 +27,18 @@ fn close(fd: i32) {
 }
 
 /// Spawn `prog args`, calling `register(pid)` before the child execs.
+///
+/// `output`: None leaves the command on our terminal (`record`). Some(file) for when the terminal
+/// is not ours to share (`top` draws on it and reads keys from it): the command gets no stdin and
+/// writes its stdout and stderr to the file, created private.
 pub fn spawn_registered(
     prog: &Path,
     args: &[String],
+    output: Option<&Path>,
     register: impl FnOnce(u32) -> anyhow::Result<()> + Send,
 ) -> anyhow::Result<Child> {
     // Before the pipes, so an error here leaks no descriptor.
-    let output = match OUTPUT_FILE.get() {
+    let output = match output {
         Some(path) => {
             let out = crate::sinks::create_private(path)?;
             Some((out.try_clone()?, out))

@@ -9,7 +9,7 @@ use std::{
 use tracer_common::Counter;
 
 use crate::{
-    agent::{Agent, AgentConfig, AgentEvent, Consumer, Counters},
+    agent::{Agent, AgentEvent, Consumer, Counters},
     config::RecordConfig,
     model::{handler::HandlerCall, slow::SlowRequest, Stats},
     sinks::{files::Files, summary},
@@ -62,24 +62,15 @@ impl Consumer for Recorder {
 }
 
 pub fn run(cfg: RecordConfig) -> anyhow::Result<ExitCode> {
-    let agent = Agent::attach(&AgentConfig {
-        targets: cfg.targets.clone(),
-        keep_query: cfg.keep_query,
-        idle_flush: cfg.idle_flush,
-        capture: cfg.capture,
-        handlers: cfg.handlers.clone(),
-        act: cfg.act,
-        profile: cfg.profile.clone(),
-        n_plus_one: cfg.n_plus_one,
-    })?;
+    let agent = Agent::attach(&cfg.agent)?;
     for d in &agent.degraded {
         eprintln!("slowtrace: note: {d}");
     }
     let mut rec = Recorder {
         files: Files::create(
             &cfg.out_dir,
-            cfg.capture.is_some(),
-            !cfg.handlers.is_empty(),
+            cfg.agent.capture.is_some(),
+            !cfg.agent.handlers.is_empty(),
         )?,
         stats: Stats::default(),
         handler_stats: Stats::default(),
@@ -105,7 +96,7 @@ pub fn run(cfg: RecordConfig) -> anyhow::Result<ExitCode> {
         rec.files.requests.written,
         out.display()
     )];
-    if let (Some(s), Some(c)) = (rec.files.slow.as_ref(), cfg.capture) {
+    if let (Some(s), Some(c)) = (rec.files.slow.as_ref(), cfg.agent.capture) {
         footer.push(format!(
             "{} slow requests (over {}), {} killed with a request in flight; reports in {}",
             s.slow,

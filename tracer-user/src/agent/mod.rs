@@ -25,7 +25,7 @@ use capturing::{start_capture, Capturing, Finish};
 use crate::{
     act::{self, Actor},
     capture::watchdog::Running,
-    config::Targets,
+    config::{AgentConfig, CaptureConfig, SCAN_EVERY},
     handlers::Handler,
     model::{
         downstream::{calls::CallTracker, findings::Thresholds},
@@ -38,12 +38,8 @@ use crate::{
         preflight, tracefs, Probes, ProfileSettings,
     },
     procfs::{self, LocalPorts},
-    profile::{Profiler, ProfilerConfig},
+    profile::Profiler,
 };
-
-/// How often user space looks at the connection map (idle keep-alive ends, dead processes,
-/// in-flight requests).
-pub const SCAN_EVERY: Duration = Duration::from_millis(250);
 
 /// How often the ring buffers are drained without a wakeup from the kernel. Short, so that a
 /// busy server's records come in small batches: at 70k requests/s a 50 ms drain was a burst of
@@ -102,32 +98,6 @@ pub trait Consumer {
     fn on_handler(&mut self, _call: &HandlerCall) -> anyhow::Result<()> {
         Ok(())
     }
-}
-
-/// dogslow from outside: capture requests that run longer than `threshold`.
-#[derive(Debug, Clone, Copy)]
-pub struct CaptureConfig {
-    pub threshold: Duration,
-    pub resample: Duration,
-    pub max_captures: u32,
-}
-
-/// Settings the agent needs.
-#[derive(Debug, Clone)]
-pub struct AgentConfig {
-    pub targets: Targets,
-    pub keep_query: bool,
-    pub idle_flush: Duration,
-    /// None: time requests only, no stack captures.
-    pub capture: Option<CaptureConfig>,
-    /// `--handler` functions to time with uprobes.
-    pub handlers: Vec<Handler>,
-    /// `--interrupt-after` / `--dump-signal`: None unless asked for.
-    pub act: Option<act::Policy>,
-    /// Continuous profiling (`--sample-hz`, `--flamegraph`); None: off.
-    pub profile: Option<ProfilerConfig>,
-    /// `--n-plus-one`: the same statement this many times in one request is a finding.
-    pub n_plus_one: u32,
 }
 
 /// Why the agent stopped.
@@ -282,7 +252,8 @@ impl Agent {
             None => None,
             Some((prog, args)) => {
                 let targets = &mut probes;
-                let child = crate::launch::spawn_registered(prog, args, |pid| {
+                let output = cfg.command_output.as_deref();
+                let child = crate::launch::spawn_registered(prog, args, output, |pid| {
                     targets.add_target(pid).map_err(Into::into)
                 })?;
                 described.push(format!("command {} (pid {})", prog.display(), child.id()));

@@ -143,6 +143,7 @@ fn config(capture: Option<CaptureConfig>) -> AgentConfig {
         act: None,
         profile: None,
         n_plus_one: 10,
+        command_output: None,
     }
 }
 

@@ -19,7 +19,8 @@ use anyhow::Context as _;
 
 use super::state::Update;
 use crate::{
-    agent::{Agent, AgentConfig, AgentEvent, Consumer, Finished, Stop},
+    agent::{Agent, AgentEvent, Consumer, Finished, Stop},
+    config::AgentConfig,
     model::{handler::HandlerCall, profile::HotFrame, slow::SlowRequest},
     sinks::files::Files,
 };

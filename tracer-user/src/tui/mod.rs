@@ -49,13 +49,7 @@ use self::{
     state::Meta,
     terminal::Input,
 };
-use crate::{
-    agent::AgentConfig,
-    cli::DEFAULT_OUTPUT_DIR,
-    config::TopConfig,
-    record::loss_report,
-    sinks::files::Files,
-};
+use crate::{cli::DEFAULT_OUTPUT_DIR, config::TopConfig, record::loss_report, sinks::files::Files};
 
 /// The screen is redrawn at least this often: 4 frames per second, and the agent's scan
 /// period, so in-flight durations move every frame.
@@ -138,37 +132,31 @@ fn drain(app: &mut App, source: &mut dyn Source, now: Duration) -> usize {
 }
 
 pub fn run(cfg: TopConfig) -> anyhow::Result<ExitCode> {
-    let mut spool = Spool::new(cfg.export.as_deref()).context("creating requests.jsonl")?;
-    let files = Files::create(spool.dir(), cfg.capture.is_some(), !cfg.handlers.is_empty())?;
-    if cfg.targets.command.is_some() {
-        crate::launch::send_output_to(spool.command_log());
+    let TopConfig { mut agent, export } = cfg;
+    let mut spool = Spool::new(export.as_deref()).context("creating requests.jsonl")?;
+    let files = Files::create(
+        spool.dir(),
+        agent.capture.is_some(),
+        !agent.handlers.is_empty(),
+    )?;
+    // The terminal is the dashboard's: a launched command writes to a file next to the others.
+    if agent.targets.command.is_some() {
+        agent.command_output = Some(spool.command_log());
     }
     // Attach errors come back from here, before the terminal changes.
-    let mut feed = Feed::start(
-        AgentConfig {
-            targets: cfg.targets.clone(),
-            keep_query: cfg.keep_query,
-            idle_flush: cfg.idle_flush,
-            capture: cfg.capture,
-            handlers: cfg.handlers.clone(),
-            act: cfg.act,
-            profile: cfg.profile.clone(),
-            n_plus_one: cfg.n_plus_one,
-        },
-        files,
-    )?;
+    let mut feed = Feed::start(agent.clone(), files)?;
     let feed_degraded = feed.degraded.clone();
     let mut app = App::new(Meta {
         targets: feed.described.clone(),
         attach_mode: feed.attach_mode.clone(),
-        threshold: cfg.threshold,
-        sample_hz: cfg.profile.as_ref().map_or(0, |p| p.sample_hz),
+        threshold: agent.threshold(),
+        sample_hz: agent.profile.as_ref().map_or(0, |p| p.sample_hz),
         // The perf event that takes on-CPU samples also takes the captures' native stacks.
         sampling_note: feed_degraded
             .iter()
             .find(|d| d.starts_with("on-CPU stacks"))
             .cloned(),
-        n_plus_one: cfg.n_plus_one,
+        n_plus_one: agent.n_plus_one,
     });
     // Log lines would be drawn over the dashboard: off while it owns the terminal.
     let level = log::max_level();
@@ -255,7 +243,7 @@ pub fn run(cfg: TopConfig) -> anyhow::Result<ExitCode> {
     for d in &feed_degraded {
         lines.push(format!("slowtrace: note: {d}"));
     }
-    if let (Some(_), Kept::In(dir)) = (&cfg.targets.command, &kept) {
+    if let (Some(_), Kept::In(dir)) = (&agent.targets.command, &kept) {
         lines.push(format!(
             "slowtrace: the command's output is in {}",
             dir.join(export::COMMAND_LOG).display()
