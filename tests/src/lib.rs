@@ -46,17 +46,118 @@ pub fn server_script(name: &str) -> PathBuf {
     repo().join("tests/servers").join(name)
 }
 
-/// The root tests need root. In CI a missing privilege is a failure, elsewhere a visible skip.
-pub fn root_or_skip(test: &str) -> bool {
+/// Every test that loads eBPF or drives real servers is `#[ignore = "needs root: run with cargo
+/// xtask test"]`, so a plain `cargo test` reports it as ignored, never as passed; `cargo xtask
+/// test` runs them all as root with `--include-ignored`. Each one calls this first: run without
+/// root anyway (`--include-ignored` as a user), it fails here instead of half-way or silently.
+#[track_caller]
+pub fn require_root() {
     // SAFETY: plain syscall.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
+    let euid = unsafe { libc::geteuid() };
+    assert!(
+        euid == 0,
+        "this test needs root (it loads eBPF and drives real servers; euid is {euid}): \
+         run it with `cargo xtask test` as root"
+    );
+}
+
+/// Poll `ready` every 50 ms until it holds; fail naming `what` after `timeout`.
+#[track_caller]
+pub fn wait_until(timeout: Duration, what: &str, mut ready: impl FnMut() -> bool) {
+    wait_for(timeout, what, || ready().then_some(()));
+}
+
+/// Poll `ready` every 50 ms until it returns something; fail naming `what` after `timeout`.
+#[track_caller]
+pub fn wait_for<T>(timeout: Duration, what: &str, mut ready: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = ready() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "gave up after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
-    if std::env::var_os("CI").is_some() {
-        panic!("{test}: CI must run the root tests as root");
+}
+
+/// The children of `pid` (its main thread's, which is where gunicorn forks its workers).
+pub fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|s| s.parse().ok())
+        .collect()
+}
+
+/// Whether `pid` has a handler installed for `signal` (its SigCgt mask in /proc/PID/status).
+pub fn catches(pid: u32, signal: i32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1u64 << (signal - 1)) != 0)
+}
+
+/// Whether some process holds a `flock` on `path` (not merely waits for one): /proc/locks.
+pub fn flock_held(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let inode = format!(":{}", std::fs::metadata(path).unwrap().ino());
+    std::fs::read_to_string("/proc/locks")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| {
+            // "1: FLOCK  ADVISORY  WRITE 4242 00:1f:123 0 EOF"; a waiter has "->" after the number.
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.get(1) == Some(&"FLOCK") && f.get(5).is_some_and(|id| id.ends_with(&inode))
+        })
+}
+
+/// Knows when gunicorn's workers are ready: gunicorn started with `configure` runs
+/// tests/servers/gunicorn_ready.py, whose `post_worker_init` hook (after the app is loaded, just
+/// before the worker serves) leaves a file named by the worker's pid in a private directory.
+pub struct GunicornReady {
+    dir: tempfile::TempDir,
+}
+
+impl Default for GunicornReady {
+    fn default() -> Self {
+        GunicornReady {
+            dir: tempfile::tempdir().unwrap(),
+        }
     }
-    eprintln!("SKIPPED {test}: needs root (run `sudo cargo xtask test`)");
-    false
+}
+
+impl GunicornReady {
+    /// The `--config` option and its environment, for the gunicorn command line.
+    pub fn configure<'a>(&self, gunicorn: &'a mut Command) -> &'a mut Command {
+        gunicorn
+            .arg("--config")
+            .arg(server_script("gunicorn_ready.py"))
+            .env("SLOWTRACE_READY_DIR", self.dir.path())
+    }
+
+    /// Whether worker `pid` has loaded the app.
+    pub fn is_ready(&self, pid: u32) -> bool {
+        self.dir.path().join(pid.to_string()).exists()
+    }
+
+    /// Wait until `master` has exactly `n` workers and every one of them has loaded the app;
+    /// returns their pids.
+    #[track_caller]
+    pub fn workers(&self, master: u32, n: usize) -> Vec<u32> {
+        wait_for(
+            Duration::from_secs(60),
+            &format!("{n} gunicorn workers of {master} to load the app"),
+            || {
+                let w = children(master);
+                (w.len() == n && w.iter().all(|p| self.is_ready(*p))).then_some(w)
+            },
+        )
+    }
 }
 
 /// A child process killed (with its process group) when dropped.
@@ -118,14 +219,11 @@ pub fn read_port(out: impl std::io::Read + Send + 'static) -> u16 {
 }
 
 pub fn wait_port(port: u16) {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(30) {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("nothing listens on {port}");
+    wait_until(
+        Duration::from_secs(30),
+        &format!("something to listen on port {port}"),
+        || TcpStream::connect(("127.0.0.1", port)).is_ok(),
+    );
 }
 
 /// Build tests/servers/native_server.c with frame pointers and debug info into `dir`.
@@ -220,7 +318,29 @@ impl Trace {
 
     /// Records written so far (the file is flushed every 250 ms).
     pub fn records_now(&self) -> Vec<Value> {
-        read_records(&self.requests_path())
+        self.records_in("requests.jsonl")
+    }
+
+    /// The complete records in `file` of the output directory so far: a line still being written
+    /// (a flush can take more than one write) is left for the next look.
+    pub fn records_in(&self, file: &str) -> Vec<Value> {
+        let text = std::fs::read_to_string(self.dir.path().join(file)).unwrap_or_default();
+        let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+        parse_records(complete)
+    }
+
+    /// Wait until the records in `file` satisfy `done`: up to a minute, the output being flushed
+    /// every 250 ms. Never fails by itself: the test's assertions, which follow, say what is
+    /// missing better than a timeout would.
+    pub fn wait_records(&self, file: &str, what: &str, done: impl Fn(&[Value]) -> bool) {
+        let start = Instant::now();
+        while !done(&self.records_in(file)) {
+            if start.elapsed() > Duration::from_secs(60) {
+                eprintln!("gave up after 60 s waiting for {what} in {file}");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Ctrl-C, then collect the output.
@@ -249,9 +369,11 @@ impl Trace {
 }
 
 pub fn read_records(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
+    parse_records(&std::fs::read_to_string(path).unwrap_or_default())
+}
+
+fn parse_records(text: &str) -> Vec<Value> {
+    text.lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
         .collect()
 }
@@ -271,7 +393,8 @@ pub fn curl(urls: &[String]) -> Vec<u16> {
         .collect()
 }
 
-/// Send several requests in one write (HTTP/1.1 pipelining), read until `n` responses arrived.
+/// Send several requests in one write (HTTP/1.1 pipelining), read until all the responses, bodies
+/// included, arrived: the server has written its last byte before we close.
 pub fn pipelined(port: u16, paths: &[&str]) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -285,13 +408,33 @@ pub fn pipelined(port: u16, paths: &[&str]) {
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     let want = paths.len();
-    while got.windows(5).filter(|w| w == b"HTTP/").count() < want {
+    while complete_responses(&got) < want {
         let n = s.read(&mut buf).unwrap();
         assert!(n > 0, "server closed before {want} responses");
         got.extend_from_slice(&buf[..n]);
     }
-    // Give the server a moment to finish its last write before we close.
-    std::thread::sleep(Duration::from_millis(50));
+}
+
+/// How many complete responses (head and Content-Length body) `buf` starts with.
+fn complete_responses(mut buf: &[u8]) -> usize {
+    let mut n = 0;
+    while let Some(head_len) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+        let head = String::from_utf8_lossy(&buf[..head_len]);
+        let body_len: usize = head
+            .lines()
+            .find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse().ok())?
+            })
+            .unwrap_or_else(|| panic!("a pipelined response without Content-Length:\n{head}"));
+        let Some(rest) = buf.get(head_len + 4 + body_len..) else {
+            break;
+        };
+        n += 1;
+        buf = rest;
+    }
+    n
 }
 
 pub fn count_where(records: &[Value], f: impl Fn(&Value) -> bool) -> usize {

@@ -12,10 +12,9 @@ fn jsonl(path: &std::path::Path) -> Vec<serde_json::Value> {
 }
 
 #[test]
+#[ignore = "needs root: run with cargo xtask test"]
 fn handler_calls_match_requests() {
-    if !root_or_skip("handler_calls_match_requests") {
-        return;
-    }
+    require_root();
     let dir = tempfile::tempdir().unwrap();
     let exe = build_native_server(dir.path());
     let mut server = Proc::spawn(Command::new(&exe).stdout(Stdio::piped()));
@@ -102,10 +101,9 @@ fn handler_calls_match_requests() {
 }
 
 #[test]
+#[ignore = "needs root: run with cargo xtask test"]
 fn unknown_handler_lists_closest_symbols() {
-    if !root_or_skip("unknown_handler_lists_closest_symbols") {
-        return;
-    }
+    require_root();
     let dir = tempfile::tempdir().unwrap();
     let exe = build_native_server(dir.path());
     let out = Command::new(slowtrace_bin())
@@ -145,16 +143,25 @@ fn interrupt_app(dump: Option<&std::path::Path>) -> (Proc, u16) {
     }
     let master = Proc::spawn(&mut cmd);
     wait_port(port);
-    // The worker imports the app (and installs its handlers) after the master listens.
-    std::thread::sleep(Duration::from_secs(1));
+    // The worker imports the app, which installs its handlers, after the master listens.
+    let mut signals = vec![libc::SIGALRM];
+    signals.extend(dump.map(|_| libc::SIGUSR2));
+    wait_until(
+        Duration::from_secs(60),
+        &format!("gunicorn's worker to catch {signals:?}"),
+        || {
+            children(master.pid())
+                .iter()
+                .any(|w| signals.iter().all(|s| catches(*w, *s)))
+        },
+    );
     (master, port)
 }
 
 #[test]
+#[ignore = "needs root: run with cargo xtask test"]
 fn interrupt_after_fails_a_runaway_request_early() {
-    if !root_or_skip("interrupt_after_fails_a_runaway_request_early") {
-        return;
-    }
+    require_root();
     let (master, port) = interrupt_app(None);
     let trace = Trace::start(&[
         "--pid",
@@ -177,10 +184,9 @@ fn interrupt_after_fails_a_runaway_request_early() {
 }
 
 #[test]
+#[ignore = "needs root: run with cargo xtask test"]
 fn interrupt_is_refused_for_a_process_that_does_not_catch_it() {
-    if !root_or_skip("interrupt_is_refused_for_a_process_that_does_not_catch_it") {
-        return;
-    }
+    require_root();
     let (server, port) = py_server(&["threading"]);
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(slowtrace_bin())
@@ -206,10 +212,9 @@ fn interrupt_is_refused_for_a_process_that_does_not_catch_it() {
 }
 
 #[test]
+#[ignore = "needs root: run with cargo xtask test"]
 fn dump_signal_lets_the_app_dump_its_own_traceback() {
-    if !root_or_skip("dump_signal_lets_the_app_dump_its_own_traceback") {
-        return;
-    }
+    require_root();
     let dump = tempfile::NamedTempFile::new().unwrap();
     let (master, port) = interrupt_app(Some(dump.path()));
     let trace = Trace::start(&[

@@ -41,10 +41,9 @@ fn nginx(dir: &Path) -> (Proc, u16) {
 }
 
 #[test]
+#[ignore = "needs root: run with cargo xtask test"]
 fn nginx_keepalive_pipelining_and_wrk() {
-    if !root_or_skip("nginx_keepalive_pipelining_and_wrk") {
-        return;
-    }
+    require_root();
     let dir = tempfile::tempdir().unwrap();
     let (_nginx, port) = nginx(dir.path());
     let trace = Trace::start(&["--port", &port.to_string()]);
@@ -90,7 +89,11 @@ fn nginx_keepalive_pipelining_and_wrk() {
                 .map(|(n, _)| n.trim().parse().unwrap())
         })
         .unwrap_or_else(|| panic!("wrk output: {text}"));
-    std::thread::sleep(Duration::from_millis(800));
+    trace.wait_records(
+        "requests.jsonl",
+        &format!("the {served} requests wrk completed to be written"),
+        |r| r.len() >= served,
+    );
     let done = trace.stop();
     let n = done.with_endpoint("GET /index.html").len();
     assert!(served > 1000, "wrk served only {served}");
@@ -101,18 +104,21 @@ fn nginx_keepalive_pipelining_and_wrk() {
     assert!(done.stdout.contains(" 0 dropped"), "{}", done.stdout);
 }
 
-fn gunicorn(port: u16) -> Proc {
+fn gunicorn(port: u16, ready: &GunicornReady) -> Proc {
     let p = Proc::spawn(
-        Command::new(venv().join("bin/gunicorn"))
-            .current_dir(repo().join("tests/servers"))
-            .args([
-                "--workers",
-                "2",
-                "--bind",
-                &format!("127.0.0.1:{port}"),
-                "--log-level",
-                "warning",
-            ])
+        ready
+            .configure(
+                Command::new(venv().join("bin/gunicorn"))
+                    .current_dir(repo().join("tests/servers"))
+                    .args([
+                        "--workers",
+                        "2",
+                        "--bind",
+                        &format!("127.0.0.1:{port}"),
+                        "--log-level",
+                        "warning",
+                    ]),
+            )
             .arg("wsgi_app:app")
             .stdout(Stdio::null()),
     );
@@ -120,58 +126,30 @@ fn gunicorn(port: u16) -> Proc {
     p
 }
 
-fn children(pid: u32) -> Vec<u32> {
-    let text =
-        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-    text.split_whitespace()
-        .filter_map(|s| s.parse().ok())
-        .collect()
-}
-
-fn wait_children(pid: u32, n: usize) -> Vec<u32> {
-    let start = std::time::Instant::now();
-    loop {
-        let c = children(pid);
-        if c.len() == n {
-            return c;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "expected {n} workers, have {c:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
+#[ignore = "needs root: run with cargo xtask test"]
 fn gunicorn_workers_forked_after_attach_are_traced() {
-    if !root_or_skip("gunicorn_workers_forked_after_attach_are_traced") {
-        return;
-    }
+    require_root();
     let port = free_port();
-    let master = gunicorn(port);
+    let ready = GunicornReady::default();
+    let master = gunicorn(port, &ready);
     // gunicorn listens before it has forked all its workers.
-    let old = wait_children(master.pid(), 2);
+    let old = ready.workers(master.pid(), 2);
     let trace = Trace::start(&["--pid", &master.pid().to_string()]);
     // Replace every worker: the master forks new ones after slowtrace attached.
     for w in &old {
         // SAFETY: killing a gunicorn worker we started.
         unsafe { libc::kill(*w as i32, libc::SIGKILL) };
     }
-    let start = std::time::Instant::now();
-    loop {
-        let now = children(master.pid());
-        if now.len() == 2 && now.iter().all(|p| !old.contains(p)) {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "gunicorn did not respawn workers"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until(
+        Duration::from_secs(60),
+        "gunicorn to respawn both workers and them to load the app",
+        || {
+            let now = children(master.pid());
+            now.len() == 2 && now.iter().all(|p| !old.contains(p) && ready.is_ready(*p))
+        },
+    );
     wait_port(port);
-    std::thread::sleep(Duration::from_millis(500));
     let new_workers = children(master.pid());
     for i in 0..12 {
         assert_eq!(curl(&[url(port, &format!("/items/{i}"))]), [200]);

@@ -177,20 +177,18 @@ fn check_wall_and_slow(r: &Run) {
 }
 
 #[test]
+#[ignore = "needs root: run with cargo xtask test"]
 fn flamegraphs_on_python_3_11() {
-    if !root_or_skip("flamegraphs_on_python_3_11") {
-        return;
-    }
+    require_root();
     let r = run(&python_for("3.11").expect("the 3.11 venv"), &[]);
     check_shares(&r);
     check_wall_and_slow(&r);
 }
 
 #[test]
+#[ignore = "needs root: run with cargo xtask test"]
 fn flamegraphs_on_python_3_12() {
-    if !root_or_skip("flamegraphs_on_python_3_12") {
-        return;
-    }
+    require_root();
     let Some(py) = python_for("3.12") else {
         panic!("no 3.12 venv: run cargo xtask setup");
     };
@@ -201,10 +199,9 @@ fn flamegraphs_on_python_3_12() {
 
 /// 3.13 reads its layout from `_Py_DebugOffsets`; `--endpoint` keeps one endpoint only.
 #[test]
+#[ignore = "needs root: run with cargo xtask test"]
 fn flamegraphs_on_python_3_13_filtered() {
-    if !root_or_skip("flamegraphs_on_python_3_13_filtered") {
-        return;
-    }
+    require_root();
     let Some(py) = python_for("3.13") else {
         panic!("no 3.13 venv: run cargo xtask setup");
     };

@@ -198,16 +198,12 @@ fn function_and_line(f: &Frame) -> (&str, Option<u32>) {
 
 /// The whole check for one minor version.
 fn check(minor: u32) {
-    let name = format!("python_3_{minor}");
-    if !root_or_skip(&name) {
-        return;
-    }
+    require_root();
     let Some(python) = python_for(minor) else {
-        eprintln!(
-            "SKIPPED {name}: no {}/versions/3.{minor}.*/bin/python3",
+        panic!(
+            "no {}/versions/3.{minor}.*/bin/python3: install CPython 3.{minor} with pyenv",
             pyenv_root().display()
         );
-        return;
     };
     let t = Target::start(&python);
     let pid = t.pid().to_string();
@@ -329,25 +325,27 @@ fn check(minor: u32) {
 }
 
 #[test]
+#[ignore = "needs root: run with cargo xtask test"]
 fn python_3_11() {
     check(11);
 }
 
 #[test]
+#[ignore = "needs root: run with cargo xtask test"]
 fn python_3_12() {
     check(12);
 }
 
 #[test]
+#[ignore = "needs root: run with cargo xtask test"]
 fn python_3_13() {
     check(13);
 }
 
 #[test]
+#[ignore = "needs root: run with cargo xtask test"]
 fn not_python_is_a_clear_error() {
-    if !root_or_skip("not_python_is_a_clear_error") {
-        return;
-    }
+    require_root();
     let sleeper = Proc::spawn(Command::new("sleep").arg("30"));
     let out = Command::new(slowtrace_bin())
         .args(["pystack", "--pid", &sleeper.pid().to_string()])
@@ -360,13 +358,14 @@ fn not_python_is_a_clear_error() {
 }
 
 #[test]
+#[ignore = "needs root: run with cargo xtask test"]
 fn a_foreign_thread_is_a_clear_error() {
-    if !root_or_skip("a_foreign_thread_is_a_clear_error") {
-        return;
-    }
+    require_root();
     let Some(python) = [13, 12, 11].into_iter().find_map(python_for) else {
-        eprintln!("SKIPPED a_foreign_thread_is_a_clear_error: no pyenv CPython 3.11-3.13");
-        return;
+        panic!(
+            "no pyenv CPython 3.11-3.13 under {}",
+            pyenv_root().display()
+        );
     };
     let t = Target::start(&python);
     let out = Command::new(slowtrace_bin())

@@ -64,27 +64,26 @@ fn app_frames(slow: &Value) -> Vec<Vec<String>> {
 
 fn django_case(minor: &str) {
     let Some(venv) = venv_for(minor) else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must have the python {minor} venv (cargo xtask setup)"
-        );
-        eprintln!("SKIPPED python {minor}: no venv (cargo xtask setup makes it when pyenv has it)");
-        return;
+        panic!("no python {minor} venv: cargo xtask setup makes it when pyenv has CPython {minor}");
     };
     let port = free_port();
     let lock = tempfile::NamedTempFile::new().unwrap();
-    let _master = Proc::spawn(
-        Command::new(venv.join("bin/gunicorn"))
-            .current_dir(server_script(""))
-            .env("SLOWTRACE_LOCK", lock.path())
-            .args([
-                "--workers",
-                "4",
-                "--timeout",
-                "5",
-                "--graceful-timeout",
-                "1",
-            ])
+    let ready = GunicornReady::default();
+    let master = Proc::spawn(
+        ready
+            .configure(
+                Command::new(venv.join("bin/gunicorn"))
+                    .current_dir(server_script(""))
+                    .env("SLOWTRACE_LOCK", lock.path())
+                    .args([
+                        "--workers",
+                        "4",
+                        "--timeout",
+                        "5",
+                        "--graceful-timeout",
+                        "1",
+                    ]),
+            )
             .args([
                 "--bind",
                 &format!("127.0.0.1:{port}"),
@@ -95,7 +94,8 @@ fn django_case(minor: &str) {
             .stdout(Stdio::null()),
     );
     wait_port(port);
-    std::thread::sleep(Duration::from_secs(2));
+    // The slow requests below run at once, one per worker: all four must be serving.
+    ready.workers(master.pid(), 4);
     let trace = Trace::start(&[
         "--port",
         &port.to_string(),
@@ -119,7 +119,11 @@ fn django_case(minor: &str) {
         let u = url("/lock?hold=3.5");
         move || curl(&[u])
     });
-    std::thread::sleep(Duration::from_millis(300));
+    wait_until(
+        Duration::from_secs(10),
+        "the holder to take the lock",
+        || flock_held(lock.path()),
+    );
     let waiter = std::thread::spawn({
         let u = url("/lock");
         move || curl(&[u])
@@ -136,7 +140,10 @@ fn django_case(minor: &str) {
         killed == [500] || killed == [0] || killed == [502],
         "gunicorn timeout answer: {killed:?}"
     );
-    std::thread::sleep(Duration::from_secs(2));
+    // The killed request is written once its worker is gone.
+    trace.wait_records("slow.jsonl", "the killed GET /forever", |slow| {
+        slow.iter().any(|s| s["endpoint"] == "GET /forever")
+    });
     let done = trace.stop();
     assert!(done.success, "{}", done.stderr);
     let slow = read_jsonl(&done.dir.clone().join("slow.jsonl"));
@@ -212,31 +219,30 @@ fn django_case(minor: &str) {
 }
 
 #[test]
+#[ignore = "needs root: run with cargo xtask test"]
 fn django_slow_requests_py311() {
-    if root_or_skip("django_slow_requests_py311") {
-        django_case("3.11");
-    }
+    require_root();
+    django_case("3.11");
 }
 
 #[test]
+#[ignore = "needs root: run with cargo xtask test"]
 fn django_slow_requests_py312() {
-    if root_or_skip("django_slow_requests_py312") {
-        django_case("3.12");
-    }
+    require_root();
+    django_case("3.12");
 }
 
 #[test]
+#[ignore = "needs root: run with cargo xtask test"]
 fn django_slow_requests_py313() {
-    if root_or_skip("django_slow_requests_py313") {
-        django_case("3.13");
-    }
+    require_root();
+    django_case("3.13");
 }
 
 #[test]
+#[ignore = "needs root: run with cargo xtask test"]
 fn native_handler_is_named_in_native_frames() {
-    if !root_or_skip("native_handler_is_named_in_native_frames") {
-        return;
-    }
+    require_root();
     let dir = tempfile::tempdir().unwrap();
     let exe = build_native_server(dir.path());
     let mut server = Proc::spawn(Command::new(&exe).stdout(Stdio::piped()));

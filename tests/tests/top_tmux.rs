@@ -93,10 +93,9 @@ fn read_status(p: &Path) -> Option<String> {
 }
 
 #[test]
+#[ignore = "needs root: run with cargo xtask test"]
 fn top_shows_endpoints_and_slow_requests_live_and_quits_cleanly() {
-    if !root_or_skip("top_shows_endpoints_and_slow_requests_live_and_quits_cleanly") {
-        return;
-    }
+    require_root();
     let (server, port) = py_server(&["threading"]);
     let tmp = tempfile::tempdir().unwrap();
     let export: PathBuf = tmp.path().join("export");

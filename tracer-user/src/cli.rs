@@ -57,27 +57,6 @@ pub enum Command {
     /// never paused. Frames are printed outermost first, as in a Python traceback.
     #[command(name = "pystack", verbatim_doc_comment)]
     PyStack(crate::python::PyStackArgs),
-
-    /// Benchmark hook (hidden): synthetic requests at --rate into the real dashboard state while
-    /// it is drawn at 4 fps into an off-screen 160×48 terminal; prints one JSON line. Needs no
-    /// root. `cargo xtask bench` runs it.
-    #[command(name = "bench-ui", hide = true)]
-    BenchUi(BenchUiArgs),
-}
-
-#[derive(Debug, Args, Clone)]
-pub struct BenchUiArgs {
-    /// Requests per second to generate.
-    #[arg(long, default_value_t = 50_000)]
-    pub rate: u64,
-
-    /// How long to generate for.
-    #[arg(long, default_value_t = 5.0)]
-    pub seconds: f64,
-
-    /// Distinct endpoints the requests are spread over.
-    #[arg(long, default_value_t = 200)]
-    pub endpoints: usize,
 }
 
 /// Where `record -o` writes by default, and where `top` exports on `e` without `--export`.

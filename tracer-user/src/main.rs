@@ -41,7 +41,6 @@ fn main() -> ExitCode {
             .map_err(anyhow::Error::from)
             .and_then(tui::run),
         cli::Command::PyStack(args) => python::cli_main(args),
-        cli::Command::BenchUi(args) => tui::bench::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -1,6 +1,8 @@
 //! `cargo xtask test`: unit tests (no root), then the root tests that load eBPF and trace real
 //! servers on 127.0.0.1. Integration tests run one at a time: they time real requests on a
-//! 2-core machine and must not compete with each other.
+//! 2-core machine and must not compete with each other. The root tests are `#[ignore]`d, so that
+//! a plain `cargo test` without root reports them as ignored rather than passed; here, as root,
+//! `--include-ignored` runs them all.
 
 use crate::{setup, util};
 
@@ -33,6 +35,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
                 "integration-tests",
                 "--",
                 "--test-threads=1",
+                "--include-ignored",
             ])
             .args(args),
     )

@@ -1,7 +1,12 @@
-//! `slowtrace bench-ui` (hidden): does the dashboard keep up with a busy server?
+//! Does the dashboard keep up with a busy server? A benchmark, compiled with the tests only (it is
+//! not in the `slowtrace` binary); `cargo xtask bench` runs it in a release build:
 //!
-//! A generator thread stands in for the agent thread: it makes synthetic requests at `--rate`
-//! (spread over `--endpoints`, 1 in 2000 slow with captures, a scan tick every 250 ms) and offers
+//! ```text
+//! cargo test --release -p tracer-user --bin slowtrace -- tui::bench::flood_50k --exact --ignored --nocapture
+//! ```
+//!
+//! A generator thread stands in for the agent thread: it makes synthetic requests at `rate`
+//! (spread over `endpoints`, 1 in 2000 slow with captures, a scan tick every 250 ms) and offers
 //! them over the same bounded channel as `feed`, counting what does not fit. This thread runs the
 //! dashboard's frame as `top` does: `drain` (the same function), `prepare`, `ui::draw` into a
 //! 160×48 `TestBackend`, then a 250 ms wait. No terminal, no root, no eBPF: what is measured is
@@ -14,7 +19,6 @@
 //!   newest one the generator has made. Grows without bound if the screen falls behind.
 
 use std::{
-    process::ExitCode,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         mpsc::{self, Receiver, SyncSender, TrySendError},
@@ -35,7 +39,6 @@ use super::{
 };
 use crate::{
     agent::{AgentEvent, Counters},
-    cli::BenchUiArgs,
     model::{
         slow::{Capture, Frame, SlowRequest},
         Request,
@@ -45,23 +48,34 @@ use crate::{
 /// One in this many requests is slow (1.2-3 s) and comes with captures: 25/s at 50k/s.
 const SLOW_EVERY: u64 = 2000;
 
+/// What the generator makes.
+#[derive(Debug, Clone, Copy)]
+struct Flood {
+    /// Requests per second.
+    rate: u64,
+    /// How long to generate for.
+    seconds: f64,
+    /// Distinct endpoints the requests are spread over.
+    endpoints: usize,
+}
+
 #[derive(Debug, Clone, PartialEq)]
-pub struct Report {
-    pub rate: u64,
+struct Report {
+    rate: u64,
     /// Requests the dashboard applied.
-    pub events: u64,
-    pub seconds: f64,
-    pub apply_ns_per_event_p50: f64,
-    pub render_ms_p50: f64,
-    pub render_ms_max: f64,
-    pub max_lag_ms: f64,
+    events: u64,
+    seconds: f64,
+    apply_ns_per_event_p50: f64,
+    render_ms_p50: f64,
+    render_ms_max: f64,
+    max_lag_ms: f64,
     /// Not in the JSON line (its fields are fixed): said on stderr when not zero.
-    pub generated: u64,
-    pub overflow: u64,
+    generated: u64,
+    overflow: u64,
 }
 
 impl Report {
-    pub fn json(&self) -> String {
+    fn json(&self) -> String {
         format!(
             "{{\"rate\":{},\"events\":{},\"seconds\":{:.3},\"apply_ns_per_event_p50\":{:.1},\
              \"render_ms_p50\":{:.3},\"render_ms_max\":{:.3},\"max_lag_ms\":{:.3}}}",
@@ -74,31 +88,6 @@ impl Report {
             self.max_lag_ms
         )
     }
-}
-
-pub fn run(args: &BenchUiArgs) -> anyhow::Result<ExitCode> {
-    anyhow::ensure!(args.rate > 0, "--rate must be more than zero");
-    anyhow::ensure!(
-        args.seconds > 0.0 && args.seconds.is_finite(),
-        "--seconds must be more than zero"
-    );
-    anyhow::ensure!(args.endpoints > 0, "--endpoints must be more than zero");
-    let r = measure(args)?;
-    println!("{}", r.json());
-    let wanted = (args.rate as f64 * r.seconds) as u64;
-    if r.generated < wanted * 95 / 100 {
-        eprintln!(
-            "slowtrace: bench-ui: the generator made {} of {wanted} requests (it was short of CPU)",
-            r.generated
-        );
-    }
-    if r.overflow > 0 {
-        eprintln!(
-            "slowtrace: bench-ui: the dashboard fell behind: {} events did not fit the channel",
-            r.overflow
-        );
-    }
-    Ok(ExitCode::SUCCESS)
 }
 
 /// What the render side reads: the channel, with the generation time of each request.
@@ -130,7 +119,7 @@ impl Source for Stamped {
     }
 }
 
-pub fn measure(args: &BenchUiArgs) -> anyhow::Result<Report> {
+fn measure(args: &Flood) -> anyhow::Result<Report> {
     let (tx, rx) = mpsc::sync_channel(CAPACITY);
     let overflow = Arc::new(AtomicU64::new(0));
     let newest_made = Arc::new(AtomicU64::new(0));
@@ -393,36 +382,57 @@ fn synthetic(n: u64, e: usize, duration_us: u64, status: u16) -> Request {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_short_run_reports_every_field() {
-        let r = measure(&BenchUiArgs {
-            rate: 4000,
-            seconds: 0.6,
-            endpoints: 20,
-        })
-        .unwrap();
-        assert_eq!(r.overflow, 0, "{r:?}");
-        assert_eq!(r.events, r.generated, "everything made was shown: {r:?}");
-        assert!(r.generated >= 2000, "{r:?}");
-        assert!(r.render_ms_max >= r.render_ms_p50 && r.render_ms_p50 > 0.0);
-        let v: serde_json::Value = serde_json::from_str(&r.json()).unwrap();
-        let keys: Vec<_> = v.as_object().unwrap().keys().cloned().collect();
-        for k in [
-            "rate",
-            "events",
-            "seconds",
-            "apply_ns_per_event_p50",
-            "render_ms_p50",
-            "render_ms_max",
-            "max_lag_ms",
-        ] {
-            assert!(keys.iter().any(|x| x == k), "{k} missing from {}", r.json());
-        }
-        assert_eq!(keys.len(), 7);
-        assert_eq!(v["rate"], 4000);
+/// The run `cargo xtask bench` reports: 50k requests/s over 200 endpoints for 5 s.
+#[test]
+#[ignore = "benchmark: cargo xtask bench runs it in a release build"]
+fn flood_50k() {
+    let flood = Flood {
+        rate: 50_000,
+        seconds: 5.0,
+        endpoints: 200,
+    };
+    let r = measure(&flood).unwrap();
+    println!("{}", r.json());
+    let wanted = (flood.rate as f64 * flood.seconds) as u64;
+    if r.generated < wanted * 95 / 100 {
+        eprintln!(
+            "bench: the generator made {} of {wanted} requests (it was short of CPU)",
+            r.generated
+        );
     }
+    if r.overflow > 0 {
+        eprintln!(
+            "bench: the dashboard fell behind: {} events did not fit the channel",
+            r.overflow
+        );
+    }
+}
+
+#[test]
+fn a_short_run_reports_every_field() {
+    let r = measure(&Flood {
+        rate: 4000,
+        seconds: 0.6,
+        endpoints: 20,
+    })
+    .unwrap();
+    assert_eq!(r.overflow, 0, "{r:?}");
+    assert_eq!(r.events, r.generated, "everything made was shown: {r:?}");
+    assert!(r.generated >= 2000, "{r:?}");
+    assert!(r.render_ms_max >= r.render_ms_p50 && r.render_ms_p50 > 0.0);
+    let v: serde_json::Value = serde_json::from_str(&r.json()).unwrap();
+    let keys: Vec<_> = v.as_object().unwrap().keys().cloned().collect();
+    for k in [
+        "rate",
+        "events",
+        "seconds",
+        "apply_ns_per_event_p50",
+        "render_ms_p50",
+        "render_ms_max",
+        "max_lag_ms",
+    ] {
+        assert!(keys.iter().any(|x| x == k), "{k} missing from {}", r.json());
+    }
+    assert_eq!(keys.len(), 7);
+    assert_eq!(v["rate"], 4000);
 }

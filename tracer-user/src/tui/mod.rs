@@ -8,7 +8,8 @@
 //! loop with synthetic events, scripted keys and a fake clock on ratatui's `TestBackend`.
 
 mod app;
-pub mod bench;
+#[cfg(test)]
+mod bench;
 mod breakdown;
 pub(crate) mod captures;
 mod cpu;
