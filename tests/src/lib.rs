@@ -2,6 +2,7 @@
 //! binary loading real eBPF. `cargo xtask test` sets SLOWTRACE_BIN and SLOWTRACE_VENV.
 
 pub mod backends;
+pub mod tmux;
 
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
