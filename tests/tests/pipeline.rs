@@ -137,7 +137,10 @@ fn record_and_top_write_the_same_files_with_the_same_fields() {
     }
 
     // The slow N+1's site, in every output of both commands.
-    for (what, dir) in [("record", recorded.dir.as_path()), ("top", export.as_path())] {
+    for (what, dir) in [
+        ("record", recorded.dir.as_path()),
+        ("top", export.as_path()),
+    ] {
         let requests = read_records(&dir.join("requests.jsonl"));
         let site = site_of(&requests, "GET /books/n1slow")
             .unwrap_or_else(|| panic!("{what}: no site in requests.jsonl: {requests:#?}"));

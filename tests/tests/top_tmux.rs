@@ -5,82 +5,10 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::Command,
     time::{Duration, Instant},
 };
 
-use integration_tests::*;
-
-/// A private tmux server with one session; killed on drop.
-struct Tmux {
-    socket: String,
-}
-
-impl Tmux {
-    fn cmd(&self) -> Command {
-        let mut c = Command::new("tmux");
-        c.args(["-L", &self.socket]);
-        c
-    }
-
-    fn start(width: u16, height: u16, shell_cmd: &str) -> Tmux {
-        let t = Tmux {
-            socket: format!("slowtrace-test-{}", std::process::id()),
-        };
-        let ok = t
-            .cmd()
-            .args(["new-session", "-d", "-s", "top", "-x"])
-            .arg(width.to_string())
-            .arg("-y")
-            .arg(height.to_string())
-            .arg(shell_cmd)
-            .status()
-            .expect("running tmux")
-            .success();
-        assert!(ok, "tmux new-session failed");
-        t
-    }
-
-    fn screen(&self) -> String {
-        let out = self
-            .cmd()
-            .args(["capture-pane", "-p", "-t", "top"])
-            .output()
-            .expect("tmux capture-pane");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn keys(&self, keys: &str) {
-        let ok = self
-            .cmd()
-            .args(["send-keys", "-t", "top", keys])
-            .status()
-            .expect("tmux send-keys")
-            .success();
-        assert!(ok, "tmux send-keys {keys}");
-    }
-
-    /// Poll the screen until `ok` holds; the last screen either way.
-    fn wait_for(&self, timeout: Duration, ok: impl Fn(&str) -> bool) -> Result<String, String> {
-        let start = Instant::now();
-        loop {
-            let s = self.screen();
-            if ok(&s) {
-                return Ok(s);
-            }
-            if start.elapsed() > timeout {
-                return Err(s);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = self.cmd().arg("kill-server").status();
-    }
-}
+use integration_tests::{tmux::Tmux, *};
 
 fn url(port: u16, path: &str) -> String {
     format!("http://127.0.0.1:{port}{path}")
@@ -108,7 +36,7 @@ fn top_shows_endpoints_and_slow_requests_live_and_quits_cleanly() {
         export.display(),
         status.display()
     );
-    let tmux = Tmux::start(160, 48, &shell);
+    let tmux = Tmux::start("top", 160, 48, &shell);
 
     // Up, or exited already (an attach error is one line on the normal screen).
     let started = tmux.wait_for(Duration::from_secs(60), |s| {
