@@ -11,16 +11,16 @@ use tracer_common::Counter;
 use crate::{
     agent::{Agent, AgentEvent, Consumer, Counters},
     config::RecordConfig,
-    model::{handler::HandlerCall, slow::SlowRequest, Stats},
-    sinks::{files::Files, summary},
+    model::{handler::HandlerCall, slow::SlowRequest, Endpoints},
+    sinks::{files::Files, findings, summary},
 };
 
 /// `record`'s outputs: the files, and the per-endpoint numbers of the exit summary.
 struct Recorder {
     files: Files,
-    stats: Stats,
+    stats: Endpoints,
     /// `--handler` calls: their own rows in the summary.
-    handler_stats: Stats,
+    handler_stats: Endpoints,
 }
 
 impl Consumer for Recorder {
@@ -72,8 +72,8 @@ pub fn run(cfg: RecordConfig) -> anyhow::Result<ExitCode> {
             cfg.agent.capture.is_some(),
             !cfg.agent.handlers.is_empty(),
         )?,
-        stats: Stats::default(),
-        handler_stats: Stats::default(),
+        stats: Endpoints::default(),
+        handler_stats: Endpoints::default(),
     };
     let out = cfg.out_dir.join(crate::sinks::files::REQUESTS);
     eprintln!(
@@ -114,7 +114,7 @@ pub fn run(cfg: RecordConfig) -> anyhow::Result<ExitCode> {
                 .replacen("ENDPOINT", "HANDLER ", 1),
         );
     }
-    footer.extend(rec.files.findings.summary());
+    footer.extend(findings::summary(&rec.stats, rec.files.findings.written));
     footer.extend(downstream_report(&done.counters));
     if let Some(p) = &done.profile {
         footer.extend(profile_report(p, &done.counters));

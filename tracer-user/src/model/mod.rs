@@ -3,15 +3,15 @@
 
 pub mod breakdown;
 pub mod downstream;
+pub mod endpoints;
 pub mod handler;
 pub mod http;
 pub mod profile;
 pub mod request;
 pub mod route;
 pub mod slow;
-pub mod stats;
 pub mod tracker;
 
+pub use endpoints::Endpoints;
 pub use request::{Context, Request};
-pub use stats::Stats;
 pub use tracker::Tracker;

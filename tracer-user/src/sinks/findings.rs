@@ -1,8 +1,8 @@
-//! findings.jsonl (one line per request with findings) and the per-endpoint view of findings and
-//! time breakdowns for the exit summary.
+//! findings.jsonl (one line per request with findings), and the exit summary's words on where
+//! each endpoint's time went and what its findings say (read from the shared per-endpoint
+//! aggregate, `model::endpoints`).
 
 use std::{
-    collections::BTreeMap,
     io::{self, BufWriter, Write as _},
     path::Path,
 };
@@ -12,8 +12,9 @@ use serde::Serialize;
 use super::create_private;
 use crate::model::{
     breakdown::Breakdown,
-    downstream::findings::{EndpointFindings, Finding},
-    Request,
+    downstream::findings::Finding,
+    endpoints::{Endpoint, MAX_SUBJECTS},
+    Endpoints, Request,
 };
 
 #[derive(Serialize)]
@@ -31,18 +32,9 @@ struct Line<'a> {
     site: Option<&'a str>,
 }
 
-/// Per endpoint: findings merged over its requests, and its time summed by part.
-#[derive(Default)]
-struct PerEndpoint {
-    findings: EndpointFindings,
-    parts_us: [u64; 7],
-    total_us: u64,
-}
-
 pub struct FindingsSink {
     out: BufWriter<std::fs::File>,
     pub written: u64,
-    endpoints: BTreeMap<String, PerEndpoint>,
 }
 
 impl FindingsSink {
@@ -50,21 +42,15 @@ impl FindingsSink {
         Ok(Self {
             out: BufWriter::new(create_private(&dir.join("findings.jsonl"))?),
             written: 0,
-            endpoints: BTreeMap::new(),
         })
     }
 
-    /// Every finished request (with a breakdown) goes through here, findings or not.
+    /// Every finished request goes through here; those with findings (and a breakdown) are
+    /// written.
     pub fn add(&mut self, r: &Request) -> io::Result<()> {
         let Some(b) = &r.breakdown else {
             return Ok(());
         };
-        let e = self.endpoints.entry(r.endpoint.clone()).or_default();
-        e.findings.add(&r.findings);
-        for (sum, (_, us)) in e.parts_us.iter_mut().zip(b.parts()) {
-            *sum += us;
-        }
-        e.total_us += r.duration_us;
         if r.findings.is_empty() {
             return Ok(());
         }
@@ -89,48 +75,63 @@ impl FindingsSink {
     pub fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
     }
+}
 
-    /// Lines for the exit summary: where each endpoint's time went, then its findings.
-    pub fn summary(&self) -> Vec<String> {
-        let mut lines = Vec::new();
-        let mut by_time: Vec<(&String, &PerEndpoint)> = self.endpoints.iter().collect();
-        by_time.sort_by_key(|(_, e)| std::cmp::Reverse(e.total_us));
-        if !by_time.is_empty() {
-            lines.push("\nwhere the time went (share of each endpoint's request time):".into());
-        }
-        for (endpoint, e) in by_time.iter().take(10) {
-            let parts: Vec<String> = Breakdown::LABELS
-                .iter()
-                .zip(e.parts_us)
-                .filter(|(_, us)| us * 100 >= e.total_us.max(1))
-                .map(|(name, us)| format!("{name} {}%", us * 100 / e.total_us.max(1)))
-                .collect();
-            lines.push(format!("  {endpoint:<40} {}", parts.join(" · ")));
-        }
-        let with: Vec<_> = self
-            .endpoints
+/// Lines for the exit summary: where each endpoint's time went, then its findings; `written`:
+/// request lines in findings.jsonl.
+pub fn summary<X>(endpoints: &Endpoints<X>, written: u64) -> Vec<String> {
+    let mut lines = Vec::new();
+    // Endpoints whose requests had a breakdown, by name, then the most time first (stable).
+    let mut judged: Vec<&Endpoint<X>> = endpoints
+        .list()
+        .iter()
+        .filter(|e| e.time.requests > 0)
+        .collect();
+    judged.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut by_time = judged.clone();
+    by_time.sort_by_key(|e| std::cmp::Reverse(e.time.total_us));
+    if !by_time.is_empty() {
+        lines.push("\nwhere the time went (share of each endpoint's request time):".into());
+    }
+    for e in by_time.iter().take(10) {
+        let total_us = e.time.total_us.max(1);
+        let parts: Vec<String> = Breakdown::LABELS
             .iter()
-            .filter(|(_, e)| !e.findings.findings().is_empty())
+            .zip(e.time.parts_us)
+            .filter(|(_, us)| us * 100 >= total_us)
+            .map(|(name, us)| format!("{name} {}%", us * 100 / total_us))
             .collect();
-        if !with.is_empty() {
+        lines.push(format!("  {:<40} {}", e.name, parts.join(" · ")));
+    }
+    let with: Vec<_> = judged
+        .into_iter()
+        .filter(|e| !e.findings.merged.findings().is_empty())
+        .collect();
+    if !with.is_empty() {
+        lines.push(format!(
+            "\nfindings ({written} request lines in findings.jsonl):"
+        ));
+    }
+    for e in with {
+        let f = &e.findings;
+        for a in f.merged.findings() {
             lines.push(format!(
-                "\nfindings ({} request lines in findings.jsonl):",
-                self.written
+                "  {}: {} in {}/{} requests: {}",
+                e.name,
+                a.kind,
+                a.requests,
+                f.merged.requests(),
+                describe(&a.example)
             ));
         }
-        for (endpoint, e) in with {
-            for a in e.findings.findings() {
-                lines.push(format!(
-                    "  {endpoint}: {} in {}/{} requests: {}",
-                    a.kind,
-                    a.requests,
-                    e.findings.requests(),
-                    describe(&a.example)
-                ));
-            }
+        if f.left_out > 0 {
+            lines.push(format!(
+                "  {}: {} more findings past {MAX_SUBJECTS} distinct ones not kept",
+                e.name, f.left_out
+            ));
         }
-        lines
     }
+    lines
 }
 
 /// One finding for people.
@@ -188,21 +189,26 @@ mod tests {
     fn writes_lines_with_findings_and_summarizes_per_endpoint() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = FindingsSink::create(dir.path()).unwrap();
+        let mut endpoints = Endpoints::<()>::default();
+        let mut add = |r: Request| {
+            endpoints.add(&r);
+            s.add(&r).unwrap();
+        };
         let n1 = Finding::NPlusOne {
             fingerprint: "SELECT * FROM t WHERE id = ?".into(),
             count: 100,
             total_ns: 5_000_000,
             peer: "127.0.0.1:5432".into(),
         };
-        s.add(&request("GET /a", vec![n1])).unwrap();
-        s.add(&request("GET /a", vec![])).unwrap();
+        add(request("GET /a", vec![n1]));
+        add(request("GET /a", vec![]));
         s.flush().unwrap();
         let text = std::fs::read_to_string(dir.path().join("findings.jsonl")).unwrap();
         assert_eq!(text.lines().count(), 1);
         let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
         assert_eq!(v["findings"][0]["kind"], "n_plus_one");
         assert_eq!(v["breakdown"]["downstream_us"], 9000);
-        let sum = s.summary().join("\n");
+        let sum = summary(&endpoints, s.written).join("\n");
         assert!(
             sum.contains("GET /a") && sum.contains("downstream 90%"),
             "{sum}"

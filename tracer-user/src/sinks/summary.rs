@@ -2,7 +2,10 @@
 
 use std::{fmt::Write as _, time::Duration};
 
-use crate::model::{stats::Row, Stats};
+use crate::model::{
+    endpoints::{Row, MAX_ENDPOINTS, OTHER_ENDPOINTS},
+    Endpoints,
+};
 
 /// Durations for people: 850µs, 12.3ms, 1.52s.
 pub fn human_us(us: u64) -> String {
@@ -50,7 +53,7 @@ pub fn table(rows: &[Row]) -> String {
 }
 
 /// Everything printed on exit: the table, then in-flight requests, then what was lost.
-pub fn render(stats: &Stats, elapsed: Duration, footer: &[String]) -> String {
+pub fn render<X>(stats: &Endpoints<X>, elapsed: Duration, footer: &[String]) -> String {
     let mut out = String::new();
     let rows = stats.rows(elapsed);
     let _ = writeln!(
@@ -65,13 +68,20 @@ pub fn render(stats: &Stats, elapsed: Duration, footer: &[String]) -> String {
     } else {
         out.push_str(&table(&rows));
     }
-    if !stats.in_flight.is_empty() {
+    if stats.folded > 0 {
+        let _ = writeln!(
+            out,
+            "{} requests of endpoints past the first {MAX_ENDPOINTS} are counted in {OTHER_ENDPOINTS}",
+            stats.folded
+        );
+    }
+    if stats.in_flight > 0 {
         let _ = writeln!(
             out,
             "\n{} requests still in flight at exit:",
-            stats.in_flight.len()
+            stats.in_flight
         );
-        for r in stats.in_flight.iter().take(20) {
+        for r in &stats.in_flight_examples {
             let _ = writeln!(
                 out,
                 "  {:<40} running {:>8}  pid {} tid {}",

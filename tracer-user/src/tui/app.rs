@@ -220,7 +220,7 @@ impl App {
             .filter(|e| matches(&e.name))
             .map(|e| EndpointRow {
                 e,
-                per_sec: e.rate.per_sec(d.now),
+                per_sec: e.extra.per_sec(d.now),
             })
             .collect();
         let sort = self.sort;

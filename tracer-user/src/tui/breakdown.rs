@@ -33,67 +33,7 @@ const WIDE_BAR: u16 = 20;
 const WORDS: u16 = 15;
 pub const WIDE: u16 = 120;
 
-/// One endpoint's time, summed over its finished requests that have a breakdown. Fixed size.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Time {
-    /// µs per part, in `Breakdown::parts` order.
-    pub parts_us: [u64; 7],
-    /// The requests' durations, µs: the parts plus what they did not account for.
-    pub total_us: u64,
-    pub requests: u64,
-}
-
-impl Time {
-    pub fn add(&mut self, r: &Request) {
-        let Some(b) = &r.breakdown else { return };
-        for (sum, (_, us)) in self.parts_us.iter_mut().zip(b.parts()) {
-            *sum = sum.saturating_add(us);
-        }
-        self.total_us = self.total_us.saturating_add(r.duration_us);
-        self.requests += 1;
-    }
-
-    /// The bar's whole: the requests' time, or the parts when they overlap the ends.
-    fn whole(&self) -> u64 {
-        self.total_us.max(self.parts_us.iter().sum())
-    }
-
-    /// Cells per part, then unaccounted, adding up to `width` (largest remainders get the
-    /// rounding), or None without time.
-    pub fn cells(&self, width: u16) -> Option<[u16; 8]> {
-        let whole = self.whole();
-        if whole == 0 {
-            return None;
-        }
-        let mut values = [0u64; 8];
-        values[..7].copy_from_slice(&self.parts_us);
-        values[7] = whole - self.parts_us.iter().sum::<u64>();
-        let w = u128::from(width);
-        let exact = values.map(|v| u128::from(v) * w);
-        let mut cells = exact.map(|x| (x / u128::from(whole)) as u16);
-        let mut left = width - cells.iter().sum::<u16>();
-        let mut order: Vec<usize> = (0..8).collect();
-        // Largest remainder first; ties to the earlier part.
-        order.sort_by_key(|&i| std::cmp::Reverse(exact[i] % u128::from(whole)));
-        for i in order {
-            if left == 0 {
-                break;
-            }
-            cells[i] += 1;
-            left -= 1;
-        }
-        Some(cells)
-    }
-
-    /// Share of each part, in percent of the whole (0 without time).
-    pub fn percent(&self, part: usize) -> u64 {
-        let whole = self.whole();
-        match whole {
-            0 => 0,
-            _ => (u128::from(self.parts_us[part]) * 100 / u128::from(whole)) as u64,
-        }
-    }
-}
+pub use crate::model::endpoints::Time;
 
 /// The BREAKDOWN column's width for an endpoint table `width` wide.
 pub fn column_width(width: u16) -> u16 {

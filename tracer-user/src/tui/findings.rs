@@ -23,12 +23,13 @@ use super::{
     ui::{count, ellipsize_middle},
 };
 use crate::{
-    model::downstream::findings::{Aggregated, EndpointFindings, Finding, Thresholds},
+    model::{
+        downstream::findings::{Aggregated, Thresholds},
+        endpoints::MAX_SUBJECTS,
+    },
     sinks::findings::describe,
 };
 
-/// Distinct findings (kind, peer, statement) kept per endpoint.
-pub const MAX_SUBJECTS: usize = 20;
 /// Rows drawn at most (the most widespread): each costs its words, every frame.
 const MAX_ROWS: usize = 500;
 /// Lines of the worst example's words at most; longer ones end in `…`.
@@ -37,48 +38,6 @@ const MAX_EXAMPLE_LINES: usize = 3;
 const KIND: usize = 12;
 /// Under this many columns for the example, it goes under the endpoint instead of beside it.
 const MIN_BESIDE: usize = 40;
-
-/// One endpoint's findings, merged over its finished requests.
-#[derive(Debug, Clone, Default)]
-pub struct Findings {
-    pub merged: EndpointFindings,
-    subjects: HashSet<(&'static str, String, String)>,
-    /// Findings about a new subject once `MAX_SUBJECTS` were kept: not shown.
-    pub left_out: u64,
-}
-
-impl Findings {
-    /// One finished request's findings, none included (it counts in "requests seen"). Returns
-    /// how many distinct findings are new.
-    pub fn add(&mut self, found: &[Finding]) -> usize {
-        let before = self.subjects.len();
-        let mut keep = vec![true; found.len()];
-        for (f, keep) in found.iter().zip(&mut keep) {
-            let (peer, fingerprint) = f.subject();
-            let k = (f.kind(), peer.to_owned(), fingerprint.to_owned());
-            if !self.subjects.contains(&k) {
-                if self.subjects.len() < MAX_SUBJECTS {
-                    self.subjects.insert(k);
-                } else {
-                    *keep = false;
-                    self.left_out += 1;
-                }
-            }
-        }
-        if keep.iter().all(|k| *k) {
-            self.merged.add(found);
-        } else {
-            let kept: Vec<Finding> = found
-                .iter()
-                .zip(keep)
-                .filter(|(_, k)| *k)
-                .map(|(f, _)| f.clone())
-                .collect();
-            self.merged.add(&kept);
-        }
-        self.subjects.len() - before
-    }
-}
 
 /// One row of the screen.
 struct Row<'a> {
@@ -328,30 +287,5 @@ mod tests {
         assert_eq!(wrap("abcdefghij", 4, 3), ["abcd", "efgh", "ij"]);
         assert_eq!(wrap("one two three four", 5, 2), ["one", "two…"]);
         assert_eq!(wrap("", 4, 3), [""]);
-    }
-
-    #[test]
-    fn distinct_findings_per_endpoint_are_bounded() {
-        let mut f = Findings::default();
-        let cpu = Finding::CpuBound { share: 0.9 };
-        assert_eq!(f.add(std::slice::from_ref(&cpu)), 1);
-        assert_eq!(f.add(&[cpu]), 0, "the same subject again");
-        for i in 0..MAX_SUBJECTS + 5 {
-            let n1 = Finding::NPlusOne {
-                fingerprint: format!("SELECT {i}"),
-                count: 10,
-                total_ns: 1,
-                peer: "db:5432".into(),
-            };
-            f.add(&[n1]);
-        }
-        f.add(&[]);
-        assert_eq!(f.left_out, 6);
-        assert_eq!(f.merged.findings().len(), MAX_SUBJECTS);
-        assert_eq!(
-            f.merged.requests(),
-            MAX_SUBJECTS as u64 + 8,
-            "every request counts"
-        );
     }
 }

@@ -1,34 +1,31 @@
 //! What the dashboard knows, built from `AgentEvent`s. Pure: time comes in as an argument (the
 //! time since the dashboard started), so tests replay synthetic events and get the same screen
-//! every time. Each event costs O(1) (a histogram record, a few counters), a slow request's
-//! captures O(their frames); memory is bounded (histograms of fixed size, capped endpoints, a ring
-//! of recent slow requests with their captures).
+//! every time. The per-endpoint numbers are the shared aggregate's (`model::endpoints`, with a
+//! request rate per endpoint added here). Each event costs O(1) (a histogram record, a few
+//! counters), a slow request's captures O(their frames); memory is bounded (histograms of fixed
+//! size, capped endpoints, a ring of recent slow requests with their captures).
 
 use std::{
     collections::{HashMap, VecDeque},
     time::Duration,
 };
 
-use hdrhistogram::Histogram;
 use tracer_common::Counter;
 
 use super::{
-    breakdown::Time,
     captures::{Captured, HotFrames},
-    findings::Findings,
     rate::RateWindow,
 };
 use crate::{
     agent::{AgentEvent, Counters},
-    model::{handler::HandlerCall, profile::HotFrame, slow::SlowRequest, Request},
+    model::{handler::HandlerCall, profile::HotFrame, slow::SlowRequest, Endpoints, Request},
 };
 
 /// Slow requests remembered for the slow pane (the newest), with their captures.
 pub const MAX_SLOW: usize = 500;
-/// Endpoints with their own row; later ones share `OTHER_ENDPOINTS` (unnormalized ids in paths
-/// would otherwise grow memory without bound).
-pub const MAX_ENDPOINTS: usize = 1000;
-pub const OTHER_ENDPOINTS: &str = "(other endpoints)";
+/// Significant digits of the dashboard's histograms: buckets under 1% wide in ~13 KB per
+/// endpoint, so a thousand endpoints stay small (`record`'s summary uses 3 digits).
+const DIGITS: u8 = 2;
 
 /// Names one request for its whole life, in flight and finished: (pid, fd, start, index on the
 /// connection).
@@ -81,67 +78,17 @@ pub struct Meta {
     pub n_plus_one: u32,
 }
 
-/// Percentiles, recomputed only for endpoints that changed (reading a quantile walks the
-/// histogram, so this is not done per frame for every row).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Quantiles {
-    pub p50_us: u64,
-    pub p95_us: u64,
-    pub p99_us: u64,
-    pub max_us: u64,
-}
-
-#[derive(Debug, Clone)]
-pub struct Endpoint {
-    pub name: String,
-    pub count: u64,
-    pub errors_5xx: u64,
-    /// Finished requests at least as slow as the threshold.
-    pub slow: u64,
-    pub q: Quantiles,
-    pub rate: RateWindow,
-    /// Where its finished requests' time went, summed per part (`breakdown.rs`).
-    pub time: Time,
-    /// Its requests' findings, merged (`findings.rs`).
-    pub findings: Findings,
-    hist: Histogram<u32>,
-    /// Exact, unlike the histogram's buckets.
-    min_us: u64,
-    max_us: u64,
-    /// Listed in `Dashboard::dirty`: `q` is out of date.
-    stale: bool,
-}
-
-impl Endpoint {
-    fn new(name: String) -> Self {
-        Self {
-            name,
-            count: 0,
-            errors_5xx: 0,
-            slow: 0,
-            q: Quantiles::default(),
-            rate: RateWindow::default(),
-            time: Time::default(),
-            findings: Findings::default(),
-            // 1 µs .. 1 h at 2 significant digits: buckets under 1% wide in ~13 KB per
-            // endpoint, so a thousand endpoints stay small (`record`'s summary uses 3 digits).
-            hist: Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("valid histogram bounds"),
-            stale: false,
-            min_us: u64::MAX,
-            max_us: 0,
-        }
-    }
-}
+/// One endpoint-table row: the shared aggregate's, with its request rate (`extra`).
+pub type Endpoint = crate::model::endpoints::Endpoint<RateWindow>;
 
 #[derive(Debug, Clone)]
 pub struct Dashboard {
     pub meta: Meta,
     /// Time since the dashboard started, as of the last event or `set_now`.
     pub now: Duration,
-    endpoints: Vec<Endpoint>,
-    by_name: HashMap<String, usize>,
-    /// Endpoints whose quantiles are stale.
-    dirty: Vec<usize>,
+    /// Per endpoint (and `--handler` function): the shared aggregate, quantiles refreshed every
+    /// scan.
+    endpoints: Endpoints<RateWindow>,
     /// Finished slow requests, newest first.
     pub slow: VecDeque<Request>,
     /// Captures of requests in `slow`, for those the agent reported on (the same bound).
@@ -171,12 +118,11 @@ pub struct Dashboard {
 
 impl Dashboard {
     pub fn new(meta: Meta) -> Self {
+        let endpoints = Endpoints::new(DIGITS, Some(meta.threshold));
         Self {
             meta,
             now: Duration::ZERO,
-            endpoints: Vec::new(),
-            by_name: HashMap::new(),
-            dirty: Vec::new(),
+            endpoints,
             slow: VecDeque::new(),
             captured: HashMap::new(),
             hot: HotFrames::default(),
@@ -227,35 +173,15 @@ impl Dashboard {
         if r.end != "in_flight" {
             self.total += 1;
             self.requests.add(self.now, 1);
-            let i = self.sample(&r.endpoint, r.duration_us, r.is_5xx(), slow);
-            if r.breakdown.is_some() {
-                let e = &mut self.endpoints[i];
-                e.time.add(&r);
-                self.found += e.findings.add(&r.findings) as u64;
-                self.judged += 1;
+            if let Some(i) = self.endpoints.add(&r) {
+                self.endpoints.get_mut(i).extra.add(self.now, 1);
             }
+            self.judged = self.endpoints.judged;
+            self.found = self.endpoints.found;
         }
         if slow || killed(&r) {
             self.push_slow(r);
         }
-    }
-
-    /// One finished call or request into its endpoint row; returns the row.
-    fn sample(&mut self, endpoint: &str, duration_us: u64, is_5xx: bool, slow: bool) -> usize {
-        let i = self.endpoint_index(endpoint);
-        let e = &mut self.endpoints[i];
-        e.count += 1;
-        e.errors_5xx += u64::from(is_5xx);
-        e.slow += u64::from(slow);
-        e.rate.add(self.now, 1);
-        e.hist.saturating_record(duration_us.max(1));
-        e.min_us = e.min_us.min(duration_us);
-        e.max_us = e.max_us.max(duration_us);
-        if !e.stale {
-            e.stale = true;
-            self.dirty.push(i);
-        }
-        i
     }
 
     fn push_slow(&mut self, r: Request) {
@@ -288,8 +214,10 @@ impl Dashboard {
 
     /// A `--handler` call: its own row in the endpoint table (not a request: not in the totals).
     fn handler(&mut self, c: &HandlerCall) {
-        let slow = c.duration_us >= self.meta.threshold.as_micros() as u64;
-        let _ = self.sample(&handler_row(&c.handler), c.duration_us, false, slow);
+        let i = self
+            .endpoints
+            .sample(&handler_row(&c.handler), c.duration_us, false);
+        self.endpoints.get_mut(i).extra.add(self.now, 1);
     }
 
     /// Killed: its process died with it open, or the agent saw a fatal signal hit it.
@@ -303,24 +231,6 @@ impl Dashboard {
 
     pub fn captured(&self, r: &Request) -> Option<&Captured> {
         self.captured.get(&key(r))
-    }
-
-    fn endpoint_index(&mut self, name: &str) -> usize {
-        if let Some(&i) = self.by_name.get(name) {
-            return i;
-        }
-        let name = if self.endpoints.len() < MAX_ENDPOINTS {
-            name
-        } else {
-            OTHER_ENDPOINTS
-        };
-        if let Some(&i) = self.by_name.get(name) {
-            return i;
-        }
-        self.endpoints.push(Endpoint::new(name.to_owned()));
-        self.by_name
-            .insert(name.to_owned(), self.endpoints.len() - 1);
-        self.endpoints.len() - 1
     }
 
     fn tick(&mut self, in_flight: Vec<Request>, counters: Counters) {
@@ -337,27 +247,11 @@ impl Dashboard {
 
     /// Recompute the quantiles of endpoints that changed. Called every scan and before drawing.
     pub fn refresh(&mut self) {
-        for i in self.dirty.drain(..) {
-            let e = &mut self.endpoints[i];
-            e.stale = false;
-            // The middle of the bucket (≤0.5% off), within the exact minimum and maximum (so
-            // one request shows its own duration everywhere).
-            let at = |q: f64| {
-                let h = &e.hist;
-                h.median_equivalent(h.value_at_quantile(q))
-                    .clamp(e.min_us, e.max_us)
-            };
-            e.q = Quantiles {
-                p50_us: at(0.50),
-                p95_us: at(0.95),
-                p99_us: at(0.99),
-                max_us: e.max_us,
-            };
-        }
+        self.endpoints.refresh();
     }
 
     pub fn endpoints(&self) -> &[Endpoint] {
-        &self.endpoints
+        self.endpoints.list()
     }
 
     /// Kernel and user-space losses: request records that never reached us.

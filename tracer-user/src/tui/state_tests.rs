@@ -2,6 +2,7 @@
 //! other screen tests build on.
 
 use super::*;
+use crate::model::endpoints::{MAX_ENDPOINTS, OTHER_ENDPOINTS};
 
 thread_local! {
     /// Each test runs on its own thread: a fresh, deterministic sequence per test.
