@@ -64,7 +64,18 @@ fn run(python: &std::path::Path, args: &[&str]) -> Run {
             .stdout(Stdio::piped()),
     );
     let port = read_port(app.child.stdout.take().unwrap()).to_string();
-    let mut all = vec!["--port", &port, "--flamegraph", "--threshold", "150ms"];
+    // 499 Hz, not the default 99: f's share is a binomial estimate, and at ~150 samples its
+    // standard deviation (3.7 points) made the ±5 check fail about one run in six; at ~750 it is
+    // 1.7 points.
+    let mut all = vec![
+        "--port",
+        &port,
+        "--flamegraph",
+        "--threshold",
+        "150ms",
+        "--sample-hz",
+        "499",
+    ];
     all.extend_from_slice(args);
     let trace = Trace::start(&all);
     let client = |path: &str, n: &str| {

@@ -12,7 +12,7 @@ use crate::{
     agent::{Agent, AgentEvent, Consumer, Counters},
     config::RecordConfig,
     model::{handler::HandlerCall, slow::SlowRequest, Endpoints},
-    sinks::{files::Files, findings, summary},
+    sinks::{files::Files, findings, flame, summary},
 };
 
 /// `record`'s outputs: the files, and the per-endpoint numbers of the exit summary.
@@ -75,6 +75,9 @@ pub fn run(cfg: RecordConfig) -> anyhow::Result<ExitCode> {
         stats: Endpoints::default(),
         handler_stats: Endpoints::default(),
     };
+    // With --flamegraph each slow request gets its own flamegraph next to its report.
+    let flame_dir = cfg.agent.profile.as_ref().and_then(|p| p.out_dir.clone());
+    rec.files.slow_flamegraphs = flame_dir.is_some();
     let out = cfg.out_dir.join(crate::sinks::files::REQUESTS);
     eprintln!(
         "slowtrace: tracing {} with {}; writing {}{}",
@@ -117,7 +120,25 @@ pub fn run(cfg: RecordConfig) -> anyhow::Result<ExitCode> {
     footer.extend(findings::summary(&rec.stats, rec.files.findings.written));
     footer.extend(downstream_report(&done.counters));
     if let Some(p) = &done.profile {
-        footer.extend(profile_report(p, &done.counters));
+        // The whole run's flamegraphs are written here, by the output, from the profile the
+        // profiler thread handed back.
+        let mut written = Vec::new();
+        let mut errors = std::mem::take(&mut rec.files.errors);
+        if let (Some(dir), Some(profile), Some(pc)) =
+            (&flame_dir, &p.profile, cfg.agent.profile.as_ref())
+        {
+            match flame::write_all(dir, profile, pc.endpoint.as_ref(), pc.sample_hz) {
+                Ok(w) => written = w.files,
+                Err(e) => errors.push(format!("writing the flamegraphs: {e}")),
+            }
+        }
+        footer.extend(profile_report(
+            p,
+            &done.counters,
+            &written,
+            rec.files.slow_svgs,
+            &errors,
+        ));
     }
     footer.extend(loss_report(&done.counters));
     footer.extend(crate::reaper::STATS.report());
@@ -147,7 +168,13 @@ fn downstream_report(c: &Counters) -> Vec<String> {
 }
 
 /// What the profiler saw and wrote.
-fn profile_report(p: &crate::profile::Report, c: &Counters) -> Vec<String> {
+fn profile_report(
+    p: &crate::profile::Report,
+    c: &Counters,
+    files: &[std::path::PathBuf],
+    slow_svgs: u64,
+    errors: &[String],
+) -> Vec<String> {
     let mut lines = vec![format!(
         "\nprofile: {} samples ({} off-CPU map full, {} sample ring drops, {} queue drops, {} \
          requests' own samples dropped), {} Python processes walked in the kernel, {} \
@@ -158,7 +185,7 @@ fn profile_report(p: &crate::profile::Report, c: &Counters) -> Vec<String> {
         c.profile_overflow,
         p.dropped_requests,
         p.python_procs,
-        p.slow_svgs,
+        slow_svgs,
     )];
     let [ok, no_thread, failed, cut] = p.py_walks;
     if ok + no_thread + failed + cut > 0 {
@@ -167,8 +194,8 @@ fn profile_report(p: &crate::profile::Report, c: &Counters) -> Vec<String> {
              unreadable (memory paged out or changing), {no_thread} on threads running no Python"
         ));
     }
-    if !p.files.is_empty() {
-        let names: Vec<String> = p.files.iter().map(|f| f.display().to_string()).collect();
+    if !files.is_empty() {
+        let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
         lines.push(format!("flamegraphs: {}", names.join(", ")));
         for (what, top) in [("cpu", &p.top_cpu), ("wall µs", &p.top_wall)] {
             if !top.is_empty() {
@@ -177,7 +204,12 @@ fn profile_report(p: &crate::profile::Report, c: &Counters) -> Vec<String> {
             }
         }
     }
-    lines.extend(p.errors.iter().map(|e| format!("WARNING: {e}")));
+    lines.extend(
+        p.errors
+            .iter()
+            .chain(errors)
+            .map(|e| format!("WARNING: {e}")),
+    );
     lines
 }
 

@@ -173,6 +173,7 @@ impl Capturing {
             killed,
             captures,
             captures_missed: missed,
+            profile: None,
         };
         if pending > 0 {
             self.closing.push(Closing {

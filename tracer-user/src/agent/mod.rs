@@ -383,13 +383,15 @@ impl Agent {
             }
         }
         if let Some(p) = self.profiler.as_mut() {
-            // A slow request's own flamegraph is named after its report.
+            // A request past the threshold takes its own samples along, for its flamegraph.
             let over = self
                 .capturing
                 .as_ref()
                 .is_some_and(|c| req.duration_us >= c.threshold_us());
-            let name = over.then(|| crate::sinks::slow::report_base(&req));
-            p.request_done(key, name);
+            match slow.as_mut() {
+                Some(s) if over => s.profile = p.take_request(key),
+                _ => p.request_done(key),
+            }
         }
         out.on_event(AgentEvent::Request(req))?;
         match slow {

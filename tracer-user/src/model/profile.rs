@@ -380,6 +380,19 @@ pub struct HotFrame {
     pub of: u64,
 }
 
+/// Summary only: the tables are large.
+impl std::fmt::Debug for Profile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (frames, stacks, open) = self.sizes();
+        f.debug_struct("Profile")
+            .field("samples", &self.samples)
+            .field("frames", &frames)
+            .field("stacks", &stacks)
+            .field("open_requests", &open)
+            .finish_non_exhaustive()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

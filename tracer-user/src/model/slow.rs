@@ -70,6 +70,10 @@ pub struct SlowRequest {
     /// Captures that could not be taken (queue full, thread gone).
     #[serde(skip_serializing_if = "is_zero")]
     pub captures_missed: u32,
+    /// The request's own profile samples, when profiling: the files sink draws them as
+    /// slow/<report>.svg with `--flamegraph`. Not a field of slow.jsonl.
+    #[serde(skip)]
+    pub profile: Option<crate::model::profile::RequestProfile>,
 }
 
 fn is_zero(v: &u32) -> bool {

@@ -4,8 +4,9 @@
 //! the event loop behind a bounded queue (a full queue drops samples, counted). Samples go over
 //! in one batch per drain, and each batch is resolved in one round trip to the stack resolver
 //! thread (`crate::symbols`, shared with the captures). The profiler thread owns the profile; the
-//! agent tells it when requests end (so a slow request's own flamegraph can be written) and asks
-//! for the result at the end.
+//! agent tells it when requests end (a slow request takes its own samples along, for its
+//! flamegraph) and takes the whole profile at the end. It writes no files: the outputs draw the
+//! flamegraphs (`sinks::flame`, `sinks::files`).
 
 mod merge;
 mod resolve;
@@ -25,12 +26,11 @@ use tracer_common::{profile::sample_kind, ProfileRecord};
 
 use crate::{
     model::{
-        profile::{FrameInfo, HotFrame, Metric, Profile, ReqKey, Sample, Weights},
+        profile::{FrameInfo, HotFrame, Metric, Profile, ReqKey, RequestProfile, Sample, Weights},
         request::endpoint_of,
     },
     procfs,
     reaper::{self, PerProcess, Sweep, STATS, SWEEP_EVERY},
-    sinks::flame,
     symbols::Stacks,
 };
 
@@ -63,8 +63,8 @@ enum Msg {
     Samples(Vec<ProfileRecord>),
     /// Fast requests that ended: their own stacks are dropped.
     DoneBatch(Vec<ReqKey>),
-    /// A request ended; `Some(name)`: it was slow, write `slow/<name>.svg`.
-    Done(ReqKey, Option<String>),
+    /// A slow request ended: hand its own samples back.
+    Take(ReqKey, mpsc::SyncSender<Option<RequestProfile>>),
     Finish(mpsc::Sender<Report>),
 }
 
@@ -73,8 +73,8 @@ enum Msg {
 pub struct Report {
     pub samples: u64,
     pub python_procs: u64,
-    pub files: Vec<PathBuf>,
-    pub slow_svgs: u64,
+    /// The whole run's profile, for the flamegraph files.
+    pub profile: Option<Box<Profile>>,
     pub dropped_requests: u64,
     /// Top folded lines of each profile, for the summary.
     pub top_cpu: Vec<String>,
@@ -160,22 +160,23 @@ impl Profiler {
         }
     }
 
-    pub fn request_done(&mut self, key: ReqKey, slow_name: Option<String>) {
-        match slow_name {
-            // Blocking for a slow request's flamegraph.
-            Some(name) => {
-                self.flush_done();
-                let _ = self.tx.send(Msg::Done(key, Some(name)));
-            }
-            // Fast ones are batched: a message per request woke the profiler thread once per
-            // request, a quarter of the agent's CPU at 40k requests/s (perf under wrk).
-            None => {
-                self.done.push(key);
-                if self.done.len() >= DONE_BATCH {
-                    self.flush_done();
-                }
-            }
+    /// A request ended and its own samples are not wanted. Batched: a message per request
+    /// woke the profiler thread once per request, a quarter of the agent's CPU at 40k
+    /// requests/s (perf under wrk).
+    pub fn request_done(&mut self, key: ReqKey) {
+        self.done.push(key);
+        if self.done.len() >= DONE_BATCH {
+            self.flush_done();
         }
+    }
+
+    /// A slow request ended: its own samples, for its flamegraph (waits for the profiler
+    /// thread, at most one batch of samples; slow requests are few).
+    pub fn take_request(&mut self, key: ReqKey) -> Option<RequestProfile> {
+        self.flush_done();
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.tx.send(Msg::Take(key, tx)).ok()?;
+        rx.recv().ok().flatten()
     }
 
     /// Hand over the samples and the batched request ends (each drain), in that order: a
@@ -193,7 +194,7 @@ impl Profiler {
         self.hot.lock().map(|h| h.clone()).unwrap_or_default()
     }
 
-    /// Write the files (with `--flamegraph`) and stop the thread.
+    /// Stop the thread; the report carries the whole profile.
     pub fn finish(mut self) -> Report {
         self.flush_done();
         let (tx, rx) = mpsc::channel();
@@ -269,7 +270,6 @@ fn run(
     let mut report = Report::default();
     let period_us = 1_000_000 / cfg.sample_hz.max(1);
     let mut hot_at = Instant::now();
-    let slow_dir = cfg.out_dir.as_ref().map(|d| d.join("slow"));
     let mut dead = Dead::new();
     loop {
         let msg = match rx.recv_timeout(SWEEP_EVERY) {
@@ -305,23 +305,8 @@ fn run(
                     profile.forget_request(key);
                 }
             }
-            Msg::Done(key, slow) => {
-                let own = profile.take_request(&key);
-                if let (Some(name), Some(own), Some(dir)) = (slow, own, slow_dir.as_ref()) {
-                    let (lines, m) = if own.wall.is_empty() {
-                        (&own.cpu, Metric::Cpu)
-                    } else {
-                        (&own.wall, Metric::Wall)
-                    };
-                    let path = dir.join(format!("{name}.svg"));
-                    let _ = std::fs::create_dir_all(dir);
-                    let title = format!("slowtrace: slow request {name}");
-                    match flame::write_svg(&path, &title, lines, m) {
-                        Ok(true) => report.slow_svgs += 1,
-                        Ok(false) => {}
-                        Err(e) => report.errors.push(format!("{}: {e}", path.display())),
-                    }
-                }
+            Msg::Take(key, reply) => {
+                let _ = reply.send(profile.take_request(&key));
             }
             Msg::Finish(reply) => {
                 report.samples = profile.samples;
@@ -329,12 +314,9 @@ fn run(
                 report.dropped_requests = profile.dropped_requests;
                 report.top_cpu = top(profile.folded(Metric::Cpu, cfg.endpoint.as_ref()));
                 report.top_wall = top(profile.folded(Metric::Wall, cfg.endpoint.as_ref()));
-                if let Some(dir) = &cfg.out_dir {
-                    match flame::write_all(dir, &profile, cfg.endpoint.as_ref(), cfg.sample_hz) {
-                        Ok(w) => report.files = w.files,
-                        Err(e) => report.errors.push(format!("writing the flamegraphs: {e}")),
-                    }
-                }
+                // The files are the outputs' business (`sinks::flame`): the profile goes with the
+                // report.
+                report.profile = Some(Box::new(std::mem::take(&mut profile)));
                 let _ = reply.send(std::mem::take(&mut report));
                 return;
             }

@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
-use super::{findings::FindingsSink, jsonl::JsonlSink, slow::SlowSink, Sink as _};
+use super::{findings::FindingsSink, flame, jsonl::JsonlSink, slow::SlowSink, Sink as _};
 use crate::{
     agent::{AgentEvent, Consumer},
-    model::{handler::HandlerCall, slow::SlowRequest, Request},
+    model::{handler::HandlerCall, profile::Metric, slow::SlowRequest, Request},
 };
 
 pub const REQUESTS: &str = "requests.jsonl";
@@ -25,6 +25,12 @@ pub struct Files {
     pub handlers: Option<JsonlSink>,
     /// Path of the last slow-request report written (for the one-line notice of `record`).
     pub last_report: Option<PathBuf>,
+    /// Draw each slow request's own samples next to its report (`record --flamegraph`).
+    pub slow_flamegraphs: bool,
+    /// slow/*.svg written.
+    pub slow_svgs: u64,
+    /// Flamegraphs that could not be written (the run goes on; the summary says so).
+    pub errors: Vec<String>,
 }
 
 impl Files {
@@ -47,6 +53,9 @@ impl Files {
                 false => None,
             },
             last_report: None,
+            slow_flamegraphs: false,
+            slow_svgs: 0,
+            errors: Vec::new(),
         })
     }
 
@@ -58,6 +67,22 @@ impl Files {
     pub fn slow(&mut self, slow: &SlowRequest) -> anyhow::Result<()> {
         if let Some(sink) = self.slow.as_mut() {
             let path = sink.write(slow).context("writing a slow-request report")?;
+            if let (true, Some(p)) = (self.slow_flamegraphs, &slow.profile) {
+                // Wall-clock (where the time went, blocked or not) when there is any.
+                let (lines, m) = if p.wall.is_empty() {
+                    (&p.cpu, Metric::Cpu)
+                } else {
+                    (&p.wall, Metric::Wall)
+                };
+                let svg = path.with_extension("svg");
+                let name = svg.file_stem().unwrap_or_default().to_string_lossy();
+                let title = format!("slowtrace: slow request {name}");
+                match flame::write_svg(&svg, &title, lines, m) {
+                    Ok(true) => self.slow_svgs += 1,
+                    Ok(false) => {}
+                    Err(e) => self.errors.push(format!("{}: {e}", svg.display())),
+                }
+            }
             self.last_report = Some(path);
         }
         Ok(())
@@ -110,13 +135,18 @@ mod tests {
         use crate::tui::captures::tests::{capture, py, slow_request};
         let dir = tempfile::tempdir().unwrap();
         let mut f = Files::create(dir.path(), true, true).unwrap();
+        f.slow_flamegraphs = true;
         let r = crate::tui::state::tests::req("GET /slow", 1500, 200);
         f.on_event(AgentEvent::Request(Box::new(r.clone())))
             .unwrap();
-        let s = slow_request(
+        let mut s = slow_request(
             r,
             vec![capture(1000, vec![py("view", "app.py", 3)], vec![])],
         );
+        s.profile = Some(crate::model::profile::RequestProfile {
+            cpu: vec!["GET /slow;handle;view (app.py:3) 12".into()],
+            wall: vec![],
+        });
         f.on_slow(&s).unwrap();
         f.on_event(AgentEvent::Tick {
             in_flight: vec![],
@@ -146,6 +176,12 @@ mod tests {
         };
         assert_eq!(lines(REQUESTS), 1);
         assert_eq!(lines("slow.jsonl"), 1);
-        assert!(f.last_report.as_ref().is_some_and(|p| p.exists()));
+        let report = f.last_report.clone().unwrap();
+        assert!(report.exists());
+        assert!(
+            report.with_extension("svg").exists(),
+            "the slow request's own flamegraph next to its report"
+        );
+        assert_eq!(f.slow_svgs, 1);
     }
 }

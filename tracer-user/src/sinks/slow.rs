@@ -253,6 +253,7 @@ mod tests {
                 errors: vec![],
             }],
             captures_missed: 0,
+            profile: None,
         };
         let text = report(&s);
         let view = text.find("in view").unwrap();

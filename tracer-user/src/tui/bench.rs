@@ -317,6 +317,7 @@ impl Generator {
             killed: None,
             captures,
             captures_missed: 0,
+            profile: None,
         }
     }
 

@@ -286,6 +286,7 @@ pub mod tests {
             killed: None,
             captures,
             captures_missed: 0,
+            profile: None,
         }
     }
 
