@@ -50,6 +50,22 @@ fn unwritable_output_dir() {
 }
 
 #[test]
+fn unwritable_output_dir_says_its_cause_once() {
+    let me = std::process::id().to_string();
+    let out = record(&["--pid", &me, "-o", "/proc/nonexistent/slowtrace"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+}
+
+#[test]
+fn port_zero_is_a_usage_error() {
+    let out = record(&["--port", "0"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("invalid value '0' for '--port"), "{err}");
+}
+
+#[test]
 fn bad_duration_is_a_usage_error() {
     let out = record(&["--pid", "1", "--duration", "soon"]);
     assert_eq!(out.status.code(), Some(2));

@@ -71,7 +71,7 @@ pub struct TargetArgs {
     pub pids: Vec<u32>,
 
     /// Trace whoever listens on this TCP port now, and whoever binds it later. Repeatable.
-    #[arg(long = "port", value_name = "PORT")]
+    #[arg(long = "port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
     pub ports: Vec<u16>,
 
     /// Launch this command and trace it (and its children) from its first instruction.

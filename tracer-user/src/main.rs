@@ -46,8 +46,49 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             // One clear line (plus causes), not a backtrace.
-            eprintln!("slowtrace: error: {err:#}");
+            eprintln!("slowtrace: error: {}", one_line(&err));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The error and its causes on one line, each said once: many of our errors name their cause
+/// in their own message too (`output directory X: No such file…`), and `{:#}` would repeat it.
+fn one_line(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cause_already_in_the_message_is_not_repeated() {
+        let err = config::prepare_output_dir(std::path::Path::new("/proc/nonexistent/x"))
+            .map_err(anyhow::Error::from)
+            .unwrap_err();
+        let line = one_line(&err);
+        assert_eq!(
+            line.matches("No such file or directory").count(),
+            1,
+            "{line}"
+        );
+        assert!(
+            line.starts_with("output directory /proc/nonexistent/x: "),
+            "{line}"
+        );
+        let outer = anyhow::anyhow!("inner cause").context("doing a thing");
+        assert_eq!(one_line(&outer), "doing a thing: inner cause");
     }
 }
