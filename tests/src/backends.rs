@@ -7,7 +7,7 @@ use std::{
     process::{Command, Stdio},
 };
 
-use crate::{free_port, wait_port, Proc};
+use crate::{free_port, python, server_script, venv, wait_port, Proc};
 
 /// PostgreSQL's binaries (Debian keeps them under /usr/lib/postgresql/VERSION/bin).
 fn pg_bin(name: &str) -> PathBuf {
@@ -140,4 +140,29 @@ pub fn installed(bin: &str) -> bool {
         .stdout(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
+}
+
+/// tests/servers/downstream_app.py (Django) under gunicorn, 2 sync workers, with `env` (PGPORT,
+/// REDIS_PORT, MEMCACHED_PORT, ...), its tables created first. The app and its port.
+pub fn downstream_app(env: &[(&str, String)]) -> (Proc, u16) {
+    let with_env = |c: &mut Command| {
+        c.current_dir(server_script(""));
+        for (k, v) in env {
+            c.env(k, v);
+        }
+    };
+    let mut init = Command::new(python());
+    with_env(init.arg("downstream_app.py").arg("init"));
+    assert!(init.status().unwrap().success(), "creating the test tables");
+    let port = free_port();
+    let mut gunicorn = Command::new(venv().join("bin/gunicorn"));
+    with_env(
+        gunicorn
+            .args(["--workers", "2", "--bind", &format!("127.0.0.1:{port}")])
+            .args(["--log-level", "warning", "downstream_app:application"])
+            .stdout(Stdio::null()),
+    );
+    let app = Proc::spawn(&mut gunicorn);
+    wait_port(port);
+    (app, port)
 }

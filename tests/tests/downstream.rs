@@ -3,10 +3,7 @@
 //! cache key 50 times, a view waiting on a file lock another request holds, a CPU-bound view: the
 //! round trips, fingerprints, findings and breakdowns must say so.
 
-use std::{
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::time::Duration;
 
 use integration_tests::{backends, *};
 use serde_json::Value;
@@ -43,24 +40,12 @@ fn downstream_calls_findings_and_breakdown() {
     let (_redis, redis_port) = backends::redis();
     let (_memcached, mc_port) = backends::memcached();
     let lock = tempfile::NamedTempFile::new().unwrap();
-    let env = |c: &mut Command| {
-        c.current_dir(server_script(""))
-            .env("PGPORT", pg.port.to_string())
-            .env("REDIS_PORT", redis_port.to_string())
-            .env("MEMCACHED_PORT", mc_port.to_string())
-            .env("SLOWTRACE_LOCK", lock.path());
-    };
-    let mut init = Command::new(python());
-    env(init.arg("downstream_app.py").arg("init"));
-    assert!(init.status().unwrap().success(), "creating the test tables");
-    let port = free_port();
-    let mut gunicorn = Command::new(venv().join("bin/gunicorn"));
-    env(gunicorn
-        .args(["--workers", "2", "--bind", &format!("127.0.0.1:{port}")])
-        .args(["--log-level", "warning", "downstream_app:application"])
-        .stdout(Stdio::null()));
-    let _app = Proc::spawn(&mut gunicorn);
-    wait_port(port);
+    let (_app, port) = backends::downstream_app(&[
+        ("PGPORT", pg.port.to_string()),
+        ("REDIS_PORT", redis_port.to_string()),
+        ("MEMCACHED_PORT", mc_port.to_string()),
+        ("SLOWTRACE_LOCK", lock.path().display().to_string()),
+    ]);
     // No request before tracing: connections the workers open are then all seen from connect.
     let trace = Trace::start(&["--port", &port.to_string(), "--threshold", "200ms"]);
     let url = |p: &str| format!("http://127.0.0.1:{port}{p}");

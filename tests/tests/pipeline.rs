@@ -2,12 +2,7 @@
 //! traced by each gives the same files with the same fields, the app frame that made a slow
 //! request's calls (`downstream.site`) included in slow.jsonl and findings.jsonl.
 
-use std::{
-    collections::BTreeSet,
-    path::Path,
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{collections::BTreeSet, path::Path, time::Duration};
 
 use integration_tests::{tmux::Tmux, *};
 use serde_json::Value;
@@ -78,23 +73,11 @@ fn record_and_top_write_the_same_files_with_the_same_fields() {
     require_root();
     let pg = backends::Postgres::start();
     let (_redis, redis_port) = backends::redis();
-    let env = |c: &mut Command| {
-        c.current_dir(server_script(""))
-            .env("PGPORT", pg.port.to_string())
-            .env("REDIS_PORT", redis_port.to_string())
-            .env("MEMCACHED_PORT", "1");
-    };
-    let mut init = Command::new(python());
-    env(init.arg("downstream_app.py").arg("init"));
-    assert!(init.status().unwrap().success(), "creating the test tables");
-    let port = free_port();
-    let mut gunicorn = Command::new(venv().join("bin/gunicorn"));
-    env(gunicorn
-        .args(["--workers", "2", "--bind", &format!("127.0.0.1:{port}")])
-        .args(["--log-level", "warning", "downstream_app:application"])
-        .stdout(Stdio::null()));
-    let _app = Proc::spawn(&mut gunicorn);
-    wait_port(port);
+    let (_app, port) = backends::downstream_app(&[
+        ("PGPORT", pg.port.to_string()),
+        ("REDIS_PORT", redis_port.to_string()),
+        ("MEMCACHED_PORT", "1".into()),
+    ]);
 
     // record
     let trace = Trace::start(&["--port", &port.to_string(), "--threshold", "200ms"]);

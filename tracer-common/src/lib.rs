@@ -51,8 +51,8 @@ pub struct TracepointOffsets {
 }
 
 /// Kernel struct field offsets, looked up by user space in the running kernel's BTF and set as
-/// a global before load (Rust eBPF has no CO-RE). `valid == 0`: BTF was not available, and the
-/// programs that need these fall back or stay off.
+/// a global before load (Rust eBPF has no CO-RE). Without BTF user space attaches the fallback
+/// programs, which read none of these.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KernelOffsets {
@@ -76,8 +76,6 @@ pub struct KernelOffsets {
     /// `struct task_struct.pid` and `.tgid`.
     pub task_pid: u32,
     pub task_tgid: u32,
-    pub valid: u32,
-    pub _pad: u32,
 }
 
 /// Where a watched thread was, as stack-trace-map ids (negative: not captured).

@@ -219,17 +219,8 @@ pub fn sched_switch(ctx: TracePointContext) -> u32 {
 #[raw_tracepoint(tracepoint = "sched_switch")]
 pub fn sched_switch_raw(ctx: RawTracePointContext) -> i32 {
     let o = unsafe { core::ptr::read_volatile(&KOFFS) };
-    let next_task = ctx.arg::<u64>(2);
-    // Only a target's thread has anything to charge at switch-in: test its process first, with
-    // the array lookup, before any per-thread hash lookup.
-    let next_tgid =
-        unsafe { bpf_probe_read_kernel((next_task + o.task_tgid as u64) as *const i32) }
-            .unwrap_or(0);
-    let next = if is_target(next_tgid as u32) {
-        unsafe { bpf_probe_read_kernel((next_task + o.task_pid as u64) as *const i32) }.ok()
-    } else {
-        None
-    };
+    // Only a target's thread has anything to charge at switch-in.
+    let next = target_task_pid(ctx.arg::<u64>(2), &o);
     let state = ctx.arg::<u64>(3) as u32;
     on_switch(&ctx, next, state, true);
     0
@@ -239,16 +230,22 @@ pub fn sched_switch_raw(ctx: RawTracePointContext) -> i32 {
 #[raw_tracepoint(tracepoint = "sched_wakeup")]
 pub fn sched_wakeup_raw(ctx: RawTracePointContext) -> i32 {
     let o = unsafe { core::ptr::read_volatile(&KOFFS) };
-    let task = ctx.arg::<u64>(0);
-    let tgid =
-        unsafe { bpf_probe_read_kernel((task + o.task_tgid as u64) as *const i32) }.unwrap_or(0);
-    if !is_target(tgid as u32) {
-        return 0;
-    }
-    if let Ok(pid) = unsafe { bpf_probe_read_kernel((task + o.task_pid as u64) as *const i32) } {
+    if let Some(pid) = target_task_pid(ctx.arg::<u64>(0), &o) {
         woken(pid as u32);
     }
     0
+}
+
+/// The pid (thread id) of `task` if its process is a target: the process is tested first,
+/// with the array lookup, before anything per thread is looked up.
+#[inline(always)]
+fn target_task_pid(task: u64, o: &tracer_common::KernelOffsets) -> Option<i32> {
+    let read = |off: u32| unsafe { bpf_probe_read_kernel((task + off as u64) as *const i32) };
+    let tgid = read(o.task_tgid).ok()?;
+    if !is_target(tgid as u32) {
+        return None;
+    }
+    read(o.task_pid).ok()
 }
 
 #[inline(always)]

@@ -51,8 +51,6 @@ pub static KOFFS: KernelOffsets = KernelOffsets {
     unix_name: 0,
     task_pid: 0,
     task_tgid: 0,
-    valid: 0,
-    _pad: 0,
 };
 
 /// Local TCP ports the targets serve on → 1 (seeded by user space, added on listen).
@@ -345,40 +343,27 @@ fn inet(key: &ConnKey, sk: u64, f: &SockFields, o: &KernelOffsets) -> Sock {
         s.rec.local_port = local;
         s.rec.peer_family = family;
         s.rec.peer_port = peer_port;
-        let _ = if family == AF_INET {
-            unsafe {
-                bpf_probe_read_kernel_buf(
-                    (sk + o.sk_daddr as u64) as *const u8,
-                    &mut s.rec.peer_addr[..4],
-                )
-            }
-        } else {
-            unsafe {
-                bpf_probe_read_kernel_buf(
-                    (sk + o.sk_v6_daddr as u64) as *const u8,
-                    &mut s.rec.peer_addr,
-                )
-            }
-        };
+        s.rec.peer_addr = peer_addr(sk, family, o);
         served(key, s)
     } else {
         let Some(d) = new_downstream(sk, family, peer_port) else {
             return Sock::Skip;
         };
-        let _ = if family == AF_INET {
-            unsafe {
-                bpf_probe_read_kernel_buf((sk + o.sk_daddr as u64) as *const u8, &mut d.addr[..4])
-            }
-        } else {
-            unsafe {
-                bpf_probe_read_kernel_buf(
-                    (sk + o.sk_v6_daddr as u64) as *const u8,
-                    &mut d.addr[..16],
-                )
-            }
-        };
+        d.addr[..16].copy_from_slice(&peer_addr(sk, family, o));
         downstream_insert(key, d)
     }
+}
+
+/// The peer's IPv4 (first 4 bytes) or IPv6 address of an inet socket.
+#[inline(always)]
+fn peer_addr(sk: u64, family: u16, o: &KernelOffsets) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    let _ = if family == AF_INET {
+        unsafe { bpf_probe_read_kernel_buf((sk + o.sk_daddr as u64) as *const u8, &mut out[..4]) }
+    } else {
+        unsafe { bpf_probe_read_kernel_buf((sk + o.sk_v6_daddr as u64) as *const u8, &mut out) }
+    };
+    out
 }
 
 /// Unix stream sockets: one accepted from a bound socket shares its address (served); a

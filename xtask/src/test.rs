@@ -25,41 +25,27 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             ])
             .args(args),
     )?;
-    util::run(
-        util::cargo()
-            .env("SLOWTRACE_BIN", util::slowtrace_bin())
-            .env("SLOWTRACE_VENV", util::venv())
-            .args([
-                "test",
-                "--release",
-                "-p",
-                "integration-tests",
-                "--",
-                "--test-threads=1",
-                "--include-ignored",
-            ])
-            .args(args),
-    )?;
+    integration(&[], args, false)?;
     // The syscall-tracepoint path is what kernels without the socket tracepoints (< 6.3) or BTF
     // get: the exact-count suites again on it, forced.
+    integration(&["nginx_gunicorn", "python_servers"], args, true)
+}
+
+/// The root integration tests (`tests`: these test files only; none: all of them), one at a
+/// time; `fallback` forces the syscall-tracepoint path.
+fn integration(tests: &[&str], args: &[String], fallback: bool) -> anyhow::Result<()> {
+    let mut cmd = util::cargo();
+    cmd.env("SLOWTRACE_BIN", util::slowtrace_bin())
+        .env("SLOWTRACE_VENV", util::venv())
+        .args(["test", "--release", "-p", "integration-tests"]);
+    if fallback {
+        cmd.env("SLOWTRACE_SYSCALL_PATH", "1");
+    }
+    for t in tests {
+        cmd.args(["--test", t]);
+    }
     util::run(
-        util::cargo()
-            .env("SLOWTRACE_BIN", util::slowtrace_bin())
-            .env("SLOWTRACE_VENV", util::venv())
-            .env("SLOWTRACE_SYSCALL_PATH", "1")
-            .args([
-                "test",
-                "--release",
-                "-p",
-                "integration-tests",
-                "--test",
-                "nginx_gunicorn",
-                "--test",
-                "python_servers",
-                "--",
-                "--test-threads=1",
-                "--include-ignored",
-            ])
+        cmd.args(["--", "--test-threads=1", "--include-ignored"])
             .args(args),
     )
 }

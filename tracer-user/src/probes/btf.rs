@@ -265,8 +265,6 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         unix_name: btf.offset("unix_address", "name")?,
         task_pid: btf.offset("task_struct", "pid")?,
         task_tgid: btf.offset("task_struct", "tgid")?,
-        valid: 1,
-        _pad: 0,
     })
 }
 

@@ -54,8 +54,6 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tr
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
-    #[error(transparent)]
-    Tracefs(#[from] tracefs::TracefsError),
     #[error("loading the eBPF programs failed: {0}")]
     Load(Box<aya::EbpfError>),
     #[error("eBPF program {0} is missing from the embedded object")]
