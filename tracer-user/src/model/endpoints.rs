@@ -415,6 +415,7 @@ mod tests {
             bytes_out: 0,
             end: "close",
             seq: 0,
+            conn_id: 0,
             pipeline_index: None,
             signals: Vec::new(),
             breakdown: None,

@@ -6,6 +6,7 @@ pub mod downstream;
 pub mod endpoints;
 pub mod handler;
 pub mod http;
+pub mod ids;
 pub mod profile;
 pub mod request;
 pub mod route;

@@ -7,8 +7,7 @@
 
 use std::collections::HashMap;
 
-/// A request: (tgid, connection id, index on the connection).
-pub type ReqKey = (u32, u64, u32);
+pub use super::ids::ReqKey;
 
 /// Root frame of samples taken while the thread served no request.
 pub const NO_REQUEST: &str = "[no request]";

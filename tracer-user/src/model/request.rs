@@ -59,6 +59,10 @@ pub struct Request {
     pub end: &'static str,
     /// Request index on its connection (keep-alive), from 0.
     pub seq: u32,
+    /// The kernel's id of the served connection: with `pid` and `seq` it names the request to the
+    /// profiler and the downstream tracker (`ids::ReqKey`), and seeds the exported span ids.
+    #[serde(skip)]
+    pub conn_id: u64,
     /// Position in a pipeline when several requests came in one read.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pipeline_index: Option<u16>,
@@ -141,6 +145,7 @@ impl Request {
             bytes_out: r.bytes_out,
             end: end_reason_name(end),
             seq: r.seq,
+            conn_id: r.conn_id,
             pipeline_index: (r.flags & FLAG_PIPELINED != 0).then_some(r.pipeline_index),
             signals: Vec::new(),
             breakdown: None,

@@ -375,6 +375,7 @@ fn synthetic(n: u64, e: usize, duration_us: u64, status: u16) -> Request {
         bytes_out: 4000,
         end: "close",
         seq: 0,
+        conn_id: 0,
         pipeline_index: None,
         signals: Vec::new(),
         breakdown: None,

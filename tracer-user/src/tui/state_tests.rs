@@ -36,6 +36,7 @@ pub fn req(endpoint: &str, ms: u64, status: u16) -> Request {
         bytes_out: 120,
         end: "close",
         seq: 0,
+        conn_id: 0,
         pipeline_index: None,
         signals: Vec::new(),
         breakdown: None,

@@ -14,8 +14,7 @@ use crate::{
     reaper::{self, STATS},
 };
 
-/// A served request: (tgid, connection id, index on the connection).
-pub type ReqKey = (u32, u64, u32);
+pub use crate::model::ids::ReqKey;
 
 /// Connections and open requests remembered at most; beyond, the least recently used
 /// connections and all open requests are forgotten (counted).
