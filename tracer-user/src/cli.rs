@@ -57,6 +57,23 @@ pub enum Command {
     /// never paused. Frames are printed outermost first, as in a Python traceback.
     #[command(name = "pystack", verbatim_doc_comment)]
     PyStack(crate::python::PyStackArgs),
+
+    /// Run headless on a host: metrics for Prometheus, spans and metrics over OTLP.
+    ///
+    /// Examples:
+    ///   slowtrace agent --port 8000
+    ///   slowtrace agent --port 8000 --otlp-endpoint http://127.0.0.1:4318 --sample-ratio 0.05
+    ///   OTEL_EXPORTER_OTLP_ENDPOINT=http://collector:4317 OTEL_EXPORTER_OTLP_PROTOCOL=grpc \
+    ///     slowtrace agent --pid 1234
+    ///   slowtrace agent --config /etc/slowtrace/agent.toml
+    ///
+    /// Prometheus metrics are served at http://127.0.0.1:9464/metrics (--metrics-addr). Each
+    /// request becomes a span when an OTLP endpoint is set (flag or OTEL_EXPORTER_OTLP_*): slow,
+    /// killed and 5xx requests always, others at --sample-ratio. No per-request files unless
+    /// --output DIR. A status line (seen, sent, dropped) is printed every --log-every and on
+    /// SIGUSR1; SIGTERM and SIGINT stop it cleanly. docs/export.md has the details.
+    #[command(verbatim_doc_comment, args_override_self = true)]
+    Agent(AgentArgs),
 }
 
 /// Where `record -o` writes by default, and where `top` exports on `e` without `--export`.
@@ -184,4 +201,76 @@ pub struct TopArgs {
     /// directory, deleted on exit unless `e` was pressed (which exports to ./slowtrace-out).
     #[arg(long, value_name = "DIR")]
     pub export: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Read options from this TOML file. Keys are the long flag names, values their arguments:
+    /// `port = [8000]`, `threshold = "500ms"`, `otlp-endpoint = "http://…"`, `keep-query = true`.
+    /// Flags given on the command line win.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub trace: TraceArgs,
+
+    #[command(flatten)]
+    pub export: ExportArgs,
+
+    /// Also write requests.jsonl, findings.jsonl and slow/ reports to DIR, as `record` does. Off
+    /// by default: an agent's disk use stays bounded.
+    #[arg(short, long, value_name = "DIR")]
+    pub output: Option<PathBuf>,
+
+    /// Print a status line (requests seen, spans sent and dropped, losses) this often. SIGUSR1
+    /// prints one at once.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5m", value_name = "DURATION")]
+    pub log_every: Duration,
+
+    /// Stop after this long. Default: until SIGTERM or SIGINT.
+    #[arg(short, long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub duration: Option<Duration>,
+}
+
+/// Where the agent sends what it sees.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Serve Prometheus metrics at http://ADDR/metrics; `off` serves none. Loopback unless an
+    /// address says otherwise (e.g. 0.0.0.0:9464).
+    #[arg(long, value_name = "ADDR", default_value = crate::sinks::prometheus::DEFAULT_ADDR)]
+    pub metrics_addr: String,
+
+    /// Distinct endpoints kept as their own metric series at most; requests of the others are
+    /// counted under http_route="(overflow)".
+    #[arg(long, default_value_t = crate::sinks::metrics::DEFAULT_MAX_ENDPOINTS, value_name = "N")]
+    pub max_endpoints: usize,
+
+    /// Send spans and metrics over OTLP to this URL (the collector's base URL, e.g.
+    /// http://127.0.0.1:4318 for http/protobuf or http://127.0.0.1:4317 for grpc). Default:
+    /// OTEL_EXPORTER_OTLP_ENDPOINT; unset, no OTLP.
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+
+    /// `grpc` or `http/protobuf`. Default: OTEL_EXPORTER_OTLP_PROTOCOL, else http/protobuf.
+    #[arg(long, value_name = "PROTOCOL")]
+    pub otlp_protocol: Option<String>,
+
+    /// Send spans only, no metrics, over OTLP.
+    #[arg(long)]
+    pub no_otlp_metrics: bool,
+
+    /// The service.name of spans and metrics. Default: OTEL_SERVICE_NAME, else each process's
+    /// name (gunicorn, nginx…).
+    #[arg(long, value_name = "NAME")]
+    pub service_name: Option<String>,
+
+    /// Share of ordinary requests sent as spans, 0 to 1. Slow, killed and 5xx requests are
+    /// always sent.
+    #[arg(long, default_value_t = 0.1, value_name = "RATIO")]
+    pub sample_ratio: f64,
+
+    /// Requests waiting to be sent at most; over it they are dropped and counted (a collector
+    /// that is down or slow never slows tracing).
+    #[arg(long, default_value_t = crate::sinks::otlp::DEFAULT_QUEUE, value_name = "N", hide_short_help = true)]
+    pub otlp_queue: usize,
 }

@@ -36,6 +36,16 @@ pub enum ConfigError {
     Act(#[from] crate::act::ActError),
     #[error("--sample-hz {0}: use 1 to {MAX_SAMPLE_HZ} (or 0 to turn sampling off)")]
     SampleHz(u64),
+    #[error("--metrics-addr {0:?}: give HOST:PORT such as 127.0.0.1:9464, or off")]
+    MetricsAddr(String),
+    #[error("--sample-ratio {0}: use a number from 0 to 1")]
+    SampleRatio(f64),
+    #[error("--max-endpoints must be at least 1")]
+    MaxEndpoints,
+    #[error("--log-every must be more than zero")]
+    ZeroLogEvery,
+    #[error(transparent)]
+    Otlp(#[from] crate::sinks::otlp::settings::SettingsError),
     #[error("--endpoint {pattern:?}: {source}")]
     EndpointPattern {
         pattern: String,
@@ -88,6 +98,9 @@ pub struct AgentConfig {
     /// (`record`). `top` draws on the terminal and reads keys from it, so it gives the command no
     /// stdin and sends its output to this file.
     pub command_output: Option<PathBuf>,
+    /// Requests carry their downstream round trips one by one (the OTLP exporter's client
+    /// spans); off, they carry only the summary.
+    pub keep_round_trips: bool,
 }
 
 /// `record --flamegraph`: where the flamegraphs go, and `--endpoint`.
@@ -131,6 +144,7 @@ impl AgentConfig {
             profile: profile_config(a.sample_hz, flamegraph)?,
             n_plus_one: a.n_plus_one,
             command_output: None,
+            keep_round_trips: false,
         })
     }
 
@@ -251,6 +265,87 @@ impl RecordConfig {
             agent,
             duration: *duration,
             out_dir: output.clone(),
+        })
+    }
+}
+
+/// What `slowtrace agent` runs with.
+#[derive(Debug, Clone)]
+pub struct HeadlessConfig {
+    pub agent: AgentConfig,
+    pub duration: Option<Duration>,
+    /// `--output DIR`: the per-request files too.
+    pub output: Option<PathBuf>,
+    pub log_every: Duration,
+    /// None: no /metrics listener.
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    pub max_endpoints: usize,
+    /// None: no OTLP export.
+    pub otlp: Option<crate::sinks::otlp::settings::OtlpSettings>,
+    pub sample_ratio: f64,
+    pub otlp_queue: usize,
+    /// `--service-name` or OTEL_SERVICE_NAME: one service name for every target.
+    pub service_name: Option<String>,
+}
+
+impl HeadlessConfig {
+    /// `env` is the process environment (a function, for tests).
+    pub fn from_args(
+        a: &crate::cli::AgentArgs,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let x = &a.export;
+        let mut agent = AgentConfig::from_args(&a.trace, None)?;
+        if a.duration == Some(Duration::ZERO) {
+            return Err(ConfigError::ZeroDuration);
+        }
+        if a.log_every.is_zero() {
+            return Err(ConfigError::ZeroLogEvery);
+        }
+        if !(0.0..=1.0).contains(&x.sample_ratio) {
+            return Err(ConfigError::SampleRatio(x.sample_ratio));
+        }
+        if x.max_endpoints == 0 {
+            return Err(ConfigError::MaxEndpoints);
+        }
+        let metrics_addr = match x.metrics_addr.trim() {
+            "off" | "none" | "" => None,
+            addr => Some(
+                addr.parse()
+                    .map_err(|_| ConfigError::MetricsAddr(addr.to_owned()))?,
+            ),
+        };
+        let otlp = crate::sinks::otlp::settings::resolve(
+            &crate::sinks::otlp::settings::Flags {
+                endpoint: x.otlp_endpoint.as_deref(),
+                protocol: x.otlp_protocol.as_deref(),
+                service_name: x.service_name.as_deref(),
+                metrics: !x.no_otlp_metrics,
+            },
+            &env,
+        )?;
+        let service_name = match &otlp {
+            Some(o) => o.service_name.clone(),
+            None => x.service_name.clone().or_else(|| env("OTEL_SERVICE_NAME")),
+        };
+        // Client spans need each round trip; only the OTLP exporter draws them.
+        agent.keep_round_trips = otlp.is_some();
+        // The profiler feeds profile outputs only; an agent without one does not sample.
+        agent.profile = None;
+        if let Some(dir) = &a.output {
+            prepare_output_dir(dir)?;
+        }
+        Ok(Self {
+            agent,
+            duration: a.duration,
+            output: a.output.clone(),
+            log_every: a.log_every,
+            metrics_addr,
+            max_endpoints: x.max_endpoints,
+            otlp,
+            sample_ratio: x.sample_ratio,
+            otlp_queue: x.otlp_queue,
+            service_name,
         })
     }
 }

@@ -7,8 +7,10 @@ mod bounded;
 mod capture;
 mod cli;
 mod config;
+mod config_file;
 mod events;
 mod handlers;
+mod headless;
 mod launch;
 mod model;
 mod probes;
@@ -26,7 +28,14 @@ use std::process::ExitCode;
 use clap::Parser as _;
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    let args = match config_file::expand(std::env::args_os().collect()) {
+        Ok(a) => a,
+        Err(err) => {
+            eprintln!("slowtrace: error: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let cli = cli::Cli::parse_from(args);
     let level = match cli.verbose {
         0 => "warn",
         1 => "info",
@@ -41,6 +50,11 @@ fn main() -> ExitCode {
             .map_err(anyhow::Error::from)
             .and_then(tui::run),
         cli::Command::PyStack(args) => python::cli_main(args),
+        cli::Command::Agent(args) => {
+            config::HeadlessConfig::from_args(&args, |k| std::env::var(k).ok())
+                .map_err(anyhow::Error::from)
+                .and_then(headless::run)
+        }
     };
     match result {
         Ok(code) => code,

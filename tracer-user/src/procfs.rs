@@ -165,6 +165,42 @@ impl crate::reaper::PerProcess for LocalPorts {
     }
 }
 
+/// slowtrace's own CPU time and resident memory, for its metrics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Usage {
+    pub cpu_secs: f64,
+    pub rss_bytes: u64,
+}
+
+/// From /proc/self/stat (utime, stime in clock ticks; rss in pages). Zeros if unreadable.
+pub fn self_usage() -> Usage {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return Usage::default();
+    };
+    // The command name is in parentheses and may contain spaces: fields start after the last ')'.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return Usage::default();
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts at field 3 (state): utime is field 14, stime 15, rss 24.
+    let field = |n: usize| {
+        f.get(n - 3)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // SAFETY: sysconf has no preconditions.
+    let (tick, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_CLK_TCK).max(1) as f64,
+            libc::sysconf(libc::_SC_PAGESIZE).max(1) as u64,
+        )
+    };
+    Usage {
+        cpu_secs: (field(14) + field(15)) as f64 / tick,
+        rss_bytes: field(24) * page,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,6 +236,13 @@ mod tests {
         assert!(p.forget_process(b));
         assert_eq!(p.pids(), [a]);
         assert!(!p.forget_process(b));
+    }
+
+    #[test]
+    fn own_usage_is_read() {
+        let u = self_usage();
+        assert!(u.rss_bytes > 1 << 20, "{u:?}");
+        assert!(u.cpu_secs >= 0.0);
     }
 
     #[test]

@@ -6,7 +6,11 @@ use tracer_common::{EndReason, RequestRecord};
 use super::{capturing::Capturing, Agent};
 use crate::model::{
     breakdown::Breakdown,
-    downstream::{calls::Summary as CallSummary, findings},
+    downstream::{
+        calls::Summary as CallSummary,
+        findings,
+        timeline::{timeline, DEFAULT_CAP},
+    },
     Request,
 };
 
@@ -16,6 +20,9 @@ impl Agent {
         self.drain_side();
         let exchanges = self.calls.take(&(r.tgid, r.conn_id, r.seq));
         req.downstream = CallSummary::of(&exchanges);
+        if self.keep_round_trips {
+            req.round_trips = timeline(&exchanges, r.start_ns, DEFAULT_CAP);
+        }
         if end == EndReason::InFlight || r.start_ns == 0 {
             return;
         }

@@ -136,6 +136,8 @@ pub struct Agent {
     profiler: Option<Profiler>,
     calls: CallTracker,
     thresholds: Thresholds,
+    /// Requests carry their round trips one by one (`Request::round_trips`).
+    keep_round_trips: bool,
     /// Capture pieces that could not be attached (said once at start).
     pub degraded: Vec<String>,
     /// "pid 12, port 8000 (pids [..])" for the user.
@@ -312,6 +314,7 @@ impl Agent {
                 n_plus_one: cfg.n_plus_one,
                 ..Thresholds::default()
             },
+            keep_round_trips: cfg.keep_round_trips,
             degraded: Vec::new(),
             described: String::new(),
             attach_mode: String::new(),
@@ -393,6 +396,7 @@ impl Agent {
                 _ => p.request_done(key),
             }
         }
+        req.reported_slow = slow.is_some();
         out.on_event(AgentEvent::Request(req))?;
         match slow {
             Some(s) => out.on_slow(&s),

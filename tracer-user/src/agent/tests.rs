@@ -144,6 +144,7 @@ fn config(capture: Option<CaptureConfig>) -> AgentConfig {
         profile: None,
         n_plus_one: 10,
         command_output: None,
+        keep_round_trips: false,
     }
 }
 

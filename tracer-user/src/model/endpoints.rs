@@ -421,6 +421,8 @@ mod tests {
             breakdown: None,
             downstream: None,
             findings: Vec::new(),
+            round_trips: Vec::new(),
+            reported_slow: false,
         }
     }
 

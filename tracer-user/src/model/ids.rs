@@ -24,12 +24,12 @@ pub struct SpanIds {
 
 impl SpanIds {
     /// `span_id` as 16 lowercase hex digits, the form pprof labels and span links use.
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "the pprof sink's span_id label uses it")
+    )]
     pub fn span_hex(&self) -> String {
         hex(&self.span_id)
-    }
-
-    pub fn trace_hex(&self) -> String {
-        hex(&self.trace_id)
     }
 }
 
@@ -69,10 +69,11 @@ pub fn child_span_id(key: ReqKey, n: u32) -> [u8; 8] {
 
 fn hex(b: &[u8]) -> String {
     use std::fmt::Write as _;
-    b.iter().fold(String::with_capacity(b.len() * 2), |mut s, x| {
-        let _ = write!(s, "{x:02x}");
-        s
-    })
+    b.iter()
+        .fold(String::with_capacity(b.len() * 2), |mut s, x| {
+            let _ = write!(s, "{x:02x}");
+            s
+        })
 }
 
 #[cfg(test)]
@@ -86,9 +87,11 @@ mod tests {
         assert_ne!(a.span_id, request_ids((10, 777, 1)).span_id);
         assert_ne!(a.trace_id, request_ids((11, 777, 0)).trace_id);
         assert_ne!(a.span_id, child_span_id((10, 777, 0), 0));
-        assert_ne!(child_span_id((10, 777, 0), 0), child_span_id((10, 777, 0), 1));
+        assert_ne!(
+            child_span_id((10, 777, 0), 0),
+            child_span_id((10, 777, 0), 1)
+        );
         assert_eq!(a.span_hex().len(), 16);
-        assert_eq!(a.trace_hex().len(), 32);
         assert!(a.span_hex().chars().all(|c| c.is_ascii_hexdigit()));
     }
 }

@@ -80,6 +80,14 @@ pub struct Request {
     /// N+1 queries, repeated cache keys, CPU-, lock- or peer-bound (findings.jsonl has them too).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub findings: Vec<super::downstream::findings::Finding>,
+    /// Its downstream round trips in time order (capped, the rest folded), kept only when an
+    /// output draws them (`AgentConfig::keep_round_trips`: the OTLP client spans).
+    #[serde(skip)]
+    pub round_trips: Vec<super::downstream::timeline::RoundTrip>,
+    /// A `SlowRequest` report of it follows (`Consumer::on_slow`, right after this request):
+    /// outputs that want the report rather than the bare request wait for it.
+    #[serde(skip)]
+    pub reported_slow: bool,
 }
 
 impl Request {
@@ -151,6 +159,8 @@ impl Request {
             breakdown: None,
             downstream: None,
             findings: Vec::new(),
+            round_trips: Vec::new(),
+            reported_slow: false,
         }
     }
 
@@ -166,6 +176,16 @@ pub fn endpoint_of(prefix: &[u8]) -> String {
         Parsed::HttpTruncated { method } => format!("{method} (not captured)"),
         Parsed::Other if prefix.is_empty() => "(not captured)".to_owned(),
         Parsed::Other => "(non-http)".to_owned(),
+    }
+}
+
+/// `GET /users/{id}` → (`GET`, `/users/{id}`); `(non-http)` → (``, `(non-http)`).
+pub fn split_endpoint(endpoint: &str) -> (&str, &str) {
+    match endpoint.split_once(' ') {
+        Some((m, r)) if !m.is_empty() && m.bytes().all(|b| b.is_ascii_uppercase() || b == b'_') => {
+            (m, r)
+        }
+        _ => ("", endpoint),
     }
 }
 
@@ -203,6 +223,41 @@ fn peer(r: &RequestRecord) -> Option<String> {
         _ => return None,
     };
     Some(std::net::SocketAddr::new(ip, r.peer_port).to_string())
+}
+
+/// A plain finished request for unit tests of the outputs.
+#[cfg(test)]
+pub fn test_request() -> Request {
+    Request {
+        start_us: 1_764_000_000_000_000,
+        start: "2025-11-24T16:00:00.000000Z".into(),
+        pid: 10,
+        tid: 11,
+        comm: "gunicorn".into(),
+        fd: 5,
+        local_port: Some(8000),
+        peer: Some("127.0.0.1:50000".into()),
+        protocol: "http/1.1",
+        method: Some("GET".into()),
+        path: Some("/report?[redacted]".into()),
+        host: Some("example".into()),
+        endpoint: "GET /report".into(),
+        status: Some(200),
+        duration_us: 1000,
+        ttfb_us: Some(900),
+        bytes_in: 100,
+        bytes_out: 200,
+        end: "close",
+        seq: 0,
+        conn_id: 77,
+        pipeline_index: None,
+        signals: Vec::new(),
+        breakdown: None,
+        downstream: None,
+        findings: Vec::new(),
+        round_trips: Vec::new(),
+        reported_slow: false,
+    }
 }
 
 #[cfg(test)]

@@ -4,6 +4,9 @@ pub mod files;
 pub mod findings;
 pub mod flame;
 pub mod jsonl;
+pub mod metrics;
+pub mod otlp;
+pub mod prometheus;
 pub mod slow;
 pub mod summary;
 

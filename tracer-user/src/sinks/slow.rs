@@ -225,6 +225,8 @@ mod tests {
             breakdown: None,
             downstream: None,
             findings: Vec::new(),
+            round_trips: Vec::new(),
+            reported_slow: false,
         };
         let s = SlowRequest {
             kind: "killed",

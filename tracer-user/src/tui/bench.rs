@@ -381,6 +381,8 @@ fn synthetic(n: u64, e: usize, duration_us: u64, status: u16) -> Request {
         breakdown: None,
         downstream: None,
         findings: Vec::new(),
+        round_trips: Vec::new(),
+        reported_slow: false,
     }
 }
 

@@ -42,6 +42,8 @@ pub fn req(endpoint: &str, ms: u64, status: u16) -> Request {
         breakdown: None,
         downstream: None,
         findings: Vec::new(),
+        round_trips: Vec::new(),
+        reported_slow: false,
     }
 }
 

@@ -31,6 +31,8 @@ struct Conn {
 pub struct Exchange {
     pub peer: String,
     pub protocol: Protocol,
+    /// Kernel (monotonic) time of its first byte sent.
+    pub start_ns: u64,
     pub duration_ns: u64,
     /// The calls it carried (at least one: an exchange with no recognized command is one call
     /// named after its protocol, e.g. a handshake).
@@ -111,6 +113,7 @@ impl CallTracker {
         self.open.entry(key).or_default().push(Exchange {
             peer: conn.peer.clone(),
             protocol: conn.protocol,
+            start_ns: r.start_ns,
             duration_ns,
             calls,
         });

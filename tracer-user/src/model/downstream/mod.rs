@@ -15,6 +15,7 @@ pub mod mysql;
 pub mod postgres;
 pub mod redis;
 pub mod sql;
+pub mod timeline;
 
 /// Longest fingerprint in bytes; longer ones are cut on a char boundary and end with `…`.
 pub const FINGERPRINT_MAX: usize = 160;
