@@ -2,6 +2,7 @@
 //! binary loading real eBPF. `cargo xtask test` sets SLOWTRACE_BIN and SLOWTRACE_VENV.
 
 pub mod backends;
+pub mod receivers;
 pub mod tmux;
 
 use std::{
@@ -277,10 +278,20 @@ impl Finished {
 impl Trace {
     /// Start `slowtrace record ARGS -o TMP` and wait until it says it is tracing.
     pub fn start(args: &[&str]) -> Trace {
+        Self::start_sub("record", args)
+    }
+
+    /// Start `slowtrace agent ARGS -o TMP` (the headless agent, with the per-request files on so
+    /// that tests can compare its exports with them).
+    pub fn start_agent(args: &[&str]) -> Trace {
+        Self::start_sub("agent", args)
+    }
+
+    fn start_sub(sub: &str, args: &[&str]) -> Trace {
         let dir = tempfile::tempdir().unwrap();
         let mut proc = Proc::spawn(
             Command::new(slowtrace_bin())
-                .arg("record")
+                .arg(sub)
                 .args(args)
                 .arg("-o")
                 .arg(dir.path())
@@ -300,7 +311,12 @@ impl Trace {
         let start = Instant::now();
         loop {
             match rx.recv_timeout(Duration::from_secs(60).saturating_sub(start.elapsed())) {
-                Ok(line) if line.starts_with("slowtrace: tracing") => break,
+                Ok(line)
+                    if line.starts_with("slowtrace: tracing")
+                        || line.starts_with("slowtrace: agent tracing") =>
+                {
+                    break
+                }
                 Ok(line) if line.contains("error") => panic!("slowtrace failed to start: {line}"),
                 Ok(_) => {}
                 Err(_) => panic!("slowtrace did not start tracing within 60 s"),
@@ -345,9 +361,18 @@ impl Trace {
     }
 
     /// Ctrl-C, then collect the output.
-    pub fn stop(mut self) -> Finished {
+    pub fn stop(self) -> Finished {
+        self.stop_with(libc::SIGINT)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    /// Stop with `signal` (SIGINT, SIGTERM), then collect the output.
+    pub fn stop_with(mut self, signal: i32) -> Finished {
         // SAFETY: signalling our child.
-        unsafe { libc::kill(self.proc.pid() as i32, libc::SIGINT) };
+        unsafe { libc::kill(self.proc.pid() as i32, signal) };
         let mut stdout = String::new();
         self.proc
             .child

@@ -28,6 +28,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "postgresql",
     "redis-server",
     "memcached",
+    // The fleet tests' metrics receiver: scrapes the agent's /metrics, answers PromQL.
+    "prometheus",
 ];
 
 pub fn run(with_test_packages: bool) -> anyhow::Result<()> {
@@ -190,19 +192,31 @@ pub const EXTRA_PYTHONS: &[&str] = &["3.12", "3.13"];
 
 fn python_venv() -> anyhow::Result<()> {
     let default = pyenv_python("3.11").unwrap_or_else(|| PathBuf::from("python3"));
-    make_venv(&util::venv(), &default)?;
+    make_venv(&util::venv(), &default, "tests/requirements.txt")?;
+    // The fleet tests' OTLP trace backend, Arize Phoenix, in a venv of its own (it pins many
+    // packages of its own, and needs Python 3.10 or later).
+    let phoenix_python = pyenv_python("3.12").unwrap_or_else(|| PathBuf::from("python3"));
+    make_venv(
+        &util::root().join("target/venv-phoenix"),
+        &phoenix_python,
+        "tests/requirements-phoenix.txt",
+    )?;
     for minor in EXTRA_PYTHONS {
         match pyenv_python(minor) {
-            Some(py) => make_venv(&util::root().join(format!("target/venv-{minor}")), &py)?,
+            Some(py) => make_venv(
+                &util::root().join(format!("target/venv-{minor}")),
+                &py,
+                "tests/requirements.txt",
+            )?,
             None => eprintln!("xtask: note: no pyenv CPython {minor}; its tests will be skipped"),
         }
     }
     Ok(())
 }
 
-fn make_venv(venv: &Path, base: &Path) -> anyhow::Result<()> {
+fn make_venv(venv: &Path, base: &Path, requirements: &str) -> anyhow::Result<()> {
     let venv = venv.to_owned();
-    let req_file = util::root().join("tests/requirements.txt");
+    let req_file = util::root().join(requirements);
     let req =
         fs::read_to_string(&req_file).with_context(|| format!("reading {}", req_file.display()))?;
     let stamp = venv.join(".slowtrace-requirements");

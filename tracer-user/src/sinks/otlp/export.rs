@@ -107,7 +107,14 @@ impl Exporter {
                 let _ = t.join();
             }
         } else {
-            log::warn!("OTLP exporter still sending after {grace:?}: left behind at exit");
+            // Still retrying: what it holds is lost, and counted so.
+            let e = &self.metrics.export;
+            let g = crate::sinks::metrics::ExportStats::get;
+            let left = g(&e.spans_queued).saturating_sub(g(&e.spans_sent) + g(&e.spans_failed));
+            e.spans_failed.fetch_add(left, Ordering::Relaxed);
+            e.note_error(format!(
+                "{left} spans still unsent after {grace:?} at exit (collector unreachable or slow)"
+            ));
         }
     }
 }

@@ -21,7 +21,7 @@ use crate::model::{
 };
 
 /// Span names and attribute strings longer than this are cut (a query fingerprint can be long).
-const MAX_TEXT: usize = 2048;
+const MAX_TEXT: usize = 4096;
 
 pub fn kv(key: &str, v: impl Into<Attr>) -> KeyValue {
     KeyValue {
@@ -72,6 +72,23 @@ impl From<f64> for Attr {
     fn from(v: f64) -> Self {
         Attr(any_value::Value::DoubleValue(v))
     }
+}
+
+/// The last `max` bytes of a traceback: its innermost frames are the ones that matter (the
+/// attribute would otherwise be cut at its start, the server's main loop).
+fn tail(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut start = s.len() - max;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    let from = s[start..].find('\n').map_or(start, |i| start + i + 1);
+    format!(
+        "Traceback (most recent call last, outer frames cut):\n…\n{}",
+        &s[from..]
+    )
 }
 
 fn cut(s: &str, max: usize) -> String {
@@ -307,7 +324,7 @@ fn capture_event(c: &Capture, start: u64) -> Event {
                 f.function
             ));
         }
-        a.push(kv("slowtrace.python.traceback", tb));
+        a.push(kv("slowtrace.python.traceback", tail(&tb, MAX_TEXT - 128)));
     }
     if !c.native.is_empty() {
         let text: Vec<&str> = c.native.iter().map(|f| f.function.as_str()).collect();
