@@ -4,6 +4,8 @@ pub mod files;
 pub mod findings;
 pub mod flame;
 pub mod jsonl;
+pub mod pprof;
+pub mod pyroscope;
 pub mod slow;
 pub mod summary;
 
