@@ -4,6 +4,10 @@
 //! (vendored in tests/proto/), not by our code; then its per-endpoint shares of on-CPU samples
 //! must match cpu.folded's, samples inside requests carry 16-hex-digit span ids, and the pid
 //! labels are the workers'.
+//!
+//! The same run pushes to `--pyroscope` at a port where nothing listens (there is no
+//! Pyroscope-compatible server to install here): every push fails, is counted and retried, and
+//! tracing and the file are unaffected.
 
 use std::{
     collections::{BTreeMap, HashSet},
@@ -23,12 +27,17 @@ enum Text {
 }
 
 impl Text {
-    fn fields<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Text> + 'a {
+    fn fields(&self, name: &str) -> std::vec::IntoIter<&Text> {
         let v: &[(String, Text)] = match self {
             Text::Msg(v) => v,
             Text::Scalar(_) => &[],
         };
-        v.iter().filter(move |(k, _)| k == name).map(|(_, t)| t)
+        let found: Vec<&Text> = v
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, t)| t)
+            .collect();
+        found.into_iter()
     }
 
     fn scalar(&self, name: &str) -> Option<&str> {
@@ -58,7 +67,11 @@ fn parse_text(out: &str) -> Text {
                 Some(q) => unescape(q),
                 None => v.to_owned(),
             };
-            stack.last_mut().unwrap().1.push((k.to_owned(), Text::Scalar(v)));
+            stack
+                .last_mut()
+                .unwrap()
+                .1
+                .push((k.to_owned(), Text::Scalar(v)));
         }
     }
     assert_eq!(stack.len(), 1, "unbalanced protoc output");
@@ -172,6 +185,7 @@ fn pprof_file_decodes_and_matches_the_folded_profile() {
     let out = tempfile::tempdir().unwrap();
     let pprof = out.path().join("profile.pb.gz");
     let port_s = port.to_string();
+    let closed = format!("http://127.0.0.1:{}", free_port());
     // 499 Hz as in profiling.rs: enough samples that every endpoint's count is solid.
     let trace = Trace::start(&[
         "--port",
@@ -183,6 +197,10 @@ fn pprof_file_decodes_and_matches_the_folded_profile() {
         "499",
         "--pprof",
         pprof.to_str().unwrap(),
+        "--pyroscope",
+        &closed,
+        "--pyroscope-every",
+        "1s",
     ]);
     // One client per endpoint, at once; gunicorn's sync workers close each connection and
     // http.client opens the next.
@@ -203,16 +221,31 @@ fn pprof_file_decodes_and_matches_the_folded_profile() {
     let done = trace.stop();
     assert!(done.success, "{}", done.stderr);
     assert!(done.stdout.contains("pprof: "), "{}", done.stdout);
+    let push = done
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("pyroscope: "))
+        .unwrap_or_else(|| panic!("no pyroscope line in\n{}", done.stdout));
+    eprintln!("{push}");
+    assert!(push.starts_with("pyroscope: 0 profiles pushed"), "{push}");
+    let failed: u64 = push
+        .split(", ")
+        .find_map(|p| p.strip_suffix(" pushes failed (retried next period)"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{push}"));
+    assert!(failed >= 2, "{push}");
 
     use std::os::unix::fs::PermissionsExt as _;
     let mode = std::fs::metadata(&pprof).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
     let p = decode(&pprof);
-    let strings: Vec<&str> = p.fields("string_table").map(|t| match t {
-        Text::Scalar(s) => s.as_str(),
-        Text::Msg(_) => panic!("string_table entry is a message"),
-    })
-    .collect();
+    let strings: Vec<&str> = p
+        .fields("string_table")
+        .map(|t| match t {
+            Text::Scalar(s) => s.as_str(),
+            Text::Msg(_) => panic!("string_table entry is a message"),
+        })
+        .collect();
     assert_eq!(strings.first(), Some(&""), "string_table[0] must be \"\"");
     let s = |i: i64| strings[usize::try_from(i).unwrap()];
     let types: Vec<(&str, &str)> = p
@@ -221,7 +254,11 @@ fn pprof_file_decodes_and_matches_the_folded_profile() {
         .collect();
     assert_eq!(
         types,
-        [("samples", "count"), ("cpu", "nanoseconds"), ("wall", "nanoseconds")]
+        [
+            ("samples", "count"),
+            ("cpu", "nanoseconds"),
+            ("wall", "nanoseconds")
+        ]
     );
     let functions: BTreeMap<i64, &str> = p
         .fields("function")
@@ -229,7 +266,12 @@ fn pprof_file_decodes_and_matches_the_folded_profile() {
         .collect();
     let locations: BTreeMap<i64, i64> = p
         .fields("location")
-        .map(|l| (l.num("id"), l.fields("line").next().unwrap().num("function_id")))
+        .map(|l| {
+            (
+                l.num("id"),
+                l.fields("line").next().unwrap().num("function_id"),
+            )
+        })
         .collect();
 
     let mut by_label: BTreeMap<String, u64> = BTreeMap::new();
@@ -284,13 +326,22 @@ fn pprof_file_decodes_and_matches_the_folded_profile() {
             );
             assert_eq!(labels.get("profile_id"), Some(span));
             let pid: u32 = labels["pid"].parse().unwrap();
-            assert!(workers.contains(&pid), "request sample of pid {pid}, not a worker {workers:?}");
+            assert!(
+                workers.contains(&pid),
+                "request sample of pid {pid}, not a worker {workers:?}"
+            );
         }
     }
     eprintln!("pprof samples by endpoint {by_label:?}; pids {pids:?}");
     assert!(heavy_frames > 0, "no sample in heavy()");
-    assert!(in_requests >= 200, "too few samples inside requests: {in_requests}");
-    assert_eq!(with_span, in_requests, "every sample inside a request has its span id");
+    assert!(
+        in_requests >= 200,
+        "too few samples inside requests: {in_requests}"
+    );
+    assert_eq!(
+        with_span, in_requests,
+        "every sample inside a request has its span id"
+    );
     assert!(
         workers.iter().all(|w| pids.contains(w)),
         "pid labels {pids:?} miss a worker of {workers:?}"

@@ -38,7 +38,9 @@ pub enum ConfigError {
     SampleHz(u64),
     #[error("{0} needs sampling on: drop --sample-hz 0")]
     PprofNeedsSampling(&'static str),
-    #[error("--pyroscope {0:?}: give the server's http:// or https:// URL, e.g. http://pyroscope:4040")]
+    #[error(
+        "--pyroscope {0:?}: give the server's http:// or https:// URL, e.g. http://pyroscope:4040"
+    )]
     PyroscopeUrl(String),
     #[error("--pyroscope-every must be at least 1s")]
     PyroscopeEvery,
@@ -573,7 +575,10 @@ mod tests {
         for bad in ["pyroscope:4040", "http://", "ftp://x"] {
             a.pprof.pyroscope = Some(bad.into());
             assert!(
-                matches!(RecordConfig::from_args(&a), Err(ConfigError::PyroscopeUrl(_))),
+                matches!(
+                    RecordConfig::from_args(&a),
+                    Err(ConfigError::PyroscopeUrl(_))
+                ),
                 "{bad}"
             );
         }
@@ -586,7 +591,10 @@ mod tests {
         a.pprof.pyroscope_every = Duration::from_secs(1);
         a.trace.sample_hz = 0;
         let e = RecordConfig::from_args(&a).unwrap_err();
-        assert_eq!(e.to_string(), "--pyroscope needs sampling on: drop --sample-hz 0");
+        assert_eq!(
+            e.to_string(),
+            "--pyroscope needs sampling on: drop --sample-hz 0"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

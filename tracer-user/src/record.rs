@@ -174,7 +174,11 @@ fn write_pprof(
     };
     let (frames, stacks) = profile.tables();
     let values: &[pprof::Value] = if pc.wall {
-        &[pprof::Value::Samples, pprof::Value::CpuNs, pprof::Value::WallNs]
+        &[
+            pprof::Value::Samples,
+            pprof::Value::CpuNs,
+            pprof::Value::WallNs,
+        ]
     } else {
         pprof::CPU
     };

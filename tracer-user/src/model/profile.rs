@@ -501,7 +501,9 @@ impl Labelled {
             let full = self.weights.len() >= self.max_labelled;
             match self.weights.entry((stack, id)) {
                 std::collections::hash_map::Entry::Occupied(e) => Some(e.into_mut()),
-                std::collections::hash_map::Entry::Vacant(e) => (!full).then(|| e.insert(Weights::default())),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    (!full).then(|| e.insert(Weights::default()))
+                }
             }
         });
         match entry {
@@ -551,7 +553,9 @@ impl Labelled {
         for (&(_, set), w) in &self.weights {
             *by.entry(self.sets[set as usize].pid).or_default() += w.cpu_samples;
         }
-        by.into_iter().max_by_key(|(pid, n)| (*n, std::cmp::Reverse(*pid))).map(|(p, _)| p)
+        by.into_iter()
+            .max_by_key(|(pid, n)| (*n, std::cmp::Reverse(*pid)))
+            .map(|(p, _)| p)
     }
 }
 

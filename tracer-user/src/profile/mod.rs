@@ -288,13 +288,18 @@ fn run(
     let mut hot_at = Instant::now();
     let mut dead = Dead::new();
     let mut names = ThreadNames::new(cfg.labels || cfg.push.is_some());
-    let mut pushing = cfg.push.as_ref().and_then(|push| match Pushing::start(cfg, push) {
-        Ok(p) => Some(p),
-        Err(e) => {
-            report.errors.push(format!("starting the pyroscope push thread: {e}"));
-            None
-        }
-    });
+    let mut pushing = cfg
+        .push
+        .as_ref()
+        .and_then(|push| match Pushing::start(cfg, push) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                report
+                    .errors
+                    .push(format!("starting the pyroscope push thread: {e}"));
+                None
+            }
+        });
     loop {
         let wait = pushing
             .as_ref()

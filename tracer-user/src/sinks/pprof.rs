@@ -331,7 +331,10 @@ pub fn build(
         })
         .collect();
     let mut samples = Vec::new();
-    let labelled = table.entries().into_iter().map(|(s, set, w)| (s, Some(set), w));
+    let labelled = table
+        .entries()
+        .into_iter()
+        .map(|(s, set, w)| (s, Some(set), w));
     let bare = table.unlabelled().into_iter().map(|(s, w)| (s, None, w));
     for (stack, set, w) in labelled.chain(bare) {
         let Some(ids) = stacks.get(stack as usize) else {

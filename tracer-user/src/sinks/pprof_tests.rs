@@ -38,7 +38,7 @@ fn build_whole(p: &Profile, meta: &Meta<'_>) -> proto::Profile {
     build(frames, stacks, p.labelled.as_ref().unwrap(), meta)
 }
 
-fn string<'a>(p: &'a proto::Profile, i: i64) -> &'a str {
+fn string(p: &proto::Profile, i: i64) -> &str {
     &p.string_table[usize::try_from(i).unwrap()]
 }
 
@@ -109,7 +109,11 @@ fn string_table_starts_empty_and_has_no_duplicates() {
         .collect();
     assert_eq!(
         types,
-        [("samples", "count"), ("cpu", "nanoseconds"), ("wall", "nanoseconds")]
+        [
+            ("samples", "count"),
+            ("cpu", "nanoseconds"),
+            ("wall", "nanoseconds")
+        ]
     );
     assert_eq!(string(&pp, pp.default_sample_type), "cpu");
     assert_eq!(pp.period, 10_000_000);

@@ -153,14 +153,15 @@ pub fn app_name(raw: &str) -> String {
 /// Percent-encoding of a query value (RFC 3986 unreserved characters stay).
 fn encode(s: &str) -> String {
     use std::fmt::Write as _;
-    s.bytes().fold(String::with_capacity(s.len()), |mut out, b| {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(b));
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
-        out
-    })
+    s.bytes()
+        .fold(String::with_capacity(s.len()), |mut out, b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+                out.push(char::from(b));
+            } else {
+                let _ = write!(out, "%{b:02X}");
+            }
+            out
+        })
 }
 
 fn run(base: &str, rx: &Receiver<Period>) -> PushReport {
@@ -266,7 +267,9 @@ mod tests {
         let mut p = period("app");
         p.until = p.from;
         let r = request("https://h/pyroscope", &p, &p.profiles[0]).unwrap();
-        assert!(r.url.starts_with("https://h/pyroscope/ingest?name=app&from=1700000000&until=1700000001&"));
+        assert!(r
+            .url
+            .starts_with("https://h/pyroscope/ingest?name=app&from=1700000000&until=1700000001&"));
     }
 
     #[test]
