@@ -189,6 +189,40 @@ pub struct RecordArgs {
     /// With --flamegraph: keep only endpoints matching this glob, e.g. 'GET /api/*'.
     #[arg(long, value_name = "PATTERN", requires = "flamegraph")]
     pub endpoint: Option<String>,
+
+    #[command(flatten)]
+    pub pprof: PprofArgs,
+}
+
+/// Profiles for other tools: a pprof file and pushes to a Pyroscope-compatible server. Either
+/// needs sampling on (the default, 99 Hz; not `--sample-hz 0`).
+#[derive(Debug, Args, Clone)]
+pub struct PprofArgs {
+    /// Write the whole run's profile to FILE at exit: gzipped pprof (profile.proto), as `go tool
+    /// pprof` and Pyroscope read it, mode 0600. Samples are labelled with endpoint, pid, tid,
+    /// thread and, inside a request, its span_id (the span id of the request's OTLP span).
+    #[arg(long, value_name = "FILE")]
+    pub pprof: Option<PathBuf>,
+
+    /// Push the profile of each period to this Pyroscope-compatible server (POST URL/ingest,
+    /// pprof format), e.g. http://pyroscope:4040. Failed pushes are retried the next period.
+    #[arg(long, value_name = "URL")]
+    pub pyroscope: Option<String>,
+
+    /// With --pyroscope: how often to push.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "15s",
+          value_name = "DURATION")]
+    pub pyroscope_every: Duration,
+}
+
+impl Default for PprofArgs {
+    fn default() -> Self {
+        Self {
+            pprof: None,
+            pyroscope: None,
+            pyroscope_every: Duration::from_secs(15),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -216,6 +250,9 @@ pub struct AgentArgs {
 
     #[command(flatten)]
     pub export: ExportArgs,
+
+    #[command(flatten)]
+    pub pprof: PprofArgs,
 
     /// Also write requests.jsonl, findings.jsonl and slow/ reports to DIR, as `record` does. Off
     /// by default: an agent's disk use stays bounded.

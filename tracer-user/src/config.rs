@@ -8,7 +8,7 @@ use std::{
 
 use crate::{
     act::Policy,
-    cli::{RecordArgs, TargetArgs, TopArgs, TraceArgs},
+    cli::{PprofArgs, RecordArgs, TargetArgs, TopArgs, TraceArgs},
     handlers::Handler,
     profile::ProfilerConfig,
 };
@@ -46,6 +46,16 @@ pub enum ConfigError {
     ZeroLogEvery,
     #[error(transparent)]
     Otlp(#[from] crate::sinks::otlp::settings::SettingsError),
+    #[error("{0} needs sampling on: drop --sample-hz 0")]
+    PprofNeedsSampling(&'static str),
+    #[error(
+        "--pyroscope {0:?}: give the server's http:// or https:// URL, e.g. http://pyroscope:4040"
+    )]
+    PyroscopeUrl(String),
+    #[error("--pyroscope-every must be at least 1s")]
+    PyroscopeEvery,
+    #[error("--pprof {path}: {why}")]
+    PprofFile { path: PathBuf, why: String },
     #[error("--endpoint {pattern:?}: {source}")]
     EndpointPattern {
         pattern: String,
@@ -115,6 +125,8 @@ pub struct RecordConfig {
     pub agent: AgentConfig,
     pub duration: Option<Duration>,
     pub out_dir: PathBuf,
+    /// `--pprof FILE`: the whole run's profile, written at exit.
+    pub pprof: Option<PathBuf>,
 }
 
 /// What `slowtrace top` runs with.
@@ -178,7 +190,74 @@ fn profile_config(
         out_dir: flamegraph.map(|f| f.dir.to_owned()),
         endpoint,
         wall: flamegraph.is_some(),
+        labels: false,
+        push: None,
     }))
+}
+
+/// `--pprof` and `--pyroscope`, checked and put on the profiler's settings; the pprof file's
+/// path comes back (the output writes it at exit). The service name, when the command has one,
+/// names the pushed application; without it the traced program's name does.
+pub fn pprof_config(
+    a: &PprofArgs,
+    profile: Option<&mut ProfilerConfig>,
+    service_name: Option<&str>,
+) -> Result<Option<PathBuf>, ConfigError> {
+    let PprofArgs {
+        pprof,
+        pyroscope,
+        pyroscope_every,
+    } = a;
+    if pprof.is_none() && pyroscope.is_none() {
+        return Ok(None);
+    }
+    let Some(profile) = profile else {
+        return Err(ConfigError::PprofNeedsSampling(if pprof.is_some() {
+            "--pprof"
+        } else {
+            "--pyroscope"
+        }));
+    };
+    if let Some(url) = pyroscope {
+        let rest = url
+            .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("https://"));
+        if rest.is_none_or(|r| r.is_empty() || r.starts_with('/')) {
+            return Err(ConfigError::PyroscopeUrl(url.clone()));
+        }
+        if *pyroscope_every < Duration::from_secs(1) {
+            return Err(ConfigError::PyroscopeEvery);
+        }
+        profile.push = Some(crate::sinks::pyroscope::PushConfig {
+            url: url.clone(),
+            every: *pyroscope_every,
+            app: service_name.map(str::to_owned),
+        });
+    }
+    if let Some(path) = pprof {
+        check_pprof_path(path)?;
+        profile.labels = true;
+    }
+    Ok(pprof.clone())
+}
+
+/// The pprof file goes in an existing directory, and is not one itself: said now, not at exit.
+fn check_pprof_path(path: &Path) -> Result<(), ConfigError> {
+    let err = |why: &str| ConfigError::PprofFile {
+        path: path.to_owned(),
+        why: why.to_owned(),
+    };
+    if path.as_os_str().is_empty() || path.is_dir() {
+        return Err(err("is a directory; give a file name"));
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(err("its directory does not exist"));
+    }
+    Ok(())
 }
 
 /// `--threshold 0` means no captures; resampling faster than the scan period is pointless.
@@ -250,12 +329,14 @@ impl RecordConfig {
             output,
             flamegraph,
             endpoint,
+            pprof,
         } = a;
         let flamegraph = flamegraph.then_some(Flamegraph {
             dir: output,
             endpoint: endpoint.as_deref(),
         });
-        let agent = AgentConfig::from_args(trace, flamegraph)?;
+        let mut agent = AgentConfig::from_args(trace, flamegraph)?;
+        let pprof = pprof_config(pprof, agent.profile.as_mut(), None)?;
         if *duration == Some(Duration::ZERO) {
             return Err(ConfigError::ZeroDuration);
         }
@@ -265,6 +346,7 @@ impl RecordConfig {
             agent,
             duration: *duration,
             out_dir: output.clone(),
+            pprof,
         })
     }
 }
@@ -286,6 +368,8 @@ pub struct HeadlessConfig {
     pub otlp_queue: usize,
     /// `--service-name` or OTEL_SERVICE_NAME: one service name for every target.
     pub service_name: Option<String>,
+    /// `--pprof FILE`: the whole run's profile, written at exit.
+    pub pprof: Option<PathBuf>,
 }
 
 impl HeadlessConfig {
@@ -330,8 +414,12 @@ impl HeadlessConfig {
         };
         // Client spans need each round trip; only the OTLP exporter draws them.
         agent.keep_round_trips = otlp.is_some();
-        // The profiler feeds profile outputs only; an agent without one does not sample.
+        // The profiler feeds the profile outputs only: an agent without one does not sample.
         agent.profile = None;
+        if a.pprof.pprof.is_some() || a.pprof.pyroscope.is_some() {
+            agent.profile = profile_config(a.trace.sample_hz, None)?;
+        }
+        let pprof = pprof_config(&a.pprof, agent.profile.as_mut(), service_name.as_deref())?;
         if let Some(dir) = &a.output {
             prepare_output_dir(dir)?;
         }
@@ -346,6 +434,7 @@ impl HeadlessConfig {
             sample_ratio: x.sample_ratio,
             otlp_queue: x.otlp_queue,
             service_name,
+            pprof,
         })
     }
 }
@@ -455,6 +544,7 @@ mod tests {
             output: "/proc/slowtrace-cannot-be-here".into(),
             flamegraph: false,
             endpoint: None,
+            pprof: PprofArgs::default(),
         };
         assert!(matches!(
             RecordConfig::from_args(&a),
@@ -499,6 +589,7 @@ mod tests {
             output: dir.clone(),
             flamegraph: false,
             endpoint: None,
+            pprof: PprofArgs::default(),
         })
         .unwrap();
         let _ = std::fs::remove_dir(&dir);
@@ -529,6 +620,7 @@ mod tests {
             output: dir.clone(),
             flamegraph: true,
             endpoint: Some("GET /api/*".into()),
+            pprof: PprofArgs::default(),
         };
         let c = RecordConfig::from_args(&a).unwrap();
         let _ = std::fs::remove_dir(&dir);
@@ -546,5 +638,65 @@ mod tests {
             RecordConfig::from_args(&a),
             Err(ConfigError::SampleHz(_))
         ));
+    }
+
+    #[test]
+    fn pprof_and_pyroscope_flags_are_checked_and_turn_labels_on() {
+        let dir = std::env::temp_dir().join(format!("slowtrace-pprof-{}", std::process::id()));
+        let mut a = RecordArgs {
+            trace: trace_args(),
+            duration: None,
+            output: dir.clone(),
+            flamegraph: false,
+            endpoint: None,
+            pprof: PprofArgs {
+                pprof: Some(dir.join("profile.pb.gz")),
+                pyroscope: Some("http://127.0.0.1:4040".into()),
+                pyroscope_every: Duration::from_secs(15),
+            },
+        };
+        // The output directory is created last: the pprof file's directory must exist first.
+        assert!(matches!(
+            RecordConfig::from_args(&a),
+            Err(ConfigError::PprofFile { .. })
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let c = RecordConfig::from_args(&a).unwrap();
+        assert_eq!(c.pprof, Some(dir.join("profile.pb.gz")));
+        let p = c.agent.profile.expect("profiling on");
+        assert!(p.labels);
+        let push = p.push.expect("pushing");
+        assert_eq!(push.every, Duration::from_secs(15));
+        assert!(push.app.is_none());
+        a.pprof.pprof = Some(dir.clone());
+        assert!(matches!(
+            RecordConfig::from_args(&a),
+            Err(ConfigError::PprofFile { .. })
+        ));
+        a.pprof.pprof = None;
+        for bad in ["pyroscope:4040", "http://", "ftp://x"] {
+            a.pprof.pyroscope = Some(bad.into());
+            assert!(
+                matches!(
+                    RecordConfig::from_args(&a),
+                    Err(ConfigError::PyroscopeUrl(_))
+                ),
+                "{bad}"
+            );
+        }
+        a.pprof.pyroscope = Some("https://p.example/x".into());
+        a.pprof.pyroscope_every = Duration::from_millis(10);
+        assert!(matches!(
+            RecordConfig::from_args(&a),
+            Err(ConfigError::PyroscopeEvery)
+        ));
+        a.pprof.pyroscope_every = Duration::from_secs(1);
+        a.trace.sample_hz = 0;
+        let e = RecordConfig::from_args(&a).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--pyroscope needs sampling on: drop --sample-hz 0"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -207,7 +207,21 @@ pub fn run(cfg: HeadlessConfig) -> anyhow::Result<ExitCode> {
         started: Instant::now(),
         last_counters: Counters::default(),
     };
+    let started_at = std::time::SystemTime::now();
     let done = agent.run(&mut out, cfg.duration, Arc::new(AtomicBool::new(false)))?;
+    if let Some(p) = &done.profile {
+        if let (Some(path), Some(profile), Some(pc)) =
+            (&cfg.pprof, &p.profile, cfg.agent.profile.as_ref())
+        {
+            match crate::record::write_pprof(path, profile, pc, started_at, out.started.elapsed()) {
+                Ok(line) => eprintln!("slowtrace: {line}"),
+                Err(e) => eprintln!("slowtrace: WARNING: writing {}: {e}", path.display()),
+            }
+        }
+        if let Some(r) = &p.push {
+            eprintln!("slowtrace: {}", crate::record::push_line(r));
+        }
+    }
     out.metrics.counters(&done.counters);
     out.last_counters = done.counters.clone();
     if let Some(f) = out.files.as_mut() {

@@ -3,7 +3,7 @@
 use std::{
     process::ExitCode,
     sync::{atomic::AtomicBool, Arc},
-    time::Instant,
+    time::{Instant, SystemTime},
 };
 
 use tracer_common::Counter;
@@ -12,7 +12,7 @@ use crate::{
     agent::{Agent, AgentEvent, Consumer, Counters},
     config::RecordConfig,
     model::{handler::HandlerCall, slow::SlowRequest, Endpoints},
-    sinks::{files::Files, findings, flame, summary},
+    sinks::{files::Files, findings, flame, pprof, summary},
 };
 
 /// `record`'s outputs: the files, and the per-endpoint numbers of the exit summary.
@@ -89,6 +89,7 @@ pub fn run(cfg: RecordConfig) -> anyhow::Result<ExitCode> {
             .unwrap_or_default(),
     );
     let started = Instant::now();
+    let started_at = SystemTime::now();
     let done = agent.run(&mut rec, cfg.duration, Arc::new(AtomicBool::new(false)))?;
     let elapsed = started.elapsed();
     rec.files.flush()?;
@@ -123,6 +124,7 @@ pub fn run(cfg: RecordConfig) -> anyhow::Result<ExitCode> {
         // The whole run's flamegraphs are written here, by the output, from the profile the
         // profiler thread handed back.
         let mut written = Vec::new();
+        let mut exports = Vec::new();
         let mut errors = std::mem::take(&mut rec.files.errors);
         if let (Some(dir), Some(profile), Some(pc)) =
             (&flame_dir, &p.profile, cfg.agent.profile.as_ref())
@@ -132,6 +134,15 @@ pub fn run(cfg: RecordConfig) -> anyhow::Result<ExitCode> {
                 Err(e) => errors.push(format!("writing the flamegraphs: {e}")),
             }
         }
+        if let (Some(path), Some(profile), Some(pc)) =
+            (&cfg.pprof, &p.profile, cfg.agent.profile.as_ref())
+        {
+            match write_pprof(path, profile, pc, started_at, elapsed) {
+                Ok(line) => exports.push(line),
+                Err(e) => errors.push(format!("writing {}: {e}", path.display())),
+            }
+        }
+        exports.extend(p.push.as_ref().map(push_line));
         footer.extend(profile_report(
             p,
             &done.counters,
@@ -139,6 +150,7 @@ pub fn run(cfg: RecordConfig) -> anyhow::Result<ExitCode> {
             rec.files.slow_svgs,
             &errors,
         ));
+        footer.extend(exports);
     }
     footer.extend(loss_report(&done.counters));
     footer.extend(crate::reaper::STATS.report());
@@ -147,6 +159,76 @@ pub fn run(cfg: RecordConfig) -> anyhow::Result<ExitCode> {
         Some(code) if code != 0 => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         _ => ExitCode::SUCCESS,
     })
+}
+
+/// The whole run's pprof file, and its summary line.
+pub(crate) fn write_pprof(
+    path: &std::path::Path,
+    profile: &crate::model::profile::Profile,
+    pc: &crate::profile::ProfilerConfig,
+    started: SystemTime,
+    elapsed: std::time::Duration,
+) -> std::io::Result<String> {
+    let Some(table) = profile.labelled.as_ref() else {
+        return Err(std::io::Error::other("no labelled profile was kept"));
+    };
+    let (frames, stacks) = profile.tables();
+    let values: &[pprof::Value] = if pc.wall {
+        &[
+            pprof::Value::Samples,
+            pprof::Value::CpuNs,
+            pprof::Value::WallNs,
+        ]
+    } else {
+        pprof::CPU
+    };
+    let nanos = |d: std::time::Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
+    let built = pprof::build(
+        frames,
+        stacks,
+        table,
+        &pprof::Meta {
+            sample_hz: pc.sample_hz,
+            values,
+            time_nanos: nanos(
+                started
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap_or_default(),
+            ),
+            duration_nanos: nanos(elapsed),
+            filter: pc.endpoint.as_ref(),
+        },
+    );
+    let gz = pprof::encode_gz(&built)?;
+    pprof::write_file(path, &gz)?;
+    let mut line = format!(
+        "pprof: {} ({} samples, {} locations, {} bytes)",
+        path.display(),
+        built.sample.len(),
+        built.location.len(),
+        gz.len()
+    );
+    if table.cut_span + table.cut_all > 0 {
+        line.push_str(&format!(
+            "\nWARNING: pprof labels over their caps: {} samples kept without their span_id, {} \
+             without any label but the endpoint",
+            table.cut_span, table.cut_all
+        ));
+    }
+    Ok(line)
+}
+
+/// What `--pyroscope` did.
+pub(crate) fn push_line(r: &crate::sinks::pyroscope::PushReport) -> String {
+    let mut line = format!(
+        "pyroscope: {} profiles pushed to {}, {} pushes failed (retried next period), {} profiles \
+         dropped",
+        r.pushed, r.url, r.failed, r.dropped
+    );
+    if let Some(e) = &r.last_error {
+        line.push_str(&format!("\nWARNING: pyroscope push failed: {e}"));
+    }
+    line
 }
 
 /// Downstream tracking counters.

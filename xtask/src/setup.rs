@@ -19,7 +19,8 @@ use crate::util::{self, output};
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// nginx, wrk and curl for the request tests; tmux for the dashboard test; PostgreSQL, Redis and
 /// memcached as the downstream servers of the downstream-call tests (started by the tests
-/// themselves on free ports, never as system services).
+/// themselves on free ports, never as system services); protoc decodes the pprof test's profile
+/// with google/pprof's profile.proto.
 const DEBIAN_PACKAGES: &[&str] = &[
     "nginx-light",
     "wrk",
@@ -30,6 +31,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "memcached",
     // The fleet tests' metrics receiver: scrapes the agent's /metrics, answers PromQL.
     "prometheus",
+    // protoc decodes the pprof export in its test (a standard decoder of profile.proto).
+    "protobuf-compiler",
 ];
 
 pub fn run(with_test_packages: bool) -> anyhow::Result<()> {

@@ -24,10 +24,6 @@ pub struct SpanIds {
 
 impl SpanIds {
     /// `span_id` as 16 lowercase hex digits, the form pprof labels and span links use.
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "the pprof sink's span_id label uses it")
-    )]
     pub fn span_hex(&self) -> String {
         hex(&self.span_id)
     }

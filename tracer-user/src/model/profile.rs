@@ -92,6 +92,17 @@ pub struct Sample<'a> {
     pub frames: &'a [FrameInfo],
     pub request: Option<ReqKey>,
     pub weights: Weights,
+    /// The sampled thread, for the labelled tables (pprof).
+    pub task: Task<'a>,
+}
+
+/// The thread a sample was taken on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Task<'a> {
+    pub pid: u32,
+    pub tid: u32,
+    /// Its name (`comm`); empty when unknown.
+    pub name: &'a str,
 }
 
 /// Requests whose samples are kept until they end; beyond it the oldest are dropped (counted).
@@ -121,6 +132,10 @@ pub struct Profile {
     /// Caps of the frame and stack tables (tests lower them).
     max_frames: usize,
     max_stacks: usize,
+    /// The whole run's samples by stack and label set (`--pprof`); None: not kept.
+    pub labelled: Option<Labelled>,
+    /// The current push period's (`--pyroscope`), taken by `take_period`; None: not kept.
+    period: Option<Labelled>,
 }
 
 impl Default for Profile {
@@ -144,7 +159,28 @@ impl Profile {
             folded_samples: 0,
             max_frames,
             max_stacks,
+            labelled: None,
+            period: None,
         }
+    }
+
+    /// Keep samples by label set too: for the whole run (`whole`, the pprof file) and/or per
+    /// push period (`periods`, taken with `take_period`).
+    pub fn keep_labels(&mut self, whole: bool, periods: bool) {
+        self.labelled = whole.then(Labelled::default);
+        self.period = periods.then(Labelled::default);
+    }
+
+    /// The samples since the last call, by label set; a fresh table takes over. None when
+    /// periods are not kept.
+    pub fn take_period(&mut self) -> Option<Labelled> {
+        let fresh = self.period.as_ref()?.fresh();
+        self.period.replace(fresh)
+    }
+
+    /// Interned frames and stacks (ids as in `Labelled` and `stacks`).
+    pub fn tables(&self) -> (&[FrameInfo], &[Vec<u32>]) {
+        (&self.frames, &self.stacks)
     }
 
     /// The frame's id; `None` when it is new and the table is full.
@@ -213,6 +249,9 @@ impl Profile {
             }
         };
         self.totals.entry(stack).or_default().add(s.weights);
+        for l in [&mut self.labelled, &mut self.period].into_iter().flatten() {
+            l.add(stack, s);
+        }
         let Some(key) = s.request else {
             return;
         };
@@ -362,6 +401,164 @@ impl Profile {
     }
 }
 
+/// The labels of a sample besides its endpoint (which is its stack's root): the process, the
+/// thread and, inside a request, the request (whose span id the pprof export derives).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LabelSet {
+    pub pid: u32,
+    pub tid: u32,
+    pub request: Option<ReqKey>,
+}
+
+/// Distinct label sets kept at most: a request is a label set of its own, so this bounds how
+/// many requests keep their span id in one table; beyond it a sample keeps its pid and thread.
+const MAX_LABEL_SETS: usize = 100_000;
+/// Distinct (stack, label set) pairs kept at most; beyond, a sample is counted under its stack
+/// without labels. Together about 10 MB at their worst.
+const MAX_LABELLED: usize = 200_000;
+
+/// Samples by (stack, label set): what a pprof profile with sample labels is built from.
+/// Bounded by its caps; what does not fit loses its labels, never its weight, and is counted.
+#[derive(Debug)]
+pub struct Labelled {
+    sets: Vec<LabelSet>,
+    set_ids: HashMap<LabelSet, u32>,
+    weights: HashMap<(u32, u32), Weights>,
+    /// Samples that did not fit with their labels, by stack.
+    unlabelled: HashMap<u32, Weights>,
+    /// Thread names by tid, the first seen (a name is stored once per thread, not per set).
+    names: HashMap<u32, String>,
+    /// Samples whose span id was cut (label sets full): they keep pid and thread.
+    pub cut_span: u64,
+    /// Samples counted without any labels (tables full).
+    pub cut_all: u64,
+    max_sets: usize,
+    max_labelled: usize,
+}
+
+impl Default for Labelled {
+    fn default() -> Self {
+        Self::with_caps(MAX_LABEL_SETS, MAX_LABELLED)
+    }
+}
+
+impl Labelled {
+    pub fn with_caps(max_sets: usize, max_labelled: usize) -> Self {
+        Self {
+            sets: Vec::new(),
+            set_ids: HashMap::new(),
+            weights: HashMap::new(),
+            unlabelled: HashMap::new(),
+            names: HashMap::new(),
+            cut_span: 0,
+            cut_all: 0,
+            max_sets,
+            max_labelled,
+        }
+    }
+
+    /// An empty table with the same caps.
+    fn fresh(&self) -> Self {
+        Self::with_caps(self.max_sets, self.max_labelled)
+    }
+
+    fn set_id(&mut self, set: LabelSet) -> Option<u32> {
+        if let Some(&id) = self.set_ids.get(&set) {
+            return Some(id);
+        }
+        if self.sets.len() >= self.max_sets {
+            return None;
+        }
+        let id = self.sets.len() as u32;
+        self.sets.push(set);
+        self.set_ids.insert(set, id);
+        Some(id)
+    }
+
+    fn add(&mut self, stack: u32, s: &Sample<'_>) {
+        let set = LabelSet {
+            pid: s.task.pid,
+            tid: s.task.tid,
+            request: s.request,
+        };
+        // Over the cap a request's samples keep their thread: the set without the request is
+        // one per thread, and those are few.
+        let id = match self.set_id(set) {
+            Some(id) => Some(id),
+            None if set.request.is_some() => {
+                let id = self.set_id(LabelSet {
+                    request: None,
+                    ..set
+                });
+                if id.is_some() {
+                    self.cut_span += 1;
+                }
+                id
+            }
+            None => None,
+        };
+        let entry = id.and_then(|id| {
+            let full = self.weights.len() >= self.max_labelled;
+            match self.weights.entry((stack, id)) {
+                std::collections::hash_map::Entry::Occupied(e) => Some(e.into_mut()),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    (!full).then(|| e.insert(Weights::default()))
+                }
+            }
+        });
+        match entry {
+            Some(w) => w.add(s.weights),
+            None => {
+                self.cut_all += 1;
+                self.unlabelled.entry(stack).or_default().add(s.weights);
+                return;
+            }
+        }
+        if !s.task.name.is_empty() && !self.names.contains_key(&s.task.tid) {
+            self.names.insert(s.task.tid, s.task.name.to_owned());
+        }
+    }
+
+    /// (stack, label set, weights), sorted by stack then set, for a stable output.
+    pub fn entries(&self) -> Vec<(u32, &LabelSet, Weights)> {
+        let mut v: Vec<_> = self
+            .weights
+            .iter()
+            .map(|(&(stack, set), w)| (stack, &self.sets[set as usize], *w))
+            .collect();
+        v.sort_unstable_by_key(|(stack, set, _)| (*stack, set.pid, set.tid, set.request));
+        v
+    }
+
+    /// Samples that lost their labels: (stack, weights), sorted by stack.
+    pub fn unlabelled(&self) -> Vec<(u32, Weights)> {
+        let mut v: Vec<_> = self.unlabelled.iter().map(|(s, w)| (*s, *w)).collect();
+        v.sort_unstable_by_key(|(s, _)| *s);
+        v
+    }
+
+    /// The name of thread `tid`, if one was seen.
+    pub fn thread_name(&self, tid: u32) -> Option<&str> {
+        self.names.get(&tid).map(String::as_str)
+    }
+
+    /// Nothing was sampled.
+    pub fn is_empty(&self) -> bool {
+        self.weights.is_empty() && self.unlabelled.is_empty()
+    }
+
+    /// On-CPU samples by process, most first: who the period was about.
+    pub fn busiest_pid(&self) -> Option<u32> {
+        let mut by: HashMap<u32, u64> = HashMap::new();
+        for (&(_, set), w) in &self.weights {
+            *by.entry(self.sets[set as usize].pid).or_default() += w.cpu_samples;
+        }
+        by.into_iter()
+            .max_by_key(|(pid, n)| (*n, std::cmp::Reverse(*pid)))
+            .map(|(p, _)| p)
+    }
+}
+
 /// One request's own profile.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RequestProfile {
@@ -420,6 +617,7 @@ mod tests {
         let g = py("g", 20);
         for _ in 0..7 {
             p.add(&Sample {
+                task: Task::default(),
                 endpoint: Some("GET /a"),
                 frames: &[view.clone(), f.clone()],
                 request: None,
@@ -428,6 +626,7 @@ mod tests {
         }
         for _ in 0..3 {
             p.add(&Sample {
+                task: Task::default(),
                 endpoint: Some("GET /b"),
                 frames: &[view.clone(), g.clone()],
                 request: None,
@@ -435,6 +634,7 @@ mod tests {
             });
         }
         p.add(&Sample {
+            task: Task::default(),
             endpoint: None,
             frames: &[FrameInfo::new(FrameKind::Kernel, "do_epoll_wait")],
             request: None,
@@ -475,6 +675,7 @@ mod tests {
         let a = (1, 100, 0);
         let frames = [py("slow", 5)];
         p.add(&Sample {
+            task: Task::default(),
             endpoint: Some("GET /slow"),
             frames: &frames,
             request: Some(a),
@@ -484,6 +685,7 @@ mod tests {
             },
         });
         p.add(&Sample {
+            task: Task::default(),
             endpoint: Some("GET /slow"),
             frames: &frames,
             request: Some((1, 100, 1)),
@@ -507,6 +709,7 @@ mod tests {
         let mut p = Profile::with_caps(3, 2);
         let sample = |p: &mut Profile, frames: &[FrameInfo]| {
             p.add(&Sample {
+                task: Task::default(),
                 endpoint: Some("GET /"),
                 frames,
                 request: None,
@@ -537,6 +740,7 @@ mod tests {
         let mut p = Profile::default();
         for pid in [1, 2] {
             p.add(&Sample {
+                task: Task::default(),
                 endpoint: Some("GET /"),
                 frames: &[py("f", 1)],
                 request: Some((pid, 100, 0)),
@@ -556,6 +760,7 @@ mod tests {
         let mut p = Profile::default();
         for i in 0..(MAX_OPEN_REQUESTS as u64 + 5) {
             p.add(&Sample {
+                task: Task::default(),
                 endpoint: Some("GET /"),
                 frames: &[],
                 request: Some((1, i, 0)),

@@ -12,6 +12,7 @@ mod merge;
 mod resolve;
 
 use std::{
+    collections::HashMap,
     path::PathBuf,
     sync::{
         atomic::{AtomicUsize, Ordering},
@@ -19,18 +20,24 @@ use std::{
         Arc, Mutex,
     },
     thread::JoinHandle,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use tracer_common::{profile::sample_kind, ProfileRecord};
 
 use crate::{
     model::{
-        profile::{FrameInfo, HotFrame, Metric, Profile, ReqKey, RequestProfile, Sample, Weights},
+        profile::{
+            FrameInfo, HotFrame, Metric, Profile, ReqKey, RequestProfile, Sample, Task, Weights,
+        },
         request::endpoint_of,
     },
     procfs,
     reaper::{self, PerProcess, Sweep, STATS, SWEEP_EVERY},
+    sinks::{
+        pprof,
+        pyroscope::{Period, PushConfig, PushReport, Pusher},
+    },
     symbols::Stacks,
 };
 
@@ -55,6 +62,10 @@ pub struct ProfilerConfig {
     pub endpoint: Option<glob::Pattern>,
     /// Off-CPU records too (the wall-clock profile).
     pub wall: bool,
+    /// `--pprof`: keep the whole run's samples by label set (pid, thread, request) too.
+    pub labels: bool,
+    /// `--pyroscope`: push each period's profile.
+    pub push: Option<PushConfig>,
 }
 
 enum Msg {
@@ -83,6 +94,8 @@ pub struct Report {
     /// Samples of Python processes by what the kernel walker found: ok, no thread state, read
     /// failed, truncated.
     pub py_walks: [u64; 4],
+    /// What `--pyroscope` pushed.
+    pub push: Option<PushReport>,
 }
 
 pub struct Profiler {
@@ -240,9 +253,10 @@ impl Dead {
         }
     }
 
-    fn sweep(&mut self, profile: &mut Profile) {
+    /// True when it swept.
+    fn sweep(&mut self, profile: &mut Profile) -> bool {
         if !self.sweep.due() {
-            return;
+            return false;
         }
         let forgotten = std::mem::take(&mut self.pending)
             .into_iter()
@@ -256,6 +270,7 @@ impl Dead {
             .collect();
         let (frames, stacks, open) = profile.sizes();
         log::debug!("profile memory: {frames} frames, {stacks} stacks, {open} open requests");
+        true
     }
 }
 
@@ -267,17 +282,40 @@ fn run(
     queued: &AtomicUsize,
 ) {
     let mut profile = Profile::default();
+    profile.keep_labels(cfg.labels, cfg.push.is_some());
     let mut report = Report::default();
     let period_us = 1_000_000 / cfg.sample_hz.max(1);
     let mut hot_at = Instant::now();
     let mut dead = Dead::new();
+    let mut names = ThreadNames::new(cfg.labels || cfg.push.is_some());
+    let mut pushing = cfg
+        .push
+        .as_ref()
+        .and_then(|push| match Pushing::start(cfg, push) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                report
+                    .errors
+                    .push(format!("starting the pyroscope push thread: {e}"));
+                None
+            }
+        });
     loop {
-        let msg = match rx.recv_timeout(SWEEP_EVERY) {
+        let wait = pushing
+            .as_ref()
+            .map_or(SWEEP_EVERY, |p| p.wait().min(SWEEP_EVERY));
+        let msg = match rx.recv_timeout(wait) {
             Ok(m) => Some(m),
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => return,
         };
-        dead.sweep(&mut profile);
+        if dead.sweep(&mut profile) {
+            // Thread names are re-read after a sweep: a tid may belong to another thread now.
+            names.clear();
+        }
+        if let Some(p) = pushing.as_mut().filter(|p| p.wait().is_zero()) {
+            p.send(&mut profile);
+        }
         let Some(msg) = msg else { continue };
         match msg {
             Msg::Samples(batch) => {
@@ -289,7 +327,8 @@ fn run(
                 });
                 if let Some((batch, frames)) = resolved {
                     for (r, frames) in batch.iter().zip(&frames) {
-                        add(&mut profile, &mut report, r, frames, period_us);
+                        let name = names.get(r.tgid, r.tid);
+                        add(&mut profile, &mut report, r, frames, period_us, name);
                     }
                 }
                 queued.fetch_sub(n, Ordering::Relaxed);
@@ -309,6 +348,9 @@ fn run(
                 let _ = reply.send(profile.take_request(&key));
             }
             Msg::Finish(reply) => {
+                if let Some(p) = pushing.take() {
+                    report.push = Some(p.finish(&mut profile));
+                }
                 report.samples = profile.samples;
                 report.python_procs = stacks.call(|r| r.python_procs()).unwrap_or(0);
                 report.dropped_requests = profile.dropped_requests;
@@ -331,6 +373,7 @@ fn add(
     r: &ProfileRecord,
     frames: &[FrameInfo],
     period_us: u64,
+    thread_name: &str,
 ) {
     if let Some(n) = usize::from(r.py_status)
         .checked_sub(1)
@@ -356,7 +399,143 @@ fn add(
         frames,
         request: (r.conn_id != 0).then_some((r.tgid, r.conn_id, r.seq)),
         weights,
+        task: Task {
+            pid: r.tgid,
+            tid: r.tid,
+            name: thread_name,
+        },
     });
+}
+
+/// Thread names (`comm`) by tid for the sample labels, read from /proc once per thread and
+/// sweep. Off when no output uses labels.
+struct ThreadNames {
+    on: bool,
+    names: HashMap<u32, String>,
+}
+
+/// Threads named at most between two sweeps (a name is ~16 bytes).
+const MAX_THREAD_NAMES: usize = 16_384;
+
+impl ThreadNames {
+    fn new(on: bool) -> Self {
+        Self {
+            on,
+            names: HashMap::new(),
+        }
+    }
+
+    fn clear(&mut self) {
+        self.names.clear();
+    }
+
+    /// The thread's name; empty when it is gone or names are off.
+    fn get(&mut self, pid: u32, tid: u32) -> &str {
+        if !self.on {
+            return "";
+        }
+        if self.names.len() >= MAX_THREAD_NAMES && !self.names.contains_key(&tid) {
+            self.names.clear();
+        }
+        self.names.entry(tid).or_insert_with(|| {
+            std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
+                .map(|s| s.trim_end().to_owned())
+                .unwrap_or_default()
+        })
+    }
+}
+
+/// `--pyroscope` on the profiler thread: every period the period's table is built into pprof
+/// profiles here (it needs the frame tables) and handed to the push thread.
+struct Pushing {
+    pusher: Pusher,
+    every: Duration,
+    next: Instant,
+    since: SystemTime,
+    app: Option<String>,
+    sample_hz: u64,
+    wall: bool,
+    filter: Option<glob::Pattern>,
+}
+
+impl Pushing {
+    fn start(cfg: &ProfilerConfig, push: &PushConfig) -> std::io::Result<Self> {
+        Ok(Self {
+            pusher: Pusher::spawn(push)?,
+            every: push.every,
+            next: Instant::now() + push.every,
+            since: SystemTime::now(),
+            app: push.app.clone(),
+            sample_hz: cfg.sample_hz,
+            wall: cfg.wall,
+            filter: cfg.endpoint.clone(),
+        })
+    }
+
+    /// Until the next push is due.
+    fn wait(&self) -> Duration {
+        self.next.saturating_duration_since(Instant::now())
+    }
+
+    /// Build and hand over the period that ends now (nothing when nothing was sampled).
+    fn send(&mut self, profile: &mut Profile) {
+        self.next = Instant::now() + self.every;
+        let until = SystemTime::now();
+        let from = std::mem::replace(&mut self.since, until);
+        let Some(table) = profile.take_period() else {
+            return;
+        };
+        if table.is_empty() {
+            return;
+        }
+        // Named once, after the busiest process of the first period: the series keep one name.
+        let app = self
+            .app
+            .get_or_insert_with(|| {
+                table
+                    .busiest_pid()
+                    .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).ok())
+                    .map_or_else(|| "slowtrace".into(), |s| s.trim_end().to_owned())
+            })
+            .clone();
+        let nanos = |t: SystemTime| {
+            i64::try_from(t.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos())
+                .unwrap_or(i64::MAX)
+        };
+        let (frames, stacks) = profile.tables();
+        let meta = pprof::Meta {
+            sample_hz: self.sample_hz,
+            values: pprof::CPU,
+            time_nanos: nanos(from),
+            duration_nanos: nanos(until).saturating_sub(nanos(from)),
+            filter: self.filter.as_ref(),
+        };
+        let mut profiles = vec![pprof::build(frames, stacks, &table, &meta)];
+        if self.wall {
+            let wall = pprof::Meta {
+                values: &[pprof::Value::WallNs],
+                ..meta
+            };
+            profiles.push(pprof::build(frames, stacks, &table, &wall));
+        }
+        profiles.retain(|p| !p.sample.is_empty());
+        if profiles.is_empty() {
+            return;
+        }
+        self.pusher.push(Period {
+            profiles,
+            from,
+            until,
+            app,
+            sample_hz: self.sample_hz,
+        });
+    }
+
+    /// The last (partial) period, then the push thread's report.
+    fn finish(mut self, profile: &mut Profile) -> PushReport {
+        self.send(profile);
+        self.pusher.finish()
+    }
 }
 
 /// The heaviest folded lines first.

@@ -152,7 +152,7 @@ pub fn write_speedscope(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::profile::{FrameInfo, Sample, Weights};
+    use crate::model::profile::{FrameInfo, Sample, Task, Weights};
 
     fn profile() -> Profile {
         let mut p = Profile::default();
@@ -166,6 +166,7 @@ mod tests {
             FrameInfo::new(FrameKind::Kernel, "schedule"),
         ];
         p.add(&Sample {
+            task: Task::default(),
             endpoint: Some("GET /x"),
             frames: &frames,
             request: None,

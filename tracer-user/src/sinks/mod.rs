@@ -6,7 +6,9 @@ pub mod flame;
 pub mod jsonl;
 pub mod metrics;
 pub mod otlp;
+pub mod pprof;
 pub mod prometheus;
+pub mod pyroscope;
 pub mod slow;
 pub mod summary;
 
