@@ -521,3 +521,90 @@ fn a_collector_that_is_down_drops_counted_spans_and_tracing_goes_on() {
         "stopping took {stop_took:?}"
     );
 }
+
+/// CAP_* names of a capability line of the shipped systemd unit.
+fn unit_capabilities(key: &str) -> Vec<String> {
+    let unit = std::fs::read_to_string(repo().join("docs/deploy/slowtrace-agent.service")).unwrap();
+    unit.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key} in the unit"))
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn the_agent_works_with_only_the_capabilities_of_its_systemd_unit() {
+    require_root();
+    let caps = unit_capabilities("CapabilityBoundingSet=");
+    assert_eq!(caps, unit_capabilities("AmbientCapabilities="));
+    let setpriv_caps: Vec<String> = caps
+        .iter()
+        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+        .collect();
+    let (_app, port) = wsgi_app();
+    let metrics_port = free_port();
+    let out = tempfile::tempdir().unwrap();
+    let mut agent = Proc::spawn(
+        Command::new("setpriv")
+            .arg(format!("--bounding-set=-all,{}", setpriv_caps.join(",")))
+            .arg("--inh-caps=-all")
+            .arg(slowtrace_bin())
+            .args(["agent", "--port", &port.to_string(), "--threshold", "200ms"])
+            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+            .arg("-o")
+            .arg(out.path())
+            .stderr(Stdio::piped()),
+    );
+    let metrics = format!("http://127.0.0.1:{metrics_port}/metrics");
+    wait_for(Duration::from_secs(60), "the agent's /metrics", || {
+        http_get(&metrics, &[])
+    });
+    // It holds exactly the unit's capabilities, nothing more.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).unwrap();
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(|m| u64::from_str_radix(m.trim(), 16).unwrap())
+        .unwrap();
+    let bit = |name: &str| -> u64 {
+        1 << match name {
+            "CAP_DAC_READ_SEARCH" => 2,
+            "CAP_SYS_PTRACE" => 19,
+            "CAP_SYSLOG" => 34,
+            "CAP_PERFMON" => 38,
+            "CAP_BPF" => 39,
+            other => panic!("unknown capability {other} in the unit"),
+        }
+    };
+    assert_eq!(
+        eff,
+        caps.iter().map(|c| bit(c)).fold(0, |a, b| a | b),
+        "CapEff {eff:x}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let url = |p: &str| format!("http://127.0.0.1:{port}{p}");
+    assert_eq!(
+        curl(&[url("/a"), url("/a"), url("/sleep?ms=400")]),
+        [200, 200, 200]
+    );
+    wait_for(
+        Duration::from_secs(30),
+        "the three requests on /metrics",
+        || http_get(&metrics, &[]).filter(|m| m.contains("slowtrace_requests_total 3")),
+    );
+    // SAFETY: signalling our child.
+    unsafe { libc::kill(agent.pid() as i32, libc::SIGTERM) };
+    let status = agent.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    // The slow request was captured with its Python frames: the target's memory was readable.
+    let slow: Vec<std::path::PathBuf> = std::fs::read_dir(out.path().join("slow"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "txt"))
+        .collect();
+    assert_eq!(slow.len(), 1, "{slow:?}");
+    let report = std::fs::read_to_string(&slow[0]).unwrap();
+    assert!(report.contains("wsgi_app.py\", line"), "{report}");
+}

@@ -207,6 +207,18 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_config_is_valid() {
+        let p = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/deploy/agent.toml");
+        let args = expand(os(&["slowtrace", "agent", "--config", p])).unwrap();
+        let cli = crate::cli::Cli::try_parse_from(&args).unwrap();
+        let crate::cli::Command::Agent(a) = cli.command else {
+            panic!("not agent")
+        };
+        assert_eq!(a.trace.targets.ports, vec![8000]);
+        assert_eq!(a.export.sample_ratio, 0.05);
+    }
+
+    #[test]
     fn bad_files_are_one_clear_error() {
         let f = file("thresold = \"1s\"\n");
         let p = f.path().to_str().unwrap();
