@@ -10,7 +10,8 @@
 //!   peak RSS, stop time after SIGINT, in-kernel ns per request in total and per BPF program;
 //! * non-target cost: an echo load and `dd` while slowtrace traces the (idle) nginx
 //!   (bench_nontarget.rs);
-//! * single features (bench_cost.rs), the Python stack reader, the dashboard;
+//! * single features (bench_cost.rs), the agent with its exporters (bench_fleet.rs), the Python
+//!   stack reader, the dashboard;
 //! * with `--soak MINUTES`: a worker-churn soak (bench_soak.rs).
 
 use std::{
@@ -39,6 +40,9 @@ pub struct Args {
     /// A smoke test of the bench itself: one pair of this many seconds, only the sections of this
     /// file and the non-target one, no setup or build, doc written to target/ instead of docs/.
     pub smoke_secs: Option<u64>,
+    /// Only the fleet section (`slowtrace agent` with its exporters), written to
+    /// target/bench-fleet.md.
+    pub fleet_only: bool,
 }
 
 pub(crate) struct Opts {
@@ -65,7 +69,7 @@ pub(crate) struct Agent {
     pub(crate) cpu_share: f64,
     /// Agent CPU time (user + system) during the wrk run.
     pub(crate) cpu_s: f64,
-    peak_rss_mb: f64,
+    pub(crate) peak_rss_mb: f64,
     pub(crate) bpf_ns: u64,
     pub(crate) progs: Progs,
     pub(crate) events: u64,
@@ -132,7 +136,7 @@ pub(crate) fn wait_port(port: u16) -> anyhow::Result<()> {
     bail!("nothing listens on {port}")
 }
 
-fn nginx(dir: &Path) -> anyhow::Result<(Guard, u16)> {
+pub(crate) fn nginx(dir: &Path) -> anyhow::Result<(Guard, u16)> {
     let port = free_port()?;
     let www = dir.join("www");
     fs::create_dir_all(&www)?;
@@ -298,11 +302,20 @@ const STOP_LIMIT: Duration = Duration::from_secs(30);
 
 impl Tracer {
     pub(crate) fn start(port: u16, extra: &[&str]) -> anyhow::Result<Tracer> {
+        Self::start_sub("record", port, extra)
+    }
+
+    /// `slowtrace SUB --port P EXTRA`: `record` writes its files to a temporary directory;
+    /// `agent` writes none, as deployed.
+    pub(crate) fn start_sub(sub: &str, port: u16, extra: &[&str]) -> anyhow::Result<Tracer> {
         use std::io::Read as _;
         let out_dir = tempdir()?;
-        let mut child = Command::new(util::slowtrace_bin())
-            .args(["record", "--port", &port.to_string(), "-o"])
-            .arg(&out_dir)
+        let mut cmd = Command::new(util::slowtrace_bin());
+        cmd.args([sub, "--port", &port.to_string()]);
+        if sub == "record" {
+            cmd.arg("-o").arg(&out_dir);
+        }
+        let mut child = cmd
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -320,7 +333,12 @@ impl Tracer {
             out_dir,
             stdout: Some(stdout),
         };
-        wait_for_line(t.child.as_mut().expect("just set"), "slowtrace: tracing")?;
+        let ready = if sub == "agent" {
+            "slowtrace: agent tracing"
+        } else {
+            "slowtrace: tracing"
+        };
+        wait_for_line(t.child.as_mut().expect("just set"), ready)?;
         Ok(t)
     }
 
@@ -386,8 +404,26 @@ pub(crate) fn traced_run(
     extra: &[&str],
     stats: bool,
 ) -> anyhow::Result<(Wrk, Agent)> {
+    traced_run_sub("record", port, url, conns, secs, extra, stats, |_| {})
+}
+
+/// `traced_run` with `slowtrace SUB`; `before_stop` runs after the load, slowtrace still up.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site each, all plain values"
+)]
+pub(crate) fn traced_run_sub(
+    sub: &str,
+    port: u16,
+    url: &str,
+    conns: u32,
+    secs: u64,
+    extra: &[&str],
+    stats: bool,
+    before_stop: impl FnOnce(u32),
+) -> anyhow::Result<(Wrk, Agent)> {
     let _stats = stats.then(bpf_stats::StatsEnabled::new).transpose()?;
-    let tracer = Tracer::start(port, extra)?;
+    let tracer = Tracer::start_sub(sub, port, extra)?;
     let pid = tracer.pid;
     let cpu0 = cpu_secs(pid);
     let bpf0 = bpf_stats::snapshot(pid);
@@ -397,6 +433,7 @@ pub(crate) fn traced_run(
     let cpu_s = cpu_secs(pid) - cpu0;
     let progs = progs_since(pid, &bpf0);
     let peak_rss_mb = status_mb(pid, "VmHWM");
+    before_stop(pid);
     // Stopped right after the load, so the stop time includes draining what the load left queued.
     let stopped = tracer.stop()?;
     let (events, dropped) = parse_kernel_line(&stopped.summary).unwrap_or((0, 0));
@@ -844,6 +881,13 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     };
     // The BPF run-time statistics are switched on only for the runs that measure in-kernel
     // cost (`traced_run`'s `stats`), never for the runs whose throughput is compared.
+    if args.fleet_only {
+        let doc = crate::bench_fleet::run(&o)?;
+        let path = util::root().join("target/bench-fleet.md");
+        fs::write(&path, &doc).with_context(|| format!("writing {}", path.display()))?;
+        println!("{doc}");
+        return Ok(());
+    }
     let tables = sections(args, &o);
     let doc = render_doc(&tables?, args, &o);
     // A smoke run must not overwrite the real results.
@@ -887,6 +931,7 @@ fn sections(args: &Args, o: &Opts) -> anyhow::Result<String> {
 
     if args.smoke_secs.is_none() {
         out += &crate::bench_cost::run(o)?;
+        out += &crate::bench_fleet::run(o)?;
         out += &python_reader()?;
         out += &ui_lag();
     }

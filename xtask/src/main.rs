@@ -5,6 +5,7 @@
 
 mod bench;
 mod bench_cost;
+mod bench_fleet;
 mod bench_nontarget;
 mod bench_soak;
 mod bpf_stats;
@@ -55,6 +56,9 @@ enum Task {
         /// only, no setup/build, written to target/bench-smoke.md instead of docs/.
         #[arg(long, hide = true, value_name = "SECS")]
         smoke_secs: Option<u64>,
+        /// Only the fleet section (the agent with its exporters), to target/bench-fleet.md.
+        #[arg(long, hide = true)]
+        fleet_only: bool,
     },
     /// Loopback TCP echo load for the bench's non-target measurement (prints round trips/s).
     #[command(hide = true)]
@@ -88,10 +92,12 @@ fn main() -> ExitCode {
             long,
             soak,
             smoke_secs,
+            fleet_only,
         } => bench::run(&bench::Args {
             long,
             soak_minutes: soak,
             smoke_secs,
+            fleet_only,
         }),
         Task::EchoLoad { secs } => echo_load::run(secs),
         Task::ComparePyspy { seconds } => compare::run(seconds),
