@@ -74,6 +74,10 @@ fn prometheus_scrapes_exact_counts_and_p50s() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    // SIGUSR1: a status line now (the next one is due in 5 minutes).
+    // SAFETY: signalling our child.
+    unsafe { libc::kill(trace.pid() as i32, libc::SIGUSR1) };
+    std::thread::sleep(Duration::from_millis(800));
     let done = trace.stop_with(libc::SIGTERM);
     assert!(done.success, "{}", done.stderr);
     assert!(
@@ -81,6 +85,18 @@ fn prometheus_scrapes_exact_counts_and_p50s() {
         "{}",
         done.stderr
     );
+    let status: Vec<&str> = done
+        .stderr
+        .lines()
+        .filter(|l| l.contains("slowtrace: status after"))
+        .collect();
+    assert_eq!(
+        status.len(),
+        2,
+        "one on SIGUSR1, one at exit: {}",
+        done.stderr
+    );
+    assert!(status[0].contains(" 80 requests;"), "{}", status[0]);
 
     // The reference: record's per-request lines, per endpoint.
     let mut durations: HashMap<String, Vec<f64>> = HashMap::new();
@@ -176,7 +192,10 @@ fn otlp_spans_reach_phoenix_over_http_and_grpc() {
         ("PGPORT", pg.port.to_string()),
         ("SLOWTRACE_LOCK", lock.path().display().to_string()),
     ]);
-    let workers = children(app.pid());
+    let workers = wait_for(Duration::from_secs(60), "gunicorn's 2 workers", || {
+        let w = children(app.pid());
+        (w.len() == 2).then_some(w)
+    });
     let url = |p: &str| format!("http://127.0.0.1:{port}{p}");
 
     // OTLP/HTTP, every request sampled.

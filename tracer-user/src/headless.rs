@@ -34,7 +34,7 @@ extern "C" fn on_sigusr1(_: libc::c_int) {
 }
 
 /// How long the exporter may take to send what is queued at exit.
-const EXPORT_GRACE: Duration = Duration::from_secs(3);
+const EXPORT_GRACE: Duration = Duration::from_millis(1500);
 
 struct Headless {
     metrics: Arc<FleetMetrics>,

@@ -47,7 +47,7 @@ const BATCH_DELAY: Duration = Duration::from_secs(1);
 const RETRIES: u32 = 4;
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 /// The last batch at exit gets one attempt, this long at most: stopping stays fast.
-const FINAL_TIMEOUT: Duration = Duration::from_secs(2);
+const FINAL_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What the agent hands over: a finished request, or a slow/killed one with its report.
 pub enum Item {
