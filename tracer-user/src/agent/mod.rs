@@ -136,6 +136,11 @@ pub struct Agent {
     profiler: Option<Profiler>,
     calls: CallTracker,
     thresholds: Thresholds,
+    /// Requests in flight at the last scan that have not ended since: what the deadline timer
+    /// captures and signals between scans.
+    open: Vec<RequestRecord>,
+    /// When a capture or a signal is next due (kernel monotonic ns).
+    due_ns: Option<u64>,
     /// Capture pieces that could not be attached (said once at start).
     pub degraded: Vec<String>,
     /// "pid 12, port 8000 (pids [..])" for the user.
@@ -312,6 +317,8 @@ impl Agent {
                 n_plus_one: cfg.n_plus_one,
                 ..Thresholds::default()
             },
+            open: Vec::new(),
+            due_ns: None,
             degraded: Vec::new(),
             described: String::new(),
             attach_mode: String::new(),
@@ -338,6 +345,9 @@ impl Agent {
         out: &mut dyn Consumer,
     ) -> anyhow::Result<()> {
         let key = (r.tgid, r.conn_id, r.seq);
+        if !self.open.is_empty() {
+            self.open.retain(|o| (o.tgid, o.conn_id, o.seq) != key);
+        }
         let mut req = self.request(r, end, now_ns);
         if let Some(a) = self.actor.as_mut() {
             req.signals = a.finish(&key);
@@ -405,10 +415,7 @@ impl Agent {
         let Some(actor) = self.actor.as_mut() else {
             return;
         };
-        let running: Vec<_> = in_flight
-            .iter()
-            .map(|r| ((r.tgid, r.conn_id, r.seq), r.tgid, r.tid, r.start_ns))
-            .collect();
+        let running = act_running(in_flight);
         for (_, pid, tid, sig, why) in actor.due(&running, now_ns, act::catches) {
             match act::send(pid, tid, sig) {
                 Ok(()) => log::info!("sent signal {sig} ({why}) to pid {pid} tid {tid}"),
@@ -447,15 +454,7 @@ impl Agent {
         let Some(c) = self.capturing.as_mut() else {
             return;
         };
-        let mut running: Vec<Running> = in_flight
-            .iter()
-            .map(|r| Running {
-                key: (r.tgid, r.conn_id, r.seq),
-                pid: r.tgid,
-                tid: r.tid,
-                start_ns: r.start_ns,
-            })
-            .collect();
+        let mut running = running(in_flight);
         // Outermost handler calls in progress are watched like requests.
         if !self.handlers.is_empty() {
             running.extend(
@@ -484,6 +483,40 @@ impl Agent {
                 c.watchdog.record(&job.key, Err(()));
             }
         }
+    }
+
+    /// A capture or signal is due: act on the requests open at the last scan (those that
+    /// ended since are drained first, so they are not captured after their end).
+    fn on_deadline(&mut self, out: &mut dyn Consumer) -> anyhow::Result<()> {
+        self.drain_side();
+        self.drain(out)?;
+        let now = mono_ns();
+        let open = std::mem::take(&mut self.open);
+        self.act(&open, now);
+        self.plan_captures(&open, now);
+        self.open = open;
+        self.schedule(now);
+        Ok(())
+    }
+
+    /// Set the deadline timer to the next capture or signal due among the open requests.
+    fn schedule(&mut self, now: u64) {
+        let capture = self
+            .capturing
+            .as_ref()
+            .and_then(|c| c.watchdog.next_due(&running(&self.open)));
+        let signal = self
+            .actor
+            .as_ref()
+            .and_then(|a| a.next_due(&act_running(&self.open)));
+        // A deadline already past was just acted on (a signal the process may not take):
+        // look again at the next drain, not in a loop.
+        let floor = now + DRAIN_EVERY.as_nanos() as u64;
+        self.due_ns = capture
+            .into_iter()
+            .chain(signal)
+            .min()
+            .map(|d| if d <= now { floor } else { d });
     }
 
     fn counters(&self) -> Counters {
@@ -529,6 +562,8 @@ impl Agent {
             }
         }
         self.plan_captures(&scan.in_flight, now);
+        self.open.clone_from(&scan.in_flight);
+        self.schedule(now);
         self.release(false, out)?;
         for key in &scan.dead {
             self.kernel.forget_conn(key);
@@ -641,6 +676,9 @@ impl Agent {
                         }
                     }
                 }
+                _ = sleep_until_mono(self.due_ns) => {
+                    self.on_deadline(out)?;
+                }
                 _ = &mut deadline => break Stop::Duration,
                 _ = sigint.recv() => break Stop::CtrlC,
                 _ = sigterm.recv() => break Stop::Sigterm,
@@ -655,6 +693,40 @@ impl Agent {
         self.drain_handlers(out)?;
         self.scan(out)?;
         Ok(why)
+    }
+}
+
+/// The open requests as the watchdog sees them.
+fn running(in_flight: &[RequestRecord]) -> Vec<Running> {
+    in_flight
+        .iter()
+        .map(|r| Running {
+            key: (r.tgid, r.conn_id, r.seq),
+            pid: r.tgid,
+            tid: r.tid,
+            start_ns: r.start_ns,
+        })
+        .collect()
+}
+
+/// The open requests as the actor sees them: (key, pid, tid, start).
+fn act_running(
+    in_flight: &[RequestRecord],
+) -> Vec<(crate::capture::watchdog::RequestKey, u32, u32, u64)> {
+    in_flight
+        .iter()
+        .map(|r| ((r.tgid, r.conn_id, r.seq), r.tgid, r.tid, r.start_ns))
+        .collect()
+}
+
+/// Sleep until a kernel-monotonic deadline; forever when there is none.
+async fn sleep_until_mono(due_ns: Option<u64>) {
+    match due_ns {
+        Some(due) => {
+            let wait = Duration::from_nanos(due.saturating_sub(mono_ns()));
+            tokio::time::sleep(wait).await;
+        }
+        None => std::future::pending().await,
     }
 }
 

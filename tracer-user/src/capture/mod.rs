@@ -2,5 +2,6 @@
 //! the stack resolver thread, `crate::symbols`).
 
 pub mod procinfo;
+pub mod unwind;
 pub mod watchdog;
 pub mod worker;
