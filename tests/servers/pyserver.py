@@ -47,6 +47,12 @@ class Handler(BaseHTTPRequestHandler):
             peer.recv(1)
             peer.close()
             self._reply(200, b"received\n")
+        elif url.path == "/native":
+            # Three C frames (no frame pointers) under this Python frame, blocked in nanosleep.
+            import ctypes
+            lib = ctypes.CDLL(os.environ["SLOWTRACE_NATIVE_CHAIN"])
+            lib.chain_outer(int(q.get("ms", ["100"])[0]))
+            self._reply(200, b"native\n")
         elif url.path.startswith("/status/"):
             self._reply(int(url.path.rsplit("/", 1)[1]))
         elif url.path in ("/", "/hello") or url.path.startswith("/users/"):

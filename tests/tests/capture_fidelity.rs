@@ -207,3 +207,79 @@ fn interrupt_after_is_delivered_on_time() {
         assert!((1000..=1050).contains(&at), "sent at {at} ms: {r:#}");
     }
 }
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn native_frames_between_python_frames_without_frame_pointers() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let lib = dir.path().join("libchain.so");
+    let st = Command::new("gcc")
+        .args([
+            "-O2",
+            "-g",
+            "-fomit-frame-pointer",
+            "-shared",
+            "-fPIC",
+            "-o",
+        ])
+        .arg(&lib)
+        .arg(server_script("native_chain.c"))
+        .status()
+        .expect("gcc");
+    assert!(st.success(), "building native_chain.c");
+    let mut server = Proc::spawn(
+        Command::new(python())
+            .arg(server_script("pyserver.py"))
+            .arg("threading")
+            .env("SLOWTRACE_NATIVE_CHAIN", &lib)
+            .stdout(Stdio::piped()),
+    );
+    let port = read_port(server.child.stdout.take().unwrap());
+    let trace = Trace::start(&[
+        "--pid",
+        &server.pid().to_string(),
+        "--threshold",
+        &format!("{THRESHOLD_MS}ms"),
+    ]);
+    assert_eq!(
+        curl(&[format!("http://127.0.0.1:{port}/native?ms=700")]),
+        [200]
+    );
+    let done = trace.stop();
+    assert!(done.success, "{}", done.stderr);
+    let slow = read_records(&done.dir.join("slow.jsonl"));
+    let s: Vec<&Value> = slow
+        .iter()
+        .filter(|s| s["endpoint"] == "GET /native")
+        .collect();
+    assert_eq!(s.len(), 1, "{slow:#?}");
+    let caps = s[0]["captures"].as_array().unwrap();
+    assert!(!caps.is_empty());
+    for c in caps {
+        let native = names(&c["native"]);
+        let at = |f: &str| native.iter().position(|n| n == f);
+        let (i, m, o) = (at("chain_inner"), at("chain_middle"), at("chain_outer"));
+        assert!(
+            native.first().is_some_and(|f| f.contains("nanosleep")),
+            "leaf: {native:?}"
+        );
+        assert!(
+            i.is_some() && i < m && m < o,
+            "the three C frames in order: {native:?}"
+        );
+        // ctypes' call machinery and the interpreter loop above them: the unwind went on
+        // through libffi and libpython, neither built with frame pointers.
+        assert!(
+            native[o.unwrap()..]
+                .iter()
+                .any(|f| f.contains("_PyEval_EvalFrameDefault")),
+            "the interpreter above the C frames: {native:?}"
+        );
+        assert!(
+            names(&c["python"]).iter().any(|f| f.ends_with("do_GET")),
+            "{:#}",
+            c["python"]
+        );
+    }
+}

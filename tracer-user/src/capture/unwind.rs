@@ -83,7 +83,7 @@ pub fn frame_pointer_walk(regs: UserRegs, stack: &[u8], max: usize) -> Vec<u64> 
     ips.push(regs.ip);
     let mut bp = regs.bp;
     while ips.len() < max {
-        if bp % 8 != 0 {
+        if !bp.is_multiple_of(8) {
             break;
         }
         let (Some(next), Some(ret)) = (word(bp), word(bp.wrapping_add(8))) else {

@@ -7,13 +7,14 @@
 
 use std::sync::{
     mpsc::{self, Receiver, Sender},
-    Arc,
+    Arc, Mutex,
 };
 
 use aya::maps::{HashMap, MapData};
 use tracer_common::{sched::ThreadSched, StackSample};
 
 use super::{
+    ehframe::EhFrames,
     procinfo,
     unwind::{self, UserRegs},
     watchdog::{Job, RequestKey},
@@ -42,6 +43,8 @@ pub struct Worker {
     stacks: Stacks,
     /// Shared with the captures queued on the resolver thread.
     maps: Arc<StackMaps>,
+    /// Unwind tables, used on the resolver thread only (the lock is never contended).
+    eh: Arc<Mutex<EhFrames>>,
     now_ns: fn() -> u64,
     done: Sender<CaptureResult>,
     results: Receiver<CaptureResult>,
@@ -55,6 +58,7 @@ impl Worker {
         Worker {
             stacks,
             maps: Arc::new(maps),
+            eh: Arc::default(),
             now_ns,
             done,
             results,
@@ -65,9 +69,11 @@ impl Worker {
     /// Queue a capture; false (and counted) when the resolver thread is behind.
     pub fn submit(&mut self, job: Job) -> bool {
         let (maps, done, now_ns) = (Arc::clone(&self.maps), self.done.clone(), self.now_ns);
+        let eh = Arc::clone(&self.eh);
         let queued = self.stacks.try_run(move |r| {
             let t = std::time::Instant::now();
-            let mut capture = capture(&maps, r, &job, now_ns());
+            let mut eh = eh.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut capture = capture(&maps, r, &mut eh, &job, now_ns());
             capture.took_us = t.elapsed().as_micros() as u64;
             let _ = done.send((job.key, Ok(capture)));
         });
@@ -135,7 +141,13 @@ pub fn choose_source(
     }
 }
 
-fn capture(maps: &StackMaps, r: &mut Resolver, job: &Job, now_ns: u64) -> Capture {
+fn capture(
+    maps: &StackMaps,
+    r: &mut Resolver,
+    eh: &mut EhFrames,
+    job: &Job,
+    now_ns: u64,
+) -> Capture {
     let (pid, tid) = (job.pid, job.tid);
     let mut c = Capture {
         offset_ms: job.offset_ms,
@@ -150,6 +162,7 @@ fn capture(maps: &StackMaps, r: &mut Resolver, job: &Job, now_ns: u64) -> Captur
     }
     if state == "exited" {
         symbols::forget_exited(r, &[pid], false);
+        eh.forget(pid);
         c.native_source = "none".into();
         return c;
     }
@@ -167,7 +180,17 @@ fn capture(maps: &StackMaps, r: &mut Resolver, job: &Job, now_ns: u64) -> Captur
     match source {
         Source::SwitchOut { out_ts, regs } => {
             let ips = match unwind::copy_stack(pid, regs.sp, unwind::STACK_COPY) {
-                Ok(stack) => unwind::frame_pointer_walk(regs, &stack, unwind::MAX_FRAMES),
+                Ok(stack) => {
+                    // .eh_frame where the files have it (CPython and libc have no frame
+                    // pointers); the frame-pointer chain where it gets further.
+                    let cfi = eh.walk(pid, regs, &stack, unwind::MAX_FRAMES);
+                    let fp = unwind::frame_pointer_walk(regs, &stack, unwind::MAX_FRAMES);
+                    if cfi.len() >= fp.len() {
+                        cfi
+                    } else {
+                        fp
+                    }
+                }
                 Err(e) => {
                     c.errors.push(format!("copying the user stack: {e}"));
                     vec![regs.ip]
