@@ -283,3 +283,40 @@ fn native_frames_between_python_frames_without_frame_pointers() {
         );
     }
 }
+
+/// A threshold shorter than the 250 ms scan: requests are looked for in between, so the first
+/// capture is still on time.
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn a_threshold_shorter_than_the_scan_is_still_on_time() {
+    require_root();
+    let (server, port) = py_server(&["threading"]);
+    let trace = Trace::start(&["--pid", &server.pid().to_string(), "--threshold", "100ms"]);
+    for ms in [160, 200, 260, 330, 400, 170, 220] {
+        assert_eq!(
+            curl(&[format!("http://127.0.0.1:{port}/sleep?ms={ms}")]),
+            [200]
+        );
+    }
+    let done = trace.stop();
+    assert!(done.success, "{}", done.stderr);
+    let slow = read_records(&done.dir.join("slow.jsonl"));
+    let sleeps: Vec<&Value> = slow
+        .iter()
+        .filter(|s| s["endpoint"] == "GET /sleep")
+        .collect();
+    assert_eq!(sleeps.len(), 7, "{slow:#?}");
+    for s in sleeps {
+        let offsets: Vec<u64> = s["captures"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["offset_ms"].as_u64().unwrap())
+            .collect();
+        assert!(
+            offsets.iter().any(|o| (100..=120).contains(o)),
+            "{}: offsets {offsets:?}",
+            s["duration_us"]
+        );
+    }
+}

@@ -155,6 +155,10 @@ impl Actor {
         }
     }
 
+    pub fn policy(&self) -> Policy {
+        self.policy
+    }
+
     /// Running requests → signals to send now: (key, pid, tid, signal, why).
     /// `catches` is injected so the decision is testable without processes.
     pub fn due(

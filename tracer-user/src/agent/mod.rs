@@ -141,6 +141,8 @@ pub struct Agent {
     open: Vec<RequestRecord>,
     /// When a capture or a signal is next due (kernel monotonic ns).
     due_ns: Option<u64>,
+    /// When requests were last looked for (the scan, or `discover`).
+    seen_ns: u64,
     /// Capture pieces that could not be attached (said once at start).
     pub degraded: Vec<String>,
     /// "pid 12, port 8000 (pids [..])" for the user.
@@ -319,6 +321,7 @@ impl Agent {
             },
             open: Vec::new(),
             due_ns: None,
+            seen_ns: 0,
             degraded: Vec::new(),
             described: String::new(),
             attach_mode: String::new(),
@@ -499,6 +502,57 @@ impl Agent {
         Ok(())
     }
 
+    /// How often requests must be looked for so that none passes a capture or signal deadline
+    /// more than ~20 ms before it is seen: the scan is enough for deadlines past
+    /// `SCAN_EVERY` + 20 ms (`--threshold 300ms`); a shorter one needs `discover` in between.
+    fn discover_every(&self) -> Option<u64> {
+        let margin = Duration::from_millis(20);
+        let capture = self.capturing.as_ref().map(|c| c.threshold_us() * 1000);
+        let signals = self.actor.as_ref().map_or(Vec::new(), |a| {
+            let p = a.policy();
+            [p.interrupt, p.dump]
+                .into_iter()
+                .flatten()
+                .map(|(after, _)| after.as_nanos() as u64)
+                .collect()
+        });
+        let first = capture.into_iter().chain(signals).min()?;
+        let every = first.saturating_sub(margin.as_nanos() as u64);
+        (every < SCAN_EVERY.as_nanos() as u64).then(|| every.max(DRAIN_EVERY.as_nanos() as u64))
+    }
+
+    /// Between scans, with a deadline shorter than the scan period: requests that started since
+    /// requests were last looked for join the open ones, so the deadline timer covers them.
+    fn discover(&mut self, now: u64) {
+        let Some(every) = self.discover_every() else {
+            return;
+        };
+        if now < self.seen_ns + every {
+            return;
+        }
+        // Only requests newer than the last look: older ones were seen then, and some of those
+        // the scan has since ended itself (idle), which the kernel's map does not know.
+        let since = self.seen_ns;
+        self.seen_ns = now;
+        let fresh: Vec<RequestRecord> = self
+            .kernel
+            .conns()
+            .into_iter()
+            .filter(|(_, c)| c.phase() != tracer_common::Phase::Idle && c.rec.start_ns > since)
+            .map(|(_, c)| c.rec)
+            .filter(|r| {
+                !self
+                    .open
+                    .iter()
+                    .any(|o| (o.tgid, o.conn_id, o.seq) == (r.tgid, r.conn_id, r.seq))
+            })
+            .collect();
+        if !fresh.is_empty() {
+            self.open.extend(fresh);
+            self.schedule(now);
+        }
+    }
+
     /// Set the deadline timer to the next capture or signal due among the open requests.
     fn schedule(&mut self, now: u64) {
         let capture = self
@@ -563,6 +617,7 @@ impl Agent {
         }
         self.plan_captures(&scan.in_flight, now);
         self.open.clone_from(&scan.in_flight);
+        self.seen_ns = now;
         self.schedule(now);
         self.release(false, out)?;
         for key in &scan.dead {
@@ -662,6 +717,7 @@ impl Agent {
                         p.flush_done();
                     }
                     self.drain_handlers(out)?;
+                    self.discover(mono_ns());
                 }
                 _ = tick.tick() => {
                     self.drain_side();
