@@ -19,6 +19,7 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     served = 0
     limit = None
+    late_port = 0
 
     def log_message(self, *args):
         pass
@@ -39,6 +40,19 @@ class Handler(BaseHTTPRequestHandler):
         if url.path == "/sleep":
             time.sleep(int(q.get("ms", ["100"])[0]) / 1000)
             self._reply(200, b"slept\n")
+        elif url.path == "/recv":
+            # Blocked in recv(2) on a TCP socket whose peer answers after ms: a socket wait.
+            peer = socket.create_connection(("127.0.0.1", Handler.late_port))
+            peer.sendall(q.get("ms", ["100"])[0].encode() + b"\n")
+            peer.recv(1)
+            peer.close()
+            self._reply(200, b"received\n")
+        elif url.path == "/native":
+            # Three C frames (no frame pointers) under this Python frame, blocked in nanosleep.
+            import ctypes
+            lib = ctypes.CDLL(os.environ["SLOWTRACE_NATIVE_CHAIN"])
+            lib.chain_outer(int(q.get("ms", ["100"])[0]))
+            self._reply(200, b"native\n")
         elif url.path.startswith("/status/"):
             self._reply(int(url.path.rsplit("/", 1)[1]))
         elif url.path in ("/", "/hello") or url.path.startswith("/users/"):
@@ -52,8 +66,30 @@ class Handler(BaseHTTPRequestHandler):
         self._reply(201, b"created\n")
 
 
+def late_answers():
+    """A listener that answers one byte, N ms after it reads "N\\n": the peer of /recv."""
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(16)
+    Handler.late_port = ls.getsockname()[1]
+
+    def answer(c):
+        ms = int(c.recv(32).split(b"\n")[0])
+        time.sleep(ms / 1000)
+        c.sendall(b"x")
+        c.close()
+
+    def accept():
+        while True:
+            c, _ = ls.accept()
+            threading.Thread(target=answer, args=(c,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+
+
 def serve_threading(limit=None):
     Handler.limit = limit
+    late_answers()
     # SLOWTRACE_TEST_PORT: a fixed port, for servers that start after slowtrace watches it.
     srv = ThreadingHTTPServer(("127.0.0.1", int(os.environ.get("SLOWTRACE_TEST_PORT", "0"))), Handler)
     print("PORT", srv.server_address[1], flush=True)

@@ -497,8 +497,7 @@ fn a_collector_that_is_down_drops_counted_spans_and_tracing_goes_on() {
     let last = done
         .stderr
         .lines()
-        .filter(|l| l.starts_with("slowtrace: status after"))
-        .last()
+        .rfind(|l| l.starts_with("slowtrace: status after"))
         .unwrap_or_else(|| panic!("no status line: {}", done.stderr));
     let number_before = |what: &str| -> u64 {
         let i = last

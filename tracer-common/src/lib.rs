@@ -78,14 +78,51 @@ pub struct KernelOffsets {
     pub task_tgid: u32,
 }
 
-/// Where a watched thread was, as stack-trace-map ids (negative: not captured).
+/// Native frames kept per on-CPU capture sample (return addresses, innermost first).
+pub const SAMPLE_USER_FRAMES: usize = 64;
+/// Kernel frames kept per on-CPU capture sample.
+pub const SAMPLE_KERN_FRAMES: usize = 32;
+
+/// Where a watched thread was when the perf event last caught it on a CPU: its user and kernel
+/// stacks, copied in one program run so that both describe the same instant. Raw addresses, not
+/// stack-map ids: a stack-trace map reuses a bucket on a hash collision, and an id read later
+/// could then name another stack's frames.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StackSample {
     /// bpf_ktime_get_ns of the sample.
     pub ts: u64,
-    pub user_id: i64,
-    pub kern_id: i64,
+    /// Bytes of `user` and `kern` filled (bpf_get_stack's result; negative: an error).
+    pub user_len: i32,
+    pub kern_len: i32,
+    pub user: [u64; SAMPLE_USER_FRAMES],
+    pub kern: [u64; SAMPLE_KERN_FRAMES],
+}
+
+impl Default for StackSample {
+    fn default() -> Self {
+        Self {
+            ts: 0,
+            user_len: 0,
+            kern_len: 0,
+            user: [0; SAMPLE_USER_FRAMES],
+            kern: [0; SAMPLE_KERN_FRAMES],
+        }
+    }
+}
+
+impl StackSample {
+    /// The user frames filled in, innermost first.
+    pub fn user_frames(&self) -> &[u64] {
+        let n = (self.user_len.max(0) as usize / 8).min(SAMPLE_USER_FRAMES);
+        &self.user[..n]
+    }
+
+    /// The kernel frames filled in, innermost first.
+    pub fn kern_frames(&self) -> &[u64] {
+        let n = (self.kern_len.max(0) as usize / 8).min(SAMPLE_KERN_FRAMES);
+        &self.kern[..n]
+    }
 }
 
 /// The last signal generated for a traced task.

@@ -42,4 +42,11 @@ pub struct ThreadSched {
     pub ds_waiting: u32,
     pub tgid: u32,
     pub _pad: u32,
+    /// User registers (instruction, stack and frame pointer) saved when the thread left the CPU
+    /// inside a request (`out_ts`), from its `pt_regs`: while it stays off, its user stack
+    /// holds still, so a capture can copy and unwind it from these (0: not known; the classic
+    /// sched tracepoint cannot read them).
+    pub user_ip: u64,
+    pub user_sp: u64,
+    pub user_bp: u64,
 }

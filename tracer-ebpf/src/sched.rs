@@ -215,7 +215,7 @@ pub fn sched_switch(ctx: TracePointContext) -> u32 {
 /// sched_switch as a raw tracepoint, TP_PROTO(bool preempt, struct task_struct *prev,
 /// struct task_struct *next, unsigned int prev_state): no record is built for it, which matters
 /// as it runs on every context switch of the machine. It also takes the off-CPU stacks of
-/// watched threads for captures, so one program serves the three users of the switch.
+/// the user registers of a request's thread as it leaves, for captures.
 #[raw_tracepoint(tracepoint = "sched_switch")]
 pub fn sched_switch_raw(ctx: RawTracePointContext) -> i32 {
     let o = unsafe { core::ptr::read_volatile(&KOFFS) };
@@ -269,11 +269,6 @@ fn on_switch<C: EbpfContext + StackIdContext>(ctx: &C, next: Option<i32>, state:
     if !prev_target {
         return;
     }
-    if regs {
-        // Stacks of watched (slow-request) threads where they block, for captures; the
-        // classic path has its own raw tracepoint program for this.
-        crate::capture::sample(ctx, &crate::capture::OFF_CPU);
-    }
     // Only threads inside a request: idle workers waiting in accept or for the next keep-alive
     // request are not request time. A response blocked on a slow client is.
     let Some(cur) = (unsafe { CURRENT.get(&tid) }).copied() else {
@@ -326,6 +321,13 @@ fn on_switch<C: EbpfContext + StackIdContext>(ctx: &C, next: Option<i32>, state:
         t.conn_id = cur.conn_id;
         t.seq = cur.seq;
         t.fd = cur.fd;
+        // Where its user stack is, for a capture while it stays off (three loads; the stack
+        // itself is only copied if the request turns out slow).
+        (t.user_ip, t.user_sp, t.user_bp) = if regs {
+            crate::capture::user_regs()
+        } else {
+            (0, 0, 0)
+        };
         // Preempted (runnable): all of the time off is waiting for a CPU.
         t.reason = if state & 0xff == 0 {
             sched::RUNQUEUE as u32

@@ -155,6 +155,10 @@ impl Actor {
         }
     }
 
+    pub fn policy(&self) -> Policy {
+        self.policy
+    }
+
     /// Running requests → signals to send now: (key, pid, tid, signal, why).
     /// `catches` is injected so the decision is testable without processes.
     pub fn due(
@@ -197,6 +201,30 @@ impl Actor {
             }
         }
         out
+    }
+
+    /// The earliest deadline among running requests of a signal not sent yet (the agent's timer
+    /// fires then, so a signal leaves within a few ms of its deadline, not on the next scan).
+    pub fn next_due(&self, running: &[(RequestKey, u32, u32, u64)]) -> Option<u64> {
+        running
+            .iter()
+            .flat_map(|&(key, pid, _, start_ns)| {
+                [
+                    (self.policy.interrupt, "interrupt"),
+                    (self.policy.dump, "dump"),
+                ]
+                .into_iter()
+                .filter_map(move |(rule, why)| {
+                    let (after, sig) = rule?;
+                    let sent = self
+                        .sent
+                        .get(&key)
+                        .is_some_and(|v| v.iter().any(|s| s.why == why));
+                    (!sent && !self.refused.contains(&(pid, sig)))
+                        .then(|| start_ns + after.as_nanos() as u64)
+                })
+            })
+            .min()
     }
 
     /// What was sent to a request that ended (and forget it).
@@ -295,6 +323,25 @@ mod tests {
             a.due(&other, 5_000_000_000, |_, _| Some(false)).is_empty(),
             "not caught: refused"
         );
+    }
+
+    #[test]
+    fn next_due_is_the_earliest_unsent_deadline() {
+        let mut a = Actor::new(Policy {
+            interrupt: Some((Duration::from_secs(1), 14)),
+            dump: Some((Duration::from_millis(300), 10)),
+            force: false,
+        });
+        let r = [((1, 2, 3), 10, 11, 5_000_000u64)];
+        assert_eq!(a.next_due(&[]), None);
+        assert_eq!(a.next_due(&r), Some(305_000_000), "the dump first");
+        assert_eq!(a.due(&r, 305_000_000, |_, _| Some(true)).len(), 1);
+        assert_eq!(a.next_due(&r), Some(1_005_000_000), "then the interrupt");
+        assert_eq!(a.due(&r, 1_005_000_000, |_, _| Some(true)).len(), 1);
+        assert_eq!(a.next_due(&r), None, "all sent");
+        let other = [((1, 2, 4), 20, 21, 0u64)];
+        a.due(&other, 2_000_000_000, |_, _| Some(false));
+        assert_eq!(a.next_due(&other), None, "refused pids are not retried");
     }
 
     #[test]

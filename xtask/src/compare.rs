@@ -1,4 +1,5 @@
-//! `cargo xtask compare-pyspy`: slowtrace's CPU profile next to py-spy's on the same run.
+//! `cargo xtask compare-pyspy`: slowtrace's CPU profile next to py-spy's on the same run, and a
+//! slow request's capture next to `py-spy dump --native` on the same stuck thread.
 
 use std::process::Command;
 
@@ -30,6 +31,21 @@ pub fn run(seconds: u32) -> anyhow::Result<()> {
         .context("running tests/acceptance/compare_pyspy.py")?;
     if !status.success() {
         bail!("slowtrace and py-spy disagree (or the comparison failed): {status}");
+    }
+    // Frame by frame, Python and native, on a thread stuck in C code built without frame
+    // pointers (three frames under ctypes).
+    let status = Command::new(venv.join("bin/python"))
+        .arg(util::root().join("tests/acceptance/compare_native.py"))
+        .arg("--slowtrace")
+        .arg(util::slowtrace_bin())
+        .arg("--python")
+        .arg(venv.join("bin/python"))
+        .arg("--py-spy")
+        .arg(&py_spy)
+        .status()
+        .context("running tests/acceptance/compare_native.py")?;
+    if !status.success() {
+        bail!("a capture and py-spy dump --native disagree (or the comparison failed): {status}");
     }
     Ok(())
 }

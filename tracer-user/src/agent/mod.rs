@@ -138,6 +138,13 @@ pub struct Agent {
     thresholds: Thresholds,
     /// Requests carry their round trips one by one (`Request::round_trips`).
     keep_round_trips: bool,
+    /// Requests in flight at the last scan that have not ended since: what the deadline timer
+    /// captures and signals between scans.
+    open: Vec<RequestRecord>,
+    /// When a capture or a signal is next due (kernel monotonic ns).
+    due_ns: Option<u64>,
+    /// When requests were last looked for (the scan, or `discover`).
+    seen_ns: u64,
     /// Capture pieces that could not be attached (said once at start).
     pub degraded: Vec<String>,
     /// "pid 12, port 8000 (pids [..])" for the user.
@@ -315,6 +322,9 @@ impl Agent {
                 ..Thresholds::default()
             },
             keep_round_trips: cfg.keep_round_trips,
+            open: Vec::new(),
+            due_ns: None,
+            seen_ns: 0,
             degraded: Vec::new(),
             described: String::new(),
             attach_mode: String::new(),
@@ -341,6 +351,9 @@ impl Agent {
         out: &mut dyn Consumer,
     ) -> anyhow::Result<()> {
         let key = (r.tgid, r.conn_id, r.seq);
+        if !self.open.is_empty() {
+            self.open.retain(|o| (o.tgid, o.conn_id, o.seq) != key);
+        }
         let mut req = self.request(r, end, now_ns);
         if let Some(a) = self.actor.as_mut() {
             req.signals = a.finish(&key);
@@ -409,10 +422,7 @@ impl Agent {
         let Some(actor) = self.actor.as_mut() else {
             return;
         };
-        let running: Vec<_> = in_flight
-            .iter()
-            .map(|r| ((r.tgid, r.conn_id, r.seq), r.tgid, r.tid, r.start_ns))
-            .collect();
+        let running = act_running(in_flight);
         for (_, pid, tid, sig, why) in actor.due(&running, now_ns, act::catches) {
             match act::send(pid, tid, sig) {
                 Ok(()) => log::info!("sent signal {sig} ({why}) to pid {pid} tid {tid}"),
@@ -451,15 +461,7 @@ impl Agent {
         let Some(c) = self.capturing.as_mut() else {
             return;
         };
-        let mut running: Vec<Running> = in_flight
-            .iter()
-            .map(|r| Running {
-                key: (r.tgid, r.conn_id, r.seq),
-                pid: r.tgid,
-                tid: r.tid,
-                start_ns: r.start_ns,
-            })
-            .collect();
+        let mut running = running(in_flight);
         // Outermost handler calls in progress are watched like requests.
         if !self.handlers.is_empty() {
             running.extend(
@@ -488,6 +490,91 @@ impl Agent {
                 c.watchdog.record(&job.key, Err(()));
             }
         }
+    }
+
+    /// A capture or signal is due: act on the requests open at the last scan (those that
+    /// ended since are drained first, so they are not captured after their end).
+    fn on_deadline(&mut self, out: &mut dyn Consumer) -> anyhow::Result<()> {
+        self.drain_side();
+        self.drain(out)?;
+        let now = mono_ns();
+        let open = std::mem::take(&mut self.open);
+        self.act(&open, now);
+        self.plan_captures(&open, now);
+        self.open = open;
+        self.schedule(now);
+        Ok(())
+    }
+
+    /// How often requests must be looked for so that none passes a capture or signal deadline
+    /// more than ~20 ms before it is seen: the scan is enough for deadlines past
+    /// `SCAN_EVERY` + 20 ms (`--threshold 300ms`); a shorter one needs `discover` in between.
+    fn discover_every(&self) -> Option<u64> {
+        let margin = Duration::from_millis(20);
+        let capture = self.capturing.as_ref().map(|c| c.threshold_us() * 1000);
+        let signals = self.actor.as_ref().map_or(Vec::new(), |a| {
+            let p = a.policy();
+            [p.interrupt, p.dump]
+                .into_iter()
+                .flatten()
+                .map(|(after, _)| after.as_nanos() as u64)
+                .collect()
+        });
+        let first = capture.into_iter().chain(signals).min()?;
+        let every = first.saturating_sub(margin.as_nanos() as u64);
+        (every < SCAN_EVERY.as_nanos() as u64).then(|| every.max(DRAIN_EVERY.as_nanos() as u64))
+    }
+
+    /// Between scans, with a deadline shorter than the scan period: requests that started since
+    /// requests were last looked for join the open ones, so the deadline timer covers them.
+    fn discover(&mut self, now: u64) {
+        let Some(every) = self.discover_every() else {
+            return;
+        };
+        if now < self.seen_ns + every {
+            return;
+        }
+        // Only requests newer than the last look: older ones were seen then, and some of those
+        // the scan has since ended itself (idle), which the kernel's map does not know.
+        let since = self.seen_ns;
+        self.seen_ns = now;
+        let fresh: Vec<RequestRecord> = self
+            .kernel
+            .conns()
+            .into_iter()
+            .filter(|(_, c)| c.phase() != tracer_common::Phase::Idle && c.rec.start_ns > since)
+            .map(|(_, c)| c.rec)
+            .filter(|r| {
+                !self
+                    .open
+                    .iter()
+                    .any(|o| (o.tgid, o.conn_id, o.seq) == (r.tgid, r.conn_id, r.seq))
+            })
+            .collect();
+        if !fresh.is_empty() {
+            self.open.extend(fresh);
+            self.schedule(now);
+        }
+    }
+
+    /// Set the deadline timer to the next capture or signal due among the open requests.
+    fn schedule(&mut self, now: u64) {
+        let capture = self
+            .capturing
+            .as_ref()
+            .and_then(|c| c.watchdog.next_due(&running(&self.open)));
+        let signal = self
+            .actor
+            .as_ref()
+            .and_then(|a| a.next_due(&act_running(&self.open)));
+        // A deadline already past was just acted on (a signal the process may not take):
+        // look again at the next drain, not in a loop.
+        let floor = now + DRAIN_EVERY.as_nanos() as u64;
+        self.due_ns = capture
+            .into_iter()
+            .chain(signal)
+            .min()
+            .map(|d| if d <= now { floor } else { d });
     }
 
     fn counters(&self) -> Counters {
@@ -533,6 +620,9 @@ impl Agent {
             }
         }
         self.plan_captures(&scan.in_flight, now);
+        self.open.clone_from(&scan.in_flight);
+        self.seen_ns = now;
+        self.schedule(now);
         self.release(false, out)?;
         for key in &scan.dead {
             self.kernel.forget_conn(key);
@@ -631,6 +721,7 @@ impl Agent {
                         p.flush_done();
                     }
                     self.drain_handlers(out)?;
+                    self.discover(mono_ns());
                 }
                 _ = tick.tick() => {
                     self.drain_side();
@@ -644,6 +735,9 @@ impl Agent {
                             break Stop::CommandExited;
                         }
                     }
+                }
+                _ = sleep_until_mono(self.due_ns) => {
+                    self.on_deadline(out)?;
                 }
                 _ = &mut deadline => break Stop::Duration,
                 _ = sigint.recv() => break Stop::CtrlC,
@@ -659,6 +753,40 @@ impl Agent {
         self.drain_handlers(out)?;
         self.scan(out)?;
         Ok(why)
+    }
+}
+
+/// The open requests as the watchdog sees them.
+fn running(in_flight: &[RequestRecord]) -> Vec<Running> {
+    in_flight
+        .iter()
+        .map(|r| Running {
+            key: (r.tgid, r.conn_id, r.seq),
+            pid: r.tgid,
+            tid: r.tid,
+            start_ns: r.start_ns,
+        })
+        .collect()
+}
+
+/// The open requests as the actor sees them: (key, pid, tid, start).
+fn act_running(
+    in_flight: &[RequestRecord],
+) -> Vec<(crate::capture::watchdog::RequestKey, u32, u32, u64)> {
+    in_flight
+        .iter()
+        .map(|r| ((r.tgid, r.conn_id, r.seq), r.tgid, r.tid, r.start_ns))
+        .collect()
+}
+
+/// Sleep until a kernel-monotonic deadline; forever when there is none.
+async fn sleep_until_mono(due_ns: Option<u64>) {
+    match due_ns {
+        Some(due) => {
+            let wait = Duration::from_nanos(due.saturating_sub(mono_ns()));
+            tokio::time::sleep(wait).await;
+        }
+        None => std::future::pending().await,
     }
 }
 

@@ -110,8 +110,8 @@ impl Watchdog {
             });
             if now_ns >= w.next_ns && w.taken < p.max_captures {
                 w.taken += 1;
-                // The scan's own jitter must not push every other resample to the next tick.
-                w.next_ns = now_ns + p.resample_ns - p.resample_ns / 10;
+                // On the schedule, not from now: a late timer does not delay every later capture.
+                w.next_ns = (w.next_ns + p.resample_ns).max(now_ns + p.resample_ns / 2);
                 plan.jobs.push(Job {
                     key: r.key,
                     pid: r.pid,
@@ -138,6 +138,21 @@ impl Watchdog {
             }
         }
         plan
+    }
+
+    /// When `plan` next has something to do for these running requests (a thread to watch, a
+    /// capture due): the agent's deadline timer fires then, so captures happen at the threshold
+    /// rather than on the next scan.
+    pub fn next_due(&self, running: &[Running]) -> Option<u64> {
+        let p = self.policy;
+        running
+            .iter()
+            .filter_map(|r| match self.watched.get(&r.key) {
+                None => Some(r.start_ns + p.watch_from_ns()),
+                Some(w) if w.taken < p.max_captures => Some(w.next_ns),
+                Some(_) => None,
+            })
+            .min()
     }
 
     /// A capture result came back.
@@ -204,6 +219,31 @@ mod tests {
             d.plan(&[run(0)], 9000 * MS).jobs.is_empty(),
             "bounded count per request"
         );
+    }
+
+    #[test]
+    fn next_due_is_the_watch_then_each_capture() {
+        let mut d = dog();
+        assert_eq!(d.next_due(&[]), None);
+        assert_eq!(
+            d.next_due(&[run(0)]),
+            Some(500 * MS),
+            "watch from half the threshold"
+        );
+        d.plan(&[run(0)], 500 * MS);
+        assert_eq!(d.next_due(&[run(0)]), Some(1000 * MS), "then the threshold");
+        // The timer fires 3 ms late: the capture's offset says so, the next one keeps the beat.
+        let p = d.plan(&[run(0)], 1003 * MS);
+        assert_eq!(p.jobs[0].offset_ms, 1003);
+        assert_eq!(d.next_due(&[run(0)]), Some(1500 * MS));
+        d.plan(&[run(0)], 1500 * MS);
+        d.plan(&[run(0)], 2000 * MS);
+        assert_eq!(d.next_due(&[run(0)]), None, "max captures taken");
+        // A very late timer (a stalled loop) does not fire a burst of catch-up captures.
+        let mut d = dog();
+        d.plan(&[run(0)], 1000 * MS);
+        d.plan(&[run(0)], 3000 * MS);
+        assert_eq!(d.next_due(&[run(0)]), Some(3250 * MS));
     }
 
     #[test]

@@ -323,7 +323,7 @@ impl Probes {
         } else {
             CAPTURE_HZ
         };
-        let degraded = attach_capture(&mut ebpf, hz, !plan.raw_sched, &mut links);
+        let degraded = attach_capture(&mut ebpf, hz, &mut links);
         let profile_maps = ProfileMaps {
             samples: RingBuf::try_from(take(&mut ebpf, "SAMPLES")?).map_err(|source| {
                 ProbeError::Map {
@@ -342,9 +342,8 @@ impl Probes {
         let capture = CaptureMaps {
             watch: typed(&mut ebpf, "WATCH")?,
             stack_maps: crate::capture::worker::StackMaps {
-                stacks: typed(&mut ebpf, "STACKS")?,
                 on_cpu: typed(&mut ebpf, "ON_CPU")?,
-                off_cpu: typed(&mut ebpf, "OFF_CPU")?,
+                threads: Some(typed(&mut ebpf, "THREADS")?),
             },
             signals: typed(&mut ebpf, "SIGNALS")?,
             degraded,
@@ -506,12 +505,7 @@ fn pid_max() -> u32 {
 
 /// Stack capture and signal notes: each piece that fails to attach is reported and skipped, since
 /// request timing does not depend on it.
-fn attach_capture(
-    ebpf: &mut Ebpf,
-    hz: u64,
-    separate_off_cpu: bool,
-    links: &mut Links,
-) -> Vec<String> {
+fn attach_capture(ebpf: &mut Ebpf, hz: u64, links: &mut Links) -> Vec<String> {
     let mut degraded = Vec::new();
     let mut note = |what: &str, e: &dyn std::fmt::Display| {
         degraded.push(format!("{what} unavailable: {e}"));
@@ -544,26 +538,6 @@ fn attach_capture(
         },
         Some(Err(e)) => note("on-CPU stacks", &e),
         None => note("on-CPU stacks", &"program missing"),
-    }
-    // With the raw sched tracepoints, `sched_switch_raw` takes these stacks itself.
-    match ebpf
-        .program_mut("off_cpu")
-        .filter(|_| separate_off_cpu)
-        .map(TryInto::<&mut RawTracePoint>::try_into)
-    {
-        None if !separate_off_cpu => {}
-        Some(Ok(prog)) => {
-            match prog
-                .load()
-                .and_then(|()| prog.attach("sched_switch"))
-                .and_then(|id| prog.take_link(id))
-            {
-                Ok(link) => links.keep(link),
-                Err(e) => note("off-CPU stacks (raw tracepoint sched_switch)", &e),
-            }
-        }
-        Some(Err(e)) => note("off-CPU stacks", &e),
-        None => note("off-CPU stacks", &"program missing"),
     }
     match ebpf
         .program_mut("signal_generate")
