@@ -186,23 +186,35 @@ pub fn pyenv_python(minor: &str) -> Option<PathBuf> {
 }
 
 /// Pythons the slow-request tests run against, besides the default venv's 3.11.
-pub const EXTRA_PYTHONS: &[&str] = &["3.12", "3.13"];
+pub const EXTRA_PYTHONS: &[&str] = &["3.9", "3.10", "3.12", "3.13"];
+
+/// The requirements file of a venv: 3.9 cannot install Django 5.
+fn requirements_for(minor: &str) -> &'static str {
+    match minor {
+        "3.9" => "tests/requirements-py39.txt",
+        _ => "tests/requirements.txt",
+    }
+}
 
 fn python_venv() -> anyhow::Result<()> {
     let default = pyenv_python("3.11").unwrap_or_else(|| PathBuf::from("python3"));
-    make_venv(&util::venv(), &default)?;
+    make_venv(&util::venv(), &default, requirements_for("3.11"))?;
     for minor in EXTRA_PYTHONS {
         match pyenv_python(minor) {
-            Some(py) => make_venv(&util::root().join(format!("target/venv-{minor}")), &py)?,
+            Some(py) => make_venv(
+                &util::root().join(format!("target/venv-{minor}")),
+                &py,
+                requirements_for(minor),
+            )?,
             None => eprintln!("xtask: note: no pyenv CPython {minor}; its tests will be skipped"),
         }
     }
     Ok(())
 }
 
-fn make_venv(venv: &Path, base: &Path) -> anyhow::Result<()> {
+fn make_venv(venv: &Path, base: &Path, requirements: &str) -> anyhow::Result<()> {
     let venv = venv.to_owned();
-    let req_file = util::root().join("tests/requirements.txt");
+    let req_file = util::root().join(requirements);
     let req =
         fs::read_to_string(&req_file).with_context(|| format!("reading {}", req_file.display()))?;
     let stamp = venv.join(".slowtrace-requirements");

@@ -1,9 +1,13 @@
 //! Following one thread's frame chain.
+//!
+//! 3.11+ frames mostly live in the thread's data-stack chunks, copied whole; 3.9/3.10 frames are
+//! heap `PyFrameObject`s, read one per system call while following `f_back` (as py-spy does),
+//! then re-read in one batch to see which held still.
 
 use std::collections::HashSet;
 
 use super::{
-    layout::{CurrentFrame, Layout, OWNED_BY_CSTACK, OWNED_BY_THREAD},
+    layout::{CurrentFrame, Frames, Layout, OWNED_BY_CSTACK, OWNED_BY_THREAD},
     memory::{AddressSpace, Fields as _, Read},
     PyError, PyFrame, PythonProcess, MAX_FRAMES,
 };
@@ -85,7 +89,11 @@ impl Hop {
             previous: header.u64_at(l.frame_previous as usize)?,
             code: header.u64_at(l.frame_code as usize)?,
             instr: header.u64_at(l.frame_instr as usize)?,
-            owner: header.u8_at(l.frame_owner as usize)?,
+            owner: match l.frames {
+                Frames::Interpreter => header.u8_at(l.frame_owner as usize)?,
+                // Frame objects: every one is a Python call.
+                Frames::Objects { .. } => OWNED_BY_THREAD,
+            },
         })
     }
 
@@ -165,9 +173,15 @@ fn snapshot(
     tstate: u64,
     ts: &[u8],
 ) -> Result<Option<Snapshot>, PyError> {
-    let chunk = field(ts, l.tstate_datastack_chunk)?;
-    let top = field(ts, l.tstate_datastack_top)?;
-    let limit = field(ts, l.tstate_datastack_limit)?;
+    let (chunk, top, limit) = match l.frames {
+        Frames::Interpreter => (
+            field(ts, l.tstate_datastack_chunk)?,
+            field(ts, l.tstate_datastack_top)?,
+            field(ts, l.tstate_datastack_limit)?,
+        ),
+        // 3.9/3.10 frames are heap objects: each is read on its own.
+        Frames::Objects { .. } => (0, 0, 0),
+    };
     let cframe = match l.current_frame {
         CurrentFrame::ViaCFrame { tstate_cframe, .. } => match field(ts, tstate_cframe)? {
             0 => return Ok(None),
@@ -395,7 +409,9 @@ fn frames(
                 .map_err(|_| PyError::Torn("frame pointer into unmapped memory"))?;
             // A thread-owned frame outside the copied chunk is in an older chunk: copy that one
             // whole, for the frames after this one.
-            if single.u8_at(l.frame_owner as usize) == Some(OWNED_BY_THREAD) {
+            if l.frames == Frames::Interpreter
+                && single.u8_at(l.frame_owner as usize) == Some(OWNED_BY_THREAD)
+            {
                 chunks.load_older(mem)?;
             }
         }
