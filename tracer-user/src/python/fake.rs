@@ -193,6 +193,8 @@ impl Builder {
                 f[l.frame_owner as usize] = owner;
             }
             Frames::Objects { lasti_in_bytes } => {
+                // A live object: ob_refcnt 1.
+                f[..8].copy_from_slice(&1u64.to_le_bytes());
                 let lasti = if lasti_in_bytes { 2 * unit } else { unit };
                 // `int f_lasti`, then `int f_lineno` (0: not tracing).
                 f[l.frame_instr as usize..][..4].copy_from_slice(&lasti.to_le_bytes());

@@ -440,3 +440,35 @@ fn old_pythons_cut_deep_stacks() {
         assert!(got.iter().all(|f| f == &frame("recurse", "r.py", 3)));
     }
 }
+
+#[test]
+fn old_pythons_refuse_a_chain_into_freed_frames() {
+    // The thread returned from Handler.get meanwhile: its frame object went back to the free
+    // list (ob_refcnt 0, f_back now the list's next) — readable, but not a stack any more.
+    for v in [(3, 9), (3, 10)] {
+        let mut b = Builder::new(v);
+        three_frames(&mut b);
+        let mut p = b.process(None);
+        assert_eq!(p.stack(100).unwrap().len(), 3);
+        let regions = b.regions.borrow().clone();
+        let handler_frame = regions
+            .iter()
+            .find(|(_, r)| {
+                r.len() >= b.layout.frame_header as usize
+                    && r[..8] == 1u64.to_le_bytes()
+                    && r[b.layout.frame_previous as usize..][..8] != [0; 8]
+                    && regions.keys().any(|k| {
+                        r[b.layout.frame_previous as usize..][..8] == k.to_le_bytes()
+                            && regions[k][b.layout.frame_previous as usize..][..8] == [0; 8]
+                    })
+            })
+            .map(|(a, _)| *a)
+            .expect("the middle frame");
+        b.write_u64(handler_frame, 0);
+        assert!(
+            matches!(p.stack(100), Err(PyError::Torn(_))),
+            "{v:?}: {:?}",
+            p.stack(100)
+        );
+    }
+}

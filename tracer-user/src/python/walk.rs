@@ -80,7 +80,15 @@ struct Hop {
     code: u64,
     instr: u64,
     owner: u8,
+    /// 3.9/3.10: the frame object's reference count is not 0. A freed frame object stays
+    /// readable (kept as its code's "zombie" frame or on the frame free list, which is linked
+    /// through `f_back`), so without this a walk that follows a link the thread just dropped
+    /// would report a chain of dead frames. Always true for 3.11+ frames.
+    live: bool,
 }
+
+/// `PyObject.ob_refcnt`, first in every object of a default (not free-threaded) build.
+const OB_REFCNT: usize = 0;
 
 impl Hop {
     fn parse(l: &Layout, addr: u64, header: &[u8]) -> Option<Hop> {
@@ -93,6 +101,10 @@ impl Hop {
                 Frames::Interpreter => header.u8_at(l.frame_owner as usize)?,
                 // Frame objects: every one is a Python call.
                 Frames::Objects { .. } => OWNED_BY_THREAD,
+            },
+            live: match l.frames {
+                Frames::Interpreter => true,
+                Frames::Objects { .. } => header.u64_at(OB_REFCNT)? != 0,
             },
         })
     }
@@ -420,6 +432,9 @@ fn frames(
             _ => &single,
         };
         let hop = Hop::parse(l, addr, header).ok_or(PyError::Torn("short frame"))?;
+        if !hop.live {
+            return Err(PyError::Torn("the chain led to a freed frame"));
+        }
         if hop.owner > OWNED_BY_CSTACK {
             return Err(PyError::Torn("frame with an unknown owner"));
         }
