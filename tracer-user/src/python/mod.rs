@@ -42,6 +42,8 @@ mod offsets312;
 #[cfg(test)]
 mod offsets313;
 mod offsets39;
+#[cfg(test)]
+mod recorded;
 mod strings;
 #[cfg(test)]
 mod tests;
