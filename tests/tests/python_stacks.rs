@@ -403,10 +403,7 @@ fn an_unsupported_python_is_named() {
 fn a_foreign_thread_is_a_clear_error() {
     require_root();
     let Some(python) = [13, 12, 11, 10, 9].into_iter().find_map(python_for) else {
-        panic!(
-            "no pyenv CPython 3.9-3.13 under {}",
-            pyenv_root().display()
-        );
+        panic!("no pyenv CPython 3.9-3.13 under {}", pyenv_root().display());
     };
     let t = Target::start(&python);
     let out = Command::new(slowtrace_bin())

@@ -150,7 +150,9 @@ pub fn pthread_tid_descriptor(pid: u32) -> Option<u64> {
     let mut by_path: BTreeMap<&str, Vec<&Mapping>> = BTreeMap::new();
     for m in &maps {
         let name = m.path.rsplit('/').next().unwrap_or(&m.path);
-        if name.starts_with("libc.so") || name.starts_with("libc-") || name.starts_with("libpthread")
+        if name.starts_with("libc.so")
+            || name.starts_with("libc-")
+            || name.starts_with("libpthread")
         {
             by_path.entry(m.path.as_str()).or_default().push(m);
         }
@@ -309,7 +311,8 @@ mod tests {
         let me = unsafe { libc::pthread_self() } as u64;
         let mut tid = [0u8; 4];
         super::super::memory::AddressSpace::read_exact(&mut mem, me + off, &mut tid).unwrap();
-        assert_eq!(u32::from_le_bytes(tid) as i64, unsafe { libc::gettid() } as i64);
+        assert_eq!(u32::from_le_bytes(tid) as i64, unsafe { libc::gettid() }
+            as i64);
         assert_eq!(pthread_tid_offset(&[0; 12]), None);
     }
 

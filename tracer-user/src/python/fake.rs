@@ -5,7 +5,9 @@ use std::{cell::RefCell, collections::BTreeMap, rc::Rc};
 
 use super::{
     codes::CodeCache,
-    layout::{CurrentFrame, Frames, Layout, LineFormat, ThreadId, OWNED_BY_CSTACK, OWNED_BY_THREAD},
+    layout::{
+        CurrentFrame, Frames, Layout, LineFormat, ThreadId, OWNED_BY_CSTACK, OWNED_BY_THREAD,
+    },
     memory::{AddressSpace, Read},
     strings::tests::unicode_object,
     threads::Threads,
@@ -262,7 +264,9 @@ impl Builder {
         let l = self.layout;
         let ts = self.put(&vec![0u8; l.tstate_span() as usize]);
         match l.thread_id {
-            ThreadId::Native => self.write_u64(ts + l.tstate_native_thread_id, u64::from(native_tid)),
+            ThreadId::Native => {
+                self.write_u64(ts + l.tstate_native_thread_id, u64::from(native_tid))
+            }
             ThreadId::Pthread { tid } => {
                 // glibc's struct pthread, with the thread's TID at `tid`.
                 let pthread = self.put(&vec![0u8; tid as usize + 64]);

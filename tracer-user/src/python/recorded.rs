@@ -188,8 +188,7 @@ impl Recording {
             }
             (major, minor) => {
                 let mut l = Layout::for_version(major, minor).unwrap();
-                if let (ThreadId::Pthread { tid }, Some(t)) = (&mut l.thread_id, self.pthread_tid)
-                {
+                if let (ThreadId::Pthread { tid }, Some(t)) = (&mut l.thread_id, self.pthread_tid) {
                     *tid = t;
                 }
                 l

@@ -159,7 +159,9 @@ impl Threads {
                 let mut buf = vec![0u8; layout.tstate_span() as usize];
                 mem.read_exact(ts, &mut buf)
                     .map_err(|_| PyError::Torn("thread state unreadable"))?;
-                let id = buf.u64_at(layout.tstate_native_thread_id as usize).unwrap_or(0);
+                let id = buf
+                    .u64_at(layout.tstate_native_thread_id as usize)
+                    .unwrap_or(0);
                 let native = match layout.thread_id {
                     ThreadId::Native => Some(id),
                     ThreadId::Pthread { tid } => {
