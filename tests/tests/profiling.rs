@@ -1,5 +1,5 @@
 //! Root tests of continuous profiling (`record --flamegraph`): a test app with known CPU shares
-//! (f 70 %, g 30 %) and a known 200 ms wait, on CPython 3.11, 3.12 and 3.13. The shares in
+//! (f 70 %, g 30 %) and a known 200 ms wait, on CPython 3.9 to 3.13. The shares in
 //! cpu.folded must match the code within ±5 points, the wait must be as wide as it really is in
 //! wall.folded, and each slow request gets its own flamegraph.
 
@@ -185,6 +185,31 @@ fn check_wall_and_slow(r: &Run) {
         assert!(text.contains("wait_here"), "{}", svg.display());
     }
     assert!(r.done.stdout.contains("profile: "), "{}", r.done.stdout);
+}
+
+/// 3.9 and 3.10: heap frame objects, walked in the kernel like the 3.11+ frames.
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn flamegraphs_on_python_3_9() {
+    require_root();
+    let Some(py) = python_for("3.9") else {
+        panic!("no 3.9 venv: run cargo xtask setup");
+    };
+    let r = run(&py, &[]);
+    check_shares(&r);
+    check_wall_and_slow(&r);
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn flamegraphs_on_python_3_10() {
+    require_root();
+    let Some(py) = python_for("3.10") else {
+        panic!("no 3.10 venv: run cargo xtask setup");
+    };
+    let r = run(&py, &[]);
+    check_shares(&r);
+    check_wall_and_slow(&r);
 }
 
 #[test]

@@ -1,4 +1,4 @@
-//! Root tests of "dogslow from outside": gunicorn + Django on CPython 3.11, 3.12 and 3.13, each
+//! Root tests of "dogslow from outside": gunicorn + Django on CPython 3.9 to 3.13, each
 //! slow view parked somewhere known; the captures must name the app's functions and lines. Plus
 //! a native server whose spinning handler must be named in the native frames.
 
@@ -216,6 +216,20 @@ fn django_case(minor: &str) {
         .unwrap()
         .count();
     assert_eq!(reports, slow.len());
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn django_slow_requests_py39() {
+    require_root();
+    django_case("3.9");
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn django_slow_requests_py310() {
+    require_root();
+    django_case("3.10");
 }
 
 #[test]

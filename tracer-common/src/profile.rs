@@ -40,8 +40,12 @@ pub const PY_FLAG_ENTRY: u8 = 0x80;
 /// `ProfileRecord::py_flags` low bits: the frame's `owner` (3 = a 3.12+ C-stack shim frame).
 pub const PY_OWNER_MASK: u8 = 0x0f;
 
-/// Where a CPython 3.11–3.13 process keeps what the in-kernel frame walker reads: user space
+/// Where a CPython 3.9–3.13 process keeps what the in-kernel frame walker reads: user space
 /// fills one per process from its layout tables, the kernel copies it to forked children.
+///
+/// 3.9/3.10 (`frame_objects` = 1): `tstate_frame` is `tstate->frame`, frames are
+/// `PyFrameObject`s (`frame_previous` = `f_back`, `frame_instr` = `f_lasti`), there is no owner,
+/// and thread states are found by their `pthread_t` (see `pthread_tid`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PyProcLayout {
@@ -61,6 +65,12 @@ pub struct PyProcLayout {
     pub frame_owner: u32,
     /// 3.11's `is_entry`, or `NO_FIELD`.
     pub frame_is_entry: u32,
+    /// `NO_FIELD` when `tstate_native_thread_id` holds the TID (3.11+). Otherwise (3.9/3.10)
+    /// that field is the thread's `pthread_t`, and the TID is the `u32` this far into it (glibc's
+    /// `struct pthread.tid`).
+    pub pthread_tid: u32,
+    /// 1 for 3.9/3.10 frame objects: every frame is its own eval-loop call (flagged as an entry).
+    pub frame_objects: u32,
     pub _pad: u32,
 }
 

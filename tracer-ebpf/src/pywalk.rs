@@ -1,5 +1,6 @@
 //! The in-kernel Python frame walker: from the current thread's `PyThreadState` down its chain of
-//! `_PyInterpreterFrame`s, keeping each frame's code object and instruction pointer. User space
+//! `_PyInterpreterFrame`s (3.11+) or `PyFrameObject`s (3.9/3.10), keeping each frame's code
+//! object and instruction pointer (`f_lasti` for 3.9/3.10). User space
 //! resolves those to function, file and line later (code objects are long-lived and cached), so
 //! a sample describes the thread at the instant it was taken, without pausing it.
 //!
@@ -24,8 +25,9 @@ pub static PY_PROCS: HashMap<u32, PyProcLayout> = HashMap::with_max_entries(8192
 #[map]
 static PY_TSTATE: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0);
 
-/// Bytes of a frame header read at once; every field we need lies within it (3.11: 72 bytes).
-const FRAME_READ: usize = 80;
+/// Bytes of a frame header read at once; every field we need lies within it (3.11: 72 bytes,
+/// 3.9's `PyFrameObject` through `f_lasti`: 108).
+const FRAME_READ: usize = 136;
 /// Thread states looked at per lookup (one interpreter).
 const MAX_THREADS: usize = 32;
 
@@ -38,13 +40,25 @@ fn read_u64(addr: u64) -> Option<u64> {
     unsafe { bpf_probe_read_user(addr as *const u64) }.ok()
 }
 
+/// The TID a thread state belongs to: its `native_thread_id` (3.11+), or the `tid` of the
+/// `struct pthread` its `thread_id` points to (3.9/3.10).
+#[inline(always)]
+fn thread_of(l: &PyProcLayout, ts: u64) -> Option<u64> {
+    let id = read_u64(ts + l.tstate_native_thread_id as u64)?;
+    if l.pthread_tid == NO_FIELD {
+        return Some(id);
+    }
+    unsafe { bpf_probe_read_user((id + l.pthread_tid as u64) as *const u32) }
+        .ok()
+        .map(u64::from)
+}
+
 /// The thread state of `tid`, validated by its `native_thread_id` (a cached address may belong
 /// to a thread that exited).
 #[inline(always)]
 fn tstate(l: &PyProcLayout, tid: u32) -> Option<u64> {
-    let tid_off = l.tstate_native_thread_id as u64;
     if let Some(&ts) = unsafe { PY_TSTATE.get(&tid) } {
-        if read_u64(ts + tid_off) == Some(tid as u64) {
+        if thread_of(l, ts) == Some(tid as u64) {
             return Some(ts);
         }
     }
@@ -54,7 +68,7 @@ fn tstate(l: &PyProcLayout, tid: u32) -> Option<u64> {
         if ts == 0 {
             return None;
         }
-        if read_u64(ts + tid_off) == Some(tid as u64) {
+        if thread_of(l, ts) == Some(tid as u64) {
             let _ = PY_TSTATE.insert(&tid, &ts, 0);
             return Some(ts);
         }
@@ -65,14 +79,14 @@ fn tstate(l: &PyProcLayout, tid: u32) -> Option<u64> {
 
 #[inline(always)]
 fn field_u64(buf: &[u8; FRAME_READ], off: u32) -> u64 {
-    // The mask bounds the offset for the verifier: 63 + 8 <= FRAME_READ.
-    let off = (off & 0x3f) as usize;
+    // The mask bounds the offset for the verifier: 127 + 8 <= FRAME_READ.
+    let off = (off & 0x7f) as usize;
     unsafe { core::ptr::read_unaligned(buf.as_ptr().add(off) as *const u64) }
 }
 
 #[inline(always)]
 fn field_u8(buf: &[u8; FRAME_READ], off: u32) -> u8 {
-    let off = (off & 0x4f) as usize;
+    let off = (off & 0x7f) as usize;
     unsafe { *buf.as_ptr().add(off) }
 }
 
@@ -120,8 +134,13 @@ pub fn walk(rec: &mut ProfileRecord, tgid: u32, tid: u32) {
             code: field_u64(buf, l.frame_code),
             instr: field_u64(buf, l.frame_instr),
         };
-        let mut flags = field_u8(buf, l.frame_owner) & PY_OWNER_MASK;
-        if l.frame_is_entry != NO_FIELD && field_u8(buf, l.frame_is_entry) != 0 {
+        let mut flags = 0;
+        if l.frame_owner != NO_FIELD {
+            flags = field_u8(buf, l.frame_owner) & PY_OWNER_MASK;
+        }
+        if l.frame_objects != 0
+            || (l.frame_is_entry != NO_FIELD && field_u8(buf, l.frame_is_entry) != 0)
+        {
             flags |= PY_FLAG_ENTRY;
         }
         rec.py_flags[i] = flags;

@@ -47,7 +47,7 @@ pub enum Command {
     #[command(verbatim_doc_comment)]
     Top(TopArgs),
 
-    /// Print the Python stack of each thread of a running CPython 3.11-3.13 process.
+    /// Print the Python stack of each thread of a running CPython 3.9-3.13 process.
     ///
     /// Examples:
     ///   slowtrace pystack --pid 1234
@@ -150,7 +150,7 @@ pub struct TraceArgs {
 
     /// Sample every traced thread this often while it runs (perf event, all CPUs): the CPU
     /// profile behind the flamegraphs and top's hot frames. Each sample carries its request's
-    /// endpoint and, for CPython 3.11-3.13, the Python frames at that instant. 0 turns it off.
+    /// endpoint and, for CPython 3.9-3.13, the Python frames at that instant. 0 turns it off.
     #[arg(long, default_value_t = 99, value_name = "HZ")]
     pub sample_hz: u64,
 

@@ -191,11 +191,19 @@ pub fn pyenv_python(minor: &str) -> Option<PathBuf> {
 }
 
 /// Pythons the slow-request tests run against, besides the default venv's 3.11.
-pub const EXTRA_PYTHONS: &[&str] = &["3.12", "3.13"];
+pub const EXTRA_PYTHONS: &[&str] = &["3.9", "3.10", "3.12", "3.13"];
+
+/// The requirements file of a venv: 3.9 cannot install Django 5.
+fn requirements_for(minor: &str) -> &'static str {
+    match minor {
+        "3.9" => "tests/requirements-py39.txt",
+        _ => "tests/requirements.txt",
+    }
+}
 
 fn python_venv() -> anyhow::Result<()> {
     let default = pyenv_python("3.11").unwrap_or_else(|| PathBuf::from("python3"));
-    make_venv(&util::venv(), &default, "tests/requirements.txt")?;
+    make_venv(&util::venv(), &default, requirements_for("3.11"))?;
     // The fleet tests' OTLP trace backend, Arize Phoenix, in a venv of its own (it pins many
     // packages of its own, and needs Python 3.10 or later).
     let phoenix_python = pyenv_python("3.12").unwrap_or_else(|| PathBuf::from("python3"));
@@ -209,7 +217,7 @@ fn python_venv() -> anyhow::Result<()> {
             Some(py) => make_venv(
                 &util::root().join(format!("target/venv-{minor}")),
                 &py,
-                "tests/requirements.txt",
+                requirements_for(minor),
             )?,
             None => eprintln!("xtask: note: no pyenv CPython {minor}; its tests will be skipped"),
         }

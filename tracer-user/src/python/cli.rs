@@ -15,7 +15,7 @@ const ATTEMPTS: u32 = 10;
 /// Arguments of `slowtrace pystack`.
 #[derive(Debug, clap::Args)]
 pub struct PyStackArgs {
-    /// Process to read (CPython 3.11, 3.12 or 3.13). It keeps running: nothing is paused.
+    /// Process to read (CPython 3.9 to 3.13). It keeps running: nothing is paused.
     #[arg(short, long, value_name = "PID")]
     pub pid: u32,
 
@@ -31,7 +31,7 @@ pub struct PyStackArgs {
 pub fn cli_main(args: PyStackArgs) -> anyhow::Result<ExitCode> {
     let pid = args.pid;
     let Some(mut proc) = PythonProcess::attach(pid)? else {
-        bail!("process {pid} runs no CPython 3.11-3.13 (-vv says why)");
+        bail!("process {pid} runs no CPython (-vv says why)");
     };
     let tids = match args.tid {
         Some(t) if std::path::Path::new(&format!("/proc/{pid}/task/{t}")).exists() => vec![t],

@@ -11,7 +11,7 @@ use std::{collections::HashMap, rc::Rc};
 use crate::bounded::Bounded;
 
 use super::{
-    layout::Layout,
+    layout::{Frames, Layout},
     linetable,
     memory::{AddressSpace, Fields as _, Read},
     strings::{self, MAX_LINETABLE_BYTES},
@@ -32,7 +32,7 @@ struct Key {
     filename: u64,
     linetable: u64,
     firstlineno: i32,
-    units: u64,
+    units: Option<u64>,
 }
 
 /// What we keep of a code object.
@@ -42,21 +42,36 @@ pub struct Code {
     pub qualname: String,
     pub filename: String,
     lines: linetable::Lines,
-    /// Number of code units in `co_code_adaptive`.
-    units: u64,
+    /// Number of code units in `co_code_adaptive` (3.11+).
+    units: Option<u64>,
 }
 
 impl Code {
-    /// Line of the instruction at `instr` (an address inside the code object at `code`).
+    /// Line of the instruction at `instr` (3.11+: an address inside the code object at `code`;
+    /// 3.9/3.10: `f_lasti`).
     pub fn line(&self, layout: &Layout, code: u64, instr: u64) -> Option<u32> {
-        if instr == 0 {
-            return None;
-        }
-        let first = code.wrapping_add(layout.code_adaptive);
-        let bytes = instr.wrapping_sub(first) as i64;
-        let unit = bytes.div_euclid(2);
-        // -1: a frame that has not started (3.11/3.12 point one unit before the code).
-        if unit < -1 || unit >= self.units as i64 {
+        let unit = match layout.frames {
+            Frames::Interpreter => {
+                if instr == 0 {
+                    return None;
+                }
+                let first = code.wrapping_add(layout.code_adaptive);
+                let bytes = instr.wrapping_sub(first) as i64;
+                bytes.div_euclid(2)
+            }
+            Frames::Objects { lasti_in_bytes } => {
+                // An `int`; the walk read 8 bytes (the kernel's too), the upper half is `f_lineno`.
+                let lasti = i64::from(instr as u32 as i32);
+                match lasti {
+                    ..0 => -1,
+                    _ if lasti_in_bytes => lasti / 2,
+                    _ => lasti,
+                }
+            }
+        };
+        // -1: a frame that has not started (3.11/3.12 point one unit before the code, 3.9/3.10
+        // have f_lasti -1).
+        if unit < -1 || self.units.is_some_and(|n| unit >= n as i64) {
             return None;
         }
         self.lines.at(unit)
@@ -117,7 +132,7 @@ impl CodeCache {
                 return Err(PyError::Torn("frame points to something that is not code"));
             }
             let key = key_of(h, layout).ok_or(PyError::Torn("short code object header"))?;
-            if key.units == 0 || key.units > 1 << 24 {
+            if key.units.is_some_and(|u| u == 0 || u > 1 << 24) {
                 return Err(PyError::Torn("implausible code object size"));
             }
             match self.by_addr.get(&addr) {
@@ -146,7 +161,10 @@ fn key_of(h: &[u8], l: &Layout) -> Option<Key> {
         filename: h.u64_at(l.code_filename as usize)?,
         linetable: h.u64_at(l.code_linetable as usize)?,
         firstlineno: h.i32_at(l.code_firstlineno as usize)?,
-        units: h.u64_at(l.code_size as usize)?,
+        units: match l.code_size {
+            Some(off) => Some(h.u64_at(off as usize)?),
+            None => None,
+        },
     })
 }
 
@@ -234,7 +252,7 @@ fn read_codes(
                 key,
                 qualname,
                 filename,
-                lines: linetable::Lines::new(&linetable, key.firstlineno),
+                lines: linetable::Lines::decode(layout.lines, &linetable, key.firstlineno),
                 units: key.units,
             },
         ));

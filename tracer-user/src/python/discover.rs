@@ -141,6 +141,46 @@ pub fn find_runtime(pid: u32) -> Result<Result<Runtime, Vec<String>>, PyError> {
     Ok(Err(why))
 }
 
+/// Where the target's libc says `struct pthread.tid` is: the address in the target of glibc's
+/// `_thread_db_pthread_tid` descriptor (three `uint32_t`: bits, count, offset), published for
+/// libthread_db in libc.so.6 (glibc 2.34+) or libpthread.so.0 (older). `None` for other libcs.
+pub fn pthread_tid_descriptor(pid: u32) -> Option<u64> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+    let maps = parse_maps(&maps);
+    let mut by_path: BTreeMap<&str, Vec<&Mapping>> = BTreeMap::new();
+    for m in &maps {
+        let name = m.path.rsplit('/').next().unwrap_or(&m.path);
+        if name.starts_with("libc.so")
+            || name.starts_with("libc-")
+            || name.starts_with("libpthread")
+        {
+            by_path.entry(m.path.as_str()).or_default().push(m);
+        }
+    }
+    by_path.iter().find_map(|(path, mappings)| {
+        let first = mappings.first()?;
+        let file = open_mapped(pid, path, first).ok()?;
+        let cache = object::ReadCache::new(file);
+        let elf = object::File::parse(&cache).ok()?;
+        let sym = elf
+            .dynamic_symbols()
+            .find(|s| s.name_bytes() == Ok(b"_thread_db_pthread_tid"))?;
+        let segments: Segments = elf
+            .segments()
+            .map(|s| (s.file_range().0, s.address()))
+            .collect();
+        let bias = load_bias(mappings, &segments)?;
+        Some(sym.address().wrapping_add(bias))
+    })
+}
+
+/// The offset from a `_thread_db_pthread_tid` descriptor, if it describes one 32-bit field.
+pub fn pthread_tid_offset(desc: &[u8; 12]) -> Option<u64> {
+    let word = |i: usize| u32::from_le_bytes([desc[i], desc[i + 1], desc[i + 2], desc[i + 3]]);
+    let (bits, count, offset) = (word(0), word(4), word(8));
+    (bits == 32 && count == 1 && offset < 64 * 1024).then_some(u64::from(offset))
+}
+
 /// `PT_LOAD` segments as (file offset, virtual address).
 type Segments = Vec<(u64, u64)>;
 
@@ -257,6 +297,23 @@ mod tests {
         // The RELRO split leaves a mapping at an offset where no segment starts: no guess.
         assert_eq!(load_bias(&lib[3..], &segments), None);
         assert_eq!(load_bias(&lib, &[(0x999000, 0)]), None);
+    }
+
+    #[test]
+    fn our_libc_says_where_the_tid_is() {
+        // The test binary is linked against glibc, as every CPython here is.
+        let addr = pthread_tid_descriptor(std::process::id()).expect("glibc publishes it");
+        let mut mem = super::super::memory::ProcessMemory::new(std::process::id());
+        let mut desc = [0u8; 12];
+        super::super::memory::AddressSpace::read_exact(&mut mem, addr, &mut desc).unwrap();
+        let off = pthread_tid_offset(&desc).unwrap();
+        // pthread_self() is the struct pthread; its tid field is our gettid().
+        let me = unsafe { libc::pthread_self() } as u64;
+        let mut tid = [0u8; 4];
+        super::super::memory::AddressSpace::read_exact(&mut mem, me + off, &mut tid).unwrap();
+        assert_eq!(u32::from_le_bytes(tid) as i64, unsafe { libc::gettid() }
+            as i64);
+        assert_eq!(pthread_tid_offset(&[0; 12]), None);
     }
 
     #[test]

@@ -5,7 +5,9 @@ use std::{cell::RefCell, collections::BTreeMap, rc::Rc};
 
 use super::{
     codes::CodeCache,
-    layout::{CurrentFrame, Layout, OWNED_BY_CSTACK, OWNED_BY_THREAD},
+    layout::{
+        CurrentFrame, Frames, Layout, LineFormat, ThreadId, OWNED_BY_CSTACK, OWNED_BY_THREAD,
+    },
     memory::{AddressSpace, Read},
     strings::tests::unicode_object,
     threads::Threads,
@@ -161,7 +163,7 @@ impl Builder {
     pub fn code(&mut self, qualname: &str, filename: &str, firstlineno: i32, units: u32) -> u64 {
         let q = self.string(qualname);
         let f = self.string(filename);
-        let t = self.bytes_object(&linear_table(units));
+        let t = self.bytes_object(&linear_table(self.layout.lines, units));
         self.code_with(q, f, t, firstlineno, units)
     }
 
@@ -170,7 +172,9 @@ impl Builder {
         let mut obj = vec![0u8; l.code_adaptive as usize + 2 * units as usize];
         let mut set = |off: u64, v: &[u8]| obj[off as usize..][..v.len()].copy_from_slice(v);
         set(l.ob_type, &self.code_type.to_le_bytes());
-        set(l.code_size, &u64::from(units).to_le_bytes());
+        if let Some(off) = l.code_size {
+            set(off, &u64::from(units).to_le_bytes());
+        }
         set(l.code_firstlineno, &firstlineno.to_le_bytes());
         set(l.code_qualname, &q.to_le_bytes());
         set(l.code_filename, &f.to_le_bytes());
@@ -178,22 +182,48 @@ impl Builder {
         self.put(&obj)
     }
 
-    /// Bytes of one `_PyInterpreterFrame` header.
+    /// Bytes of one `_PyInterpreterFrame` header (3.9/3.10: a `PyFrameObject`, `owner` unused).
     pub fn frame_bytes(&self, code: u64, unit: u32, previous: u64, owner: u8) -> Vec<u8> {
         let l = self.layout;
-        let mut f = vec![0u8; FRAME_SIZE as usize];
-        let instr = code + l.code_adaptive + 2 * u64::from(unit);
+        let mut f = vec![0u8; FRAME_SIZE.max(l.frame_header) as usize];
         f[l.frame_code as usize..][..8].copy_from_slice(&code.to_le_bytes());
         f[l.frame_previous as usize..][..8].copy_from_slice(&previous.to_le_bytes());
-        f[l.frame_instr as usize..][..8].copy_from_slice(&instr.to_le_bytes());
-        f[l.frame_owner as usize] = owner;
+        match l.frames {
+            Frames::Interpreter => {
+                let instr = code + l.code_adaptive + 2 * u64::from(unit);
+                f[l.frame_instr as usize..][..8].copy_from_slice(&instr.to_le_bytes());
+                f[l.frame_owner as usize] = owner;
+            }
+            Frames::Objects { lasti_in_bytes } => {
+                // A live object: ob_refcnt 1.
+                f[..8].copy_from_slice(&1u64.to_le_bytes());
+                let lasti = if lasti_in_bytes { 2 * unit } else { unit };
+                // `int f_lasti`, then `int f_lineno` (0: not tracing).
+                f[l.frame_instr as usize..][..4].copy_from_slice(&lasti.to_le_bytes());
+            }
+        }
         f
+    }
+
+    /// 3.9/3.10: heap frame objects, outermost first, each linked to its caller. Returns the
+    /// innermost.
+    pub fn frame_objects(&mut self, frames: &[FrameSpec]) -> u64 {
+        let mut previous = 0;
+        for f in frames {
+            let bytes = self.frame_bytes(f.code, f.unit, previous, OWNED_BY_THREAD);
+            previous = self.put(&bytes);
+        }
+        previous
     }
 
     /// A thread with `frames` (outermost first) in one data-stack chunk. 3.12+ get a shim
     /// frame on the "C stack" below the outermost frame, as the eval loop's entry leaves.
     /// Returns the thread state's address.
     pub fn thread(&mut self, native_tid: u32, frames: &[FrameSpec]) -> u64 {
+        if let Frames::Objects { .. } = self.layout.frames {
+            let innermost = self.frame_objects(frames);
+            return self.thread_state(native_tid, innermost, 0, 0, 0);
+        }
         let shim = if self.version >= (3, 12) {
             let bytes = self.frame_bytes(0, 0, 0, OWNED_BY_CSTACK);
             self.put(&bytes)
@@ -233,7 +263,17 @@ impl Builder {
     ) -> u64 {
         let l = self.layout;
         let ts = self.put(&vec![0u8; l.tstate_span() as usize]);
-        self.write_u64(ts + l.tstate_native_thread_id, u64::from(native_tid));
+        match l.thread_id {
+            ThreadId::Native => {
+                self.write_u64(ts + l.tstate_native_thread_id, u64::from(native_tid))
+            }
+            ThreadId::Pthread { tid } => {
+                // glibc's struct pthread, with the thread's TID at `tid`.
+                let pthread = self.put(&vec![0u8; tid as usize + 64]);
+                self.write(pthread + tid, &native_tid.to_le_bytes());
+                self.write_u64(ts + l.tstate_native_thread_id, pthread);
+            }
+        }
         match l.current_frame {
             CurrentFrame::Direct {
                 tstate_current_frame,
@@ -247,9 +287,11 @@ impl Builder {
                 self.write_u64(ts + tstate_cframe, cframe);
             }
         }
-        self.write_u64(ts + l.tstate_datastack_chunk, chunk);
-        self.write_u64(ts + l.tstate_datastack_top, top);
-        self.write_u64(ts + l.tstate_datastack_limit, limit);
+        if l.frames == Frames::Interpreter {
+            self.write_u64(ts + l.tstate_datastack_chunk, chunk);
+            self.write_u64(ts + l.tstate_datastack_top, top);
+            self.write_u64(ts + l.tstate_datastack_limit, limit);
+        }
         // Newest thread first, as CPython links them.
         let head = self.tstates.first().copied().unwrap_or(0);
         self.write_u64(ts + l.tstate_next, head);
@@ -295,13 +337,22 @@ impl Builder {
     }
 }
 
-/// A location table putting code unit `u` on line `firstlineno + u` (one-line forms, no columns
-/// worth testing: column 0–1).
-pub fn linear_table(units: u32) -> Vec<u8> {
+/// A location table of `format` putting code unit `u` on line `firstlineno + u`.
+pub fn linear_table(format: LineFormat, units: u32) -> Vec<u8> {
     let mut t = Vec::new();
     for u in 0..units {
-        let code = if u == 0 { 10 } else { 11 }; // line delta 0, then +1 each unit
-        t.extend_from_slice(&[0x80 | (code << 3), 0, 1]);
+        match format {
+            // One-line forms, no columns worth testing (column 0–1): line delta 0, then +1.
+            LineFormat::Locations => {
+                let code = if u == 0 { 10 } else { 11 };
+                t.extend_from_slice(&[0x80 | (code << 3), 0, 1]);
+            }
+            // From byte offset 2u the line is one more.
+            LineFormat::Lnotab if u > 0 => t.extend_from_slice(&[2, 1]),
+            LineFormat::Lnotab => {}
+            // Each pair covers one code unit (2 bytes), one line below the last.
+            LineFormat::Linetable310 => t.extend_from_slice(&[2, u8::from(u > 0)]),
+        }
     }
     t
 }

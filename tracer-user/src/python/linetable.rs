@@ -10,6 +10,11 @@
 //!   C 15    no location (line None; the running line is unchanged)
 //! Varints are little-endian 6-bit groups, bit 6 set = more follow; a signed varint keeps its
 //! sign in bit 0.
+//!
+//! 3.9's `co_lnotab` and 3.10's `co_linetable` are simpler byte-pair tables, decoded straight
+//! into [`Lines`] (see [`Lines::decode`]).
+
+use super::layout::LineFormat;
 
 /// Source position of one range of code units. Columns are 0-based, as in `co_positions()`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -161,6 +166,15 @@ impl Iterator for Entries<'_> {
     }
 }
 
+/// Append the range ending at `end` (exclusive) with `line`; runs of one line (columns differ)
+/// collapse into one range.
+fn push_range(ranges: &mut Vec<(u32, Option<u32>)>, end: u32, line: Option<u32>) {
+    match ranges.last_mut() {
+        Some(last) if last.1 == line => last.0 = end,
+        _ => ranges.push((end, line)),
+    }
+}
+
 /// Line of the instruction at code unit `unit`, like `PyCode_Addr2Line(code, unit * 2)`:
 /// a negative unit (a frame that has not started, 3.11/3.12 `prev_instr` one before the code)
 /// is the first line; past the table or a no-location entry is `None`. The reference [`Lines`]
@@ -187,14 +201,69 @@ pub struct Lines {
 }
 
 impl Lines {
+    /// Decode a table in `format`.
+    pub fn decode(format: LineFormat, table: &[u8], firstlineno: i32) -> Lines {
+        match format {
+            LineFormat::Locations => Lines::new(table, firstlineno),
+            LineFormat::Lnotab => Lines::lnotab(table, firstlineno),
+            LineFormat::Linetable310 => Lines::linetable310(table, firstlineno),
+        }
+    }
+
     pub fn new(table: &[u8], firstlineno: i32) -> Lines {
         let mut ranges: Vec<(u32, Option<u32>)> = Vec::new();
         for e in entries(table, firstlineno) {
-            match ranges.last_mut() {
-                // Runs of one line (columns differ) collapse into one range.
-                Some(last) if last.1 == e.position.line => last.0 = e.end,
-                _ => ranges.push((e.end, e.position.line)),
+            push_range(&mut ranges, e.end, e.position.line);
+        }
+        Lines {
+            first: u32::try_from(firstlineno).ok(),
+            ranges,
+        }
+    }
+
+    /// 3.9's `co_lnotab` (Objects/lnotab_notes.txt): byte pairs (bytecode offset increment,
+    /// signed line increment). As `PyCode_Addr2Line`: an instruction's line is the first line
+    /// plus the line increments of every pair whose offset is at or before it; the last line
+    /// runs to the end of the code.
+    fn lnotab(table: &[u8], firstlineno: i32) -> Lines {
+        let mut ranges = Vec::new();
+        let mut line = i64::from(firstlineno);
+        let mut addr: u32 = 0;
+        for pair in table.chunks_exact(2) {
+            let next = addr.saturating_add(u32::from(pair[0]));
+            if next > addr {
+                push_range(&mut ranges, next / 2, u32::try_from(line).ok());
             }
+            addr = next;
+            line += i64::from(pair[1] as i8);
+        }
+        push_range(&mut ranges, u32::MAX, u32::try_from(line).ok());
+        Lines {
+            first: u32::try_from(firstlineno).ok(),
+            ranges,
+        }
+    }
+
+    /// 3.10's `co_linetable` (Objects/lnotab_notes.txt of 3.10): byte pairs (bytes of code
+    /// covered, signed line delta), each pair a range; a delta of -128 means "no line" for its
+    /// range and leaves the running line as it was. Past the last range: no line.
+    fn linetable310(table: &[u8], firstlineno: i32) -> Lines {
+        let mut ranges = Vec::new();
+        let mut line = i64::from(firstlineno);
+        let mut addr: u32 = 0;
+        for pair in table.chunks_exact(2) {
+            let delta = pair[1] as i8;
+            let this = if delta == -128 {
+                None
+            } else {
+                line += i64::from(delta);
+                u32::try_from(line).ok()
+            };
+            let next = addr.saturating_add(u32::from(pair[0]));
+            if next > addr {
+                push_range(&mut ranges, next / 2, this);
+            }
+            addr = next;
         }
         Lines {
             first: u32::try_from(firstlineno).ok(),

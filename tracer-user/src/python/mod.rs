@@ -1,5 +1,8 @@
 //! Python stacks of a live process, read from outside without pausing it.
 //!
+//! CPython 3.9 and 3.10 link heap frame objects (`PyFrameObject.f_back`) from
+//! `tstate->frame`; see offsets39.rs. The rest of this describes 3.11+.
+//!
 //! CPython 3.11–3.13 keep each thread's frames in a per-thread "data stack" (chunks of
 //! `_PyInterpreterFrame`s linked by `previous`), and each frame points at its code object. We
 //! find the runtime (`_PyRuntime`) from the ELF symbols, walk interpreters → thread states to the
@@ -32,9 +35,15 @@ mod fake;
 mod layout;
 mod linetable;
 mod memory;
+mod offsets310;
 mod offsets311;
 mod offsets312;
+// Only a reference for the tests: a live 3.13 is read through its `_Py_DebugOffsets`.
+#[cfg(test)]
 mod offsets313;
+mod offsets39;
+#[cfg(test)]
+mod recorded;
 mod strings;
 #[cfg(test)]
 mod tests;
@@ -102,7 +111,24 @@ impl PyError {
     }
 }
 
-/// A process running CPython 3.11–3.13, ready to have its threads' stacks read.
+/// Where `struct pthread.tid` is in `pid`'s libc: from its `_thread_db_pthread_tid` descriptor,
+/// or glibc's x86_64 value when the libc publishes none.
+fn pthread_tid(pid: u32, mem: &mut ProcessMemory) -> u64 {
+    let from_libc = discover::pthread_tid_descriptor(pid).and_then(|addr| {
+        let mut desc = [0u8; 12];
+        mem.read_exact(addr, &mut desc).ok()?;
+        discover::pthread_tid_offset(&desc)
+    });
+    from_libc.unwrap_or_else(|| {
+        log::debug!(
+            "pid {pid}: its libc does not say where a thread's TID is; assuming glibc's {}",
+            layout::GLIBC_PTHREAD_TID
+        );
+        layout::GLIBC_PTHREAD_TID
+    })
+}
+
+/// A process running CPython 3.9–3.13, ready to have its threads' stacks read.
 pub struct PythonProcess {
     version: (u8, u8),
     layout: Layout,
@@ -117,8 +143,9 @@ pub struct PythonProcess {
 }
 
 impl PythonProcess {
-    /// Find the CPython runtime of `pid`. `Ok(None)` if the process has no CPython 3.11–3.13
-    /// (the reason is logged at debug level).
+    /// Find the CPython runtime of `pid`. `Ok(None)` if the process has no CPython runtime at
+    /// all (the reason is logged at debug level); [`PyError::Unsupported`] naming the version if
+    /// it has one we cannot read.
     pub fn attach(pid: u32) -> Result<Option<PythonProcess>, PyError> {
         let rt = match discover::find_runtime(pid)? {
             Ok(rt) => rt,
@@ -134,35 +161,42 @@ impl PythonProcess {
                 let hex = mem.read_u64(addr)?;
                 (((hex >> 24) & 0xff) as u8, ((hex >> 16) & 0xff) as u8)
             }
-            // Py_Version only exists since 3.11: an older Python, or a name that says.
-            None => match discover::version_from_name(&rt.path) {
-                Some(v) => v,
-                None => {
-                    log::debug!("pid {pid}: {} has no Py_Version (Python < 3.11)", rt.path);
-                    return Ok(None);
-                }
-            },
+            // Py_Version only exists since 3.11: an older Python, named by its file.
+            None => discover::version_from_name(&rt.path).ok_or_else(|| {
+                PyError::Unsupported(format!(
+                    "{}: a CPython of unknown version (no Py_Version, no version in its \
+                     name; supported: {})",
+                    rt.path,
+                    layout::SUPPORTED
+                ))
+            })?,
         };
         let layout = match version {
-            (3, 11) | (3, 12) => Layout::for_version(version.0, version.1)?,
-            (3, 13) => {
+            (3, 9..=12) => {
+                let mut l = Layout::for_version(version.0, version.1)?;
+                if let layout::ThreadId::Pthread { tid } = &mut l.thread_id {
+                    *tid = pthread_tid(pid, &mut mem);
+                }
+                l
+            }
+            // 3.13 and later publish their layout; a later version whose `_Py_DebugOffsets` we
+            // cannot read is refused there, by name.
+            (3, 13..) => {
                 let mut raw = vec![0u8; layout::DEBUG_OFFSETS_LEN];
                 mem.read_exact(rt.runtime, &mut raw)?;
                 let got = layout::from_debug_offsets(&raw)?;
-                if got.layout != offsets313::LAYOUT {
-                    log::debug!(
-                        "pid {pid}: _Py_DebugOffsets of {:#x} differ from the 3.13.0 table",
-                        got.version_hex
-                    );
-                }
+                log::debug!(
+                    "pid {pid}: layout from the _Py_DebugOffsets of {:#x}",
+                    got.version_hex
+                );
                 got.layout
             }
             (major, minor) => {
-                log::debug!(
-                    "pid {pid}: {} is Python {major}.{minor}; only 3.11-3.13 are supported",
-                    rt.path
-                );
-                return Ok(None);
+                return Err(PyError::Unsupported(format!(
+                    "{} is Python {major}.{minor} (supported: {})",
+                    rt.path,
+                    layout::SUPPORTED
+                )))
             }
         };
         log::debug!(
@@ -215,6 +249,7 @@ impl PythonProcess {
                 tstate_current_frame,
             } => (tstate_current_frame as u32, NO_FIELD),
         };
+        let objects = matches!(l.frames, layout::Frames::Objects { .. });
         tracer_common::PyProcLayout {
             runtime: self.runtime,
             runtime_interp_head: l.runtime_interpreters_head as u32,
@@ -226,14 +261,23 @@ impl PythonProcess {
             frame_previous: l.frame_previous as u32,
             frame_code: l.frame_code as u32,
             frame_instr: l.frame_instr as u32,
-            frame_owner: l.frame_owner as u32,
+            frame_owner: if objects {
+                NO_FIELD
+            } else {
+                l.frame_owner as u32
+            },
             // 3.11 marks the first frame of each eval-loop call with `is_entry`, just before
-            // `owner`; 3.12+ push a shim frame instead.
+            // `owner`; 3.12+ push a shim frame instead; 3.9/3.10 frames are each their own call.
             frame_is_entry: if self.version == (3, 11) {
                 l.frame_owner as u32 - 1
             } else {
                 NO_FIELD
             },
+            pthread_tid: match l.thread_id {
+                layout::ThreadId::Native => NO_FIELD,
+                layout::ThreadId::Pthread { tid } => tid as u32,
+            },
+            frame_objects: u32::from(objects),
             _pad: 0,
         }
     }

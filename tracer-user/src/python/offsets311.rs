@@ -6,13 +6,14 @@
 //! against the v3.11.7 headers (Include/cpython/pystate.h, Include/internal/pycore_frame.h,
 //! Include/cpython/code.h). These structs do not change within a minor version.
 
-use super::layout::{CurrentFrame, Layout};
+use super::layout::{CurrentFrame, Frames, Layout, LineFormat, ThreadId};
 
 pub const LAYOUT: Layout = Layout {
     runtime_interpreters_head: 40,
     interp_next: 0,
     interp_threads_head: 16,
     tstate_next: 8,
+    thread_id: ThreadId::Native,
     tstate_native_thread_id: 160,
     current_frame: CurrentFrame::ViaCFrame {
         tstate_cframe: 56,
@@ -23,13 +24,15 @@ pub const LAYOUT: Layout = Layout {
     tstate_datastack_top: 304,
     tstate_datastack_limit: 312,
     // 3.11 frames start with f_func, f_globals, f_builtins, f_locals, f_code.
+    frames: Frames::Interpreter,
     frame_previous: 48,
     frame_code: 32,
     frame_instr: 56,
     frame_owner: 69,
     frame_header: 72,
     ob_type: 8,
-    code_size: 16,
+    code_size: Some(16),
+    lines: LineFormat::Locations,
     code_firstlineno: 72,
     code_filename: 112,
     code_qualname: 128,

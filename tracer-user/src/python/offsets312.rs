@@ -5,13 +5,14 @@
 //! (160 → 144), the data stack (296 → 232), `_PyCFrame.current_frame` (8 → 0, `use_tracing`
 //! is gone), and the frame now starts with `f_code, previous`.
 
-use super::layout::{CurrentFrame, Layout};
+use super::layout::{CurrentFrame, Frames, Layout, LineFormat, ThreadId};
 
 pub const LAYOUT: Layout = Layout {
     runtime_interpreters_head: 40,
     interp_next: 0,
     interp_threads_head: 72,
     tstate_next: 8,
+    thread_id: ThreadId::Native,
     tstate_native_thread_id: 144,
     current_frame: CurrentFrame::ViaCFrame {
         tstate_cframe: 56,
@@ -20,13 +21,15 @@ pub const LAYOUT: Layout = Layout {
     tstate_datastack_chunk: 232,
     tstate_datastack_top: 240,
     tstate_datastack_limit: 248,
+    frames: Frames::Interpreter,
     frame_previous: 8,
     frame_code: 0,
     frame_instr: 56,
     frame_owner: 70,
     frame_header: 72,
     ob_type: 8,
-    code_size: 16,
+    code_size: Some(16),
+    lines: LineFormat::Locations,
     code_firstlineno: 68,
     code_filename: 112,
     code_qualname: 128,

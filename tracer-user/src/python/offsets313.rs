@@ -6,13 +6,14 @@
 //! Measured with `testdata/offsets.c` against pyenv 3.13.0's headers; the published fields were
 //! also dumped from a live 3.13.0 (`_PyRuntime` via ctypes) and agree.
 
-use super::layout::{CurrentFrame, Layout};
+use super::layout::{CurrentFrame, Frames, Layout, LineFormat, ThreadId};
 
 pub const LAYOUT: Layout = Layout {
     runtime_interpreters_head: 632,
     interp_next: 7264,
     interp_threads_head: 7344,
     tstate_next: 8,
+    thread_id: ThreadId::Native,
     tstate_native_thread_id: 160,
     current_frame: CurrentFrame::Direct {
         tstate_current_frame: 72,
@@ -20,6 +21,7 @@ pub const LAYOUT: Layout = Layout {
     tstate_datastack_chunk: 232,
     tstate_datastack_top: 240,
     tstate_datastack_limit: 248,
+    frames: Frames::Interpreter,
     frame_previous: 8,
     // f_executable: a code object, or None for a shim frame
     frame_code: 0,
@@ -27,7 +29,8 @@ pub const LAYOUT: Layout = Layout {
     frame_owner: 70,
     frame_header: 72,
     ob_type: 8,
-    code_size: 16,
+    code_size: Some(16),
+    lines: LineFormat::Locations,
     code_firstlineno: 68,
     code_filename: 112,
     code_qualname: 128,

@@ -6,7 +6,9 @@ use super::{
     PyError, PyFrame, MAX_FRAMES,
 };
 
-const VERSIONS: [(u8, u8); 3] = [(3, 11), (3, 12), (3, 13)];
+const VERSIONS: [(u8, u8); 5] = [(3, 9), (3, 10), (3, 11), (3, 12), (3, 13)];
+/// Versions whose frames live in data-stack chunks.
+const CHUNKED: [(u8, u8); 3] = [(3, 11), (3, 12), (3, 13)];
 
 fn frame(function: &str, file: &str, line: u32) -> PyFrame {
     PyFrame {
@@ -64,8 +66,14 @@ fn reads_every_version() {
         let second = p.last_syscalls();
         assert!(second < first, "{v:?}: {second} !< {first}");
         // Thread state; the chunk and the innermost pointer, twice; the shim frame the eval
-        // loop's entry leaves on the C stack (3.12+); code headers.
-        let want = if v == (3, 11) { 3 } else { 4 };
+        // loop's entry leaves on the C stack (3.12+); code headers. 3.9/3.10: thread state and
+        // its pthread's TID; the thread state twice; each frame object; all frames again; code
+        // headers.
+        let want = match v {
+            (3, 9) | (3, 10) => 7,
+            (3, 11) => 3,
+            _ => 4,
+        };
         assert_eq!(second, want, "{v:?}");
     }
 }
@@ -112,7 +120,7 @@ fn code_cache_notices_a_reused_address() {
         // The code object is freed and another allocated at the same address.
         let q = b.string("Other.replacement");
         let f = b.string("/app/other.py");
-        let t = b.bytes_object(&super::fake::linear_table(20));
+        let t = b.bytes_object(&super::fake::linear_table(b.layout.lines, 20));
         let fresh = b.code_with(q, f, t, 100, 20);
         let bytes = b.regions.borrow()[&fresh].clone();
         b.write(inner, &bytes);
@@ -146,7 +154,7 @@ fn a_frame_that_points_at_non_code_is_torn() {
 #[test]
 fn a_caller_that_moved_on_while_read_ends_the_stack() {
     use std::{cell::Cell, rc::Rc};
-    for v in VERSIONS {
+    for v in CHUNKED {
         let mut b = Builder::new(v);
         let (_, [main, ..]) = three_frames(&mut b);
         // The outermost frame is the chunk's first; between our copy of the chunk and our second
@@ -186,7 +194,7 @@ fn a_caller_that_moved_on_while_read_ends_the_stack() {
 #[test]
 fn frames_the_thread_returned_from_are_left_out() {
     use std::{cell::Cell, rc::Rc};
-    for v in VERSIONS {
+    for v in CHUNKED {
         let mut b = Builder::new(v);
         let (ts, _) = three_frames(&mut b);
         let handler_frame = b.last_chunk + super::fake::CHUNK_HEADER + super::fake::FRAME_SIZE;
@@ -288,7 +296,7 @@ fn thread_moving_on_mid_read_is_torn_or_consistent() {
 
 #[test]
 fn deep_stacks_span_chunks_and_are_cut() {
-    for v in VERSIONS {
+    for v in CHUNKED {
         let mut b = Builder::new(v);
         let f = b.code("recurse", "r.py", 1, 8);
         let specs = |n| vec![FrameSpec { code: f, unit: 2 }; n];
@@ -324,8 +332,9 @@ fn random_memory_never_panics() {
             // Scribble over the thread state, a frame or a code object.
             let targets = [ts, codes[0], codes[1], codes[2]];
             let target = targets[(rnd() % 4) as usize];
+            let len = b.regions.borrow()[&target].len() as u64;
             for _ in 0..4 {
-                let off = rnd() % 200;
+                let off = rnd() % (len - 8).min(200);
                 let val = match rnd() % 3 {
                     0 => rnd(),
                     1 => targets[(rnd() % 4) as usize] + rnd() % 256,
@@ -358,4 +367,108 @@ fn code_cache_is_capped_and_counts_evictions() {
     let first = p.resolve(&[(codes[0], 0)]);
     assert_eq!(first[0].as_ref().unwrap().function, "f0");
     assert_eq!(p.codes.misses, misses + 1);
+}
+
+#[test]
+fn old_pythons_count_f_lasti_in_their_own_units() {
+    // The same code unit 5 is f_lasti 10 in 3.9 (bytes) and 5 in 3.10 (code units); both must
+    // land on line 45 of Handler.get. Before its first instruction f_lasti is -1: the first line.
+    for v in [(3, 9), (3, 10)] {
+        let mut b = Builder::new(v);
+        let (ts, [_, handler, _]) = three_frames(&mut b);
+        let mut p = b.process(None);
+        assert_eq!(
+            p.stack(100).unwrap()[1],
+            frame("Handler.get", "/app/views.py", 45)
+        );
+        let fresh = b.frame_bytes(handler, 0, 0, OWNED_BY_THREAD);
+        let f = b.put(&fresh);
+        b.write(f + b.layout.frame_instr, &(-1i32).to_le_bytes());
+        b.set_innermost(ts, f);
+        assert_eq!(
+            p.stack(100).unwrap(),
+            vec![frame("Handler.get", "/app/views.py", 40)],
+            "{v:?}"
+        );
+        // What the kernel walker hands over: f_lasti with f_lineno in the upper half.
+        let lasti = if v == (3, 9) { 10u64 } else { 5 };
+        let got = p.resolve(&[(handler, lasti | (77 << 32))]);
+        assert_eq!(got[0].as_ref().unwrap().line, Some(45), "{v:?}");
+    }
+}
+
+#[test]
+fn old_pythons_find_threads_through_their_pthread() {
+    for v in [(3, 9), (3, 10)] {
+        let mut b = Builder::new(v);
+        let a = b.code("a", "a.py", 1, 4);
+        let c = b.code("c", "c.py", 1, 4);
+        let ta = b.thread(200, &[FrameSpec { code: a, unit: 0 }]);
+        b.thread(201, &[FrameSpec { code: c, unit: 2 }]);
+        let mut p = b.process(None);
+        assert_eq!(p.stack(200).unwrap(), vec![frame("a", "a.py", 1)]);
+        assert_eq!(p.stack(201).unwrap(), vec![frame("c", "c.py", 3)]);
+        // Thread 200 exits and its pthread struct is reused by a new thread 202 that has no
+        // thread state: the cached state no longer names 200, and nothing else does.
+        let pthread = {
+            let regions = b.regions.borrow();
+            let (start, r) = regions
+                .range(..=ta + b.layout.tstate_native_thread_id)
+                .next_back()
+                .unwrap();
+            let off = (ta + b.layout.tstate_native_thread_id - start) as usize;
+            u64::from_le_bytes(r[off..off + 8].try_into().unwrap())
+        };
+        let super::layout::ThreadId::Pthread { tid } = b.layout.thread_id else {
+            panic!("{v:?} names threads by pthread_t");
+        };
+        b.write(pthread + tid, &202u32.to_le_bytes());
+        assert_eq!(p.stack(200).unwrap(), vec![], "{v:?}");
+        assert_eq!(p.stack(201).unwrap(), vec![frame("c", "c.py", 3)]);
+    }
+}
+
+#[test]
+fn old_pythons_cut_deep_stacks() {
+    for v in [(3, 9), (3, 10)] {
+        let mut b = Builder::new(v);
+        let f = b.code("recurse", "r.py", 1, 8);
+        b.thread(100, &vec![FrameSpec { code: f, unit: 2 }; 300]);
+        let mut p = b.process(None);
+        let got = p.stack(100).unwrap();
+        assert_eq!(got.len(), MAX_FRAMES, "{v:?}");
+        assert!(got.iter().all(|f| f == &frame("recurse", "r.py", 3)));
+    }
+}
+
+#[test]
+fn old_pythons_refuse_a_chain_into_freed_frames() {
+    // The thread returned from Handler.get meanwhile: its frame object went back to the free
+    // list (ob_refcnt 0, f_back now the list's next) — readable, but not a stack any more.
+    for v in [(3, 9), (3, 10)] {
+        let mut b = Builder::new(v);
+        three_frames(&mut b);
+        let mut p = b.process(None);
+        assert_eq!(p.stack(100).unwrap().len(), 3);
+        let regions = b.regions.borrow().clone();
+        let handler_frame = regions
+            .iter()
+            .find(|(_, r)| {
+                r.len() >= b.layout.frame_header as usize
+                    && r[..8] == 1u64.to_le_bytes()
+                    && r[b.layout.frame_previous as usize..][..8] != [0; 8]
+                    && regions.keys().any(|k| {
+                        r[b.layout.frame_previous as usize..][..8] == k.to_le_bytes()
+                            && regions[k][b.layout.frame_previous as usize..][..8] == [0; 8]
+                    })
+            })
+            .map(|(a, _)| *a)
+            .expect("the middle frame");
+        b.write_u64(handler_frame, 0);
+        assert!(
+            matches!(p.stack(100), Err(PyError::Torn(_))),
+            "{v:?}: {:?}",
+            p.stack(100)
+        );
+    }
 }

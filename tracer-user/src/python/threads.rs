@@ -3,11 +3,14 @@
 //! CPython 3.11+ records `native_thread_id` (gettid() of the thread that created the state) in
 //! each thread state. That is the TID in the target's PID namespace; eBPF and our /proc give host
 //! TIDs, so inside a container the two differ and /proc/PID/task/TID/status `NSpid` maps them.
+//!
+//! 3.9/3.10 record only `thread_id`, the `pthread_t`: the address of glibc's `struct pthread`,
+//! whose `tid` field holds the same namespace TID. One more read per thread state gets it.
 
 use std::{collections::HashMap, io::Read as _};
 
 use super::{
-    layout::Layout,
+    layout::{Layout, ThreadId},
     memory::{AddressSpace, Fields as _, Read},
     PyError,
 };
@@ -22,8 +25,9 @@ pub struct Threads {
     same_ns: bool,
     /// Host TID → namespace TID, for a target in another namespace.
     ns_tids: HashMap<u32, u32>,
-    /// Namespace TID → thread state address, from the last scan.
-    tstates: HashMap<u32, u64>,
+    /// Namespace TID → thread state address (and for 3.9/3.10 its `pthread_t`), from the last
+    /// scan.
+    tstates: HashMap<u32, (u64, u64)>,
     /// System calls spent on /proc reads (3 per file: open, read, close).
     proc_syscalls: u32,
 }
@@ -106,15 +110,17 @@ impl Threads {
         tid: u32,
     ) -> Result<Option<(u64, Vec<u8>)>, PyError> {
         let ns_tid = self.ns_tid(tid)?;
-        if let Some(&addr) = self.tstates.get(&ns_tid) {
-            if let Some(buf) = read_tstate(mem, layout, addr, ns_tid)? {
+        if let Some(&(addr, pthread)) = self.tstates.get(&ns_tid) {
+            if let Some(buf) = read_tstate(mem, layout, addr, pthread, ns_tid)? {
                 return Ok(Some((addr, buf)));
             }
         }
         // Unknown, or the state at that address now belongs to someone else: rescan.
         self.scan(mem, layout, runtime)?;
         match self.tstates.get(&ns_tid) {
-            Some(&addr) => Ok(read_tstate(mem, layout, addr, ns_tid)?.map(|buf| (addr, buf))),
+            Some(&(addr, pthread)) => {
+                Ok(read_tstate(mem, layout, addr, pthread, ns_tid)?.map(|buf| (addr, buf)))
+            }
             None => {
                 self.forget(tid);
                 Ok(None)
@@ -153,9 +159,21 @@ impl Threads {
                 let mut buf = vec![0u8; layout.tstate_span() as usize];
                 mem.read_exact(ts, &mut buf)
                     .map_err(|_| PyError::Torn("thread state unreadable"))?;
-                let native = buf.u64_at(layout.tstate_native_thread_id as usize);
+                let id = buf
+                    .u64_at(layout.tstate_native_thread_id as usize)
+                    .unwrap_or(0);
+                let native = match layout.thread_id {
+                    ThreadId::Native => Some(id),
+                    ThreadId::Pthread { tid } => {
+                        let mut t = [0u8; 4];
+                        let mut r = [Read::new(id.wrapping_add(tid), &mut t)];
+                        mem.read_batch(&mut r)?;
+                        // A thread state being set up or torn down has no pthread yet.
+                        r[0].complete().then(|| u64::from(u32::from_le_bytes(t)))
+                    }
+                };
                 if let Some(native) = native.and_then(|n| u32::try_from(n).ok()) {
-                    self.tstates.entry(native).or_insert(ts);
+                    self.tstates.entry(native).or_insert((ts, id));
                 }
                 ts = buf.u64_at(layout.tstate_next as usize).unwrap_or(0);
             }
@@ -165,22 +183,42 @@ impl Threads {
     }
 }
 
-/// Read a thread state and check it is still `ns_tid`'s.
+/// Read a thread state and check it is still `ns_tid`'s (3.9/3.10: its `pthread_t` is still
+/// `pthread` and that thread's TID `ns_tid`, read in the same system call).
 fn read_tstate(
     mem: &mut dyn AddressSpace,
     layout: &Layout,
     addr: u64,
+    pthread: u64,
     ns_tid: u32,
 ) -> Result<Option<Vec<u8>>, PyError> {
     let mut buf = vec![0u8; layout.tstate_span() as usize];
-    let mut r = [Read::new(addr, &mut buf)];
-    mem.read_batch(&mut r)?;
-    if !r[0].complete() {
+    let mut t = [0u8; 4];
+    let complete = match layout.thread_id {
+        ThreadId::Native => {
+            let mut r = [Read::new(addr, &mut buf)];
+            mem.read_batch(&mut r)?;
+            r[0].complete()
+        }
+        ThreadId::Pthread { tid } => {
+            let mut r = [
+                Read::new(addr, &mut buf),
+                Read::new(pthread.wrapping_add(tid), &mut t),
+            ];
+            mem.read_batch(&mut r)?;
+            r.iter().all(Read::complete)
+        }
+    };
+    if !complete {
         // Freed and unmapped: the thread is gone.
         return Ok(None);
     }
-    let native = buf.u64_at(layout.tstate_native_thread_id as usize);
-    Ok((native == Some(u64::from(ns_tid))).then_some(buf))
+    let id = buf.u64_at(layout.tstate_native_thread_id as usize);
+    let ours = match layout.thread_id {
+        ThreadId::Native => id == Some(u64::from(ns_tid)),
+        ThreadId::Pthread { .. } => id == Some(pthread) && u32::from_le_bytes(t) == ns_tid,
+    };
+    Ok(ours.then_some(buf))
 }
 
 #[cfg(test)]

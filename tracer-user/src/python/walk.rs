@@ -1,9 +1,13 @@
 //! Following one thread's frame chain.
+//!
+//! 3.11+ frames mostly live in the thread's data-stack chunks, copied whole; 3.9/3.10 frames are
+//! heap `PyFrameObject`s, read one per system call while following `f_back` (as py-spy does),
+//! then re-read in one batch to see which held still.
 
 use std::collections::HashSet;
 
 use super::{
-    layout::{CurrentFrame, Layout, OWNED_BY_CSTACK, OWNED_BY_THREAD},
+    layout::{CurrentFrame, Frames, Layout, OWNED_BY_CSTACK, OWNED_BY_THREAD},
     memory::{AddressSpace, Fields as _, Read},
     PyError, PyFrame, PythonProcess, MAX_FRAMES,
 };
@@ -76,7 +80,15 @@ struct Hop {
     code: u64,
     instr: u64,
     owner: u8,
+    /// 3.9/3.10: the frame object's reference count is not 0. A freed frame object stays
+    /// readable (kept as its code's "zombie" frame or on the frame free list, which is linked
+    /// through `f_back`), so without this a walk that follows a link the thread just dropped
+    /// would report a chain of dead frames. Always true for 3.11+ frames.
+    live: bool,
 }
+
+/// `PyObject.ob_refcnt`, first in every object of a default (not free-threaded) build.
+const OB_REFCNT: usize = 0;
 
 impl Hop {
     fn parse(l: &Layout, addr: u64, header: &[u8]) -> Option<Hop> {
@@ -85,7 +97,15 @@ impl Hop {
             previous: header.u64_at(l.frame_previous as usize)?,
             code: header.u64_at(l.frame_code as usize)?,
             instr: header.u64_at(l.frame_instr as usize)?,
-            owner: header.u8_at(l.frame_owner as usize)?,
+            owner: match l.frames {
+                Frames::Interpreter => header.u8_at(l.frame_owner as usize)?,
+                // Frame objects: every one is a Python call.
+                Frames::Objects { .. } => OWNED_BY_THREAD,
+            },
+            live: match l.frames {
+                Frames::Interpreter => true,
+                Frames::Objects { .. } => header.u64_at(OB_REFCNT)? != 0,
+            },
         })
     }
 
@@ -165,9 +185,15 @@ fn snapshot(
     tstate: u64,
     ts: &[u8],
 ) -> Result<Option<Snapshot>, PyError> {
-    let chunk = field(ts, l.tstate_datastack_chunk)?;
-    let top = field(ts, l.tstate_datastack_top)?;
-    let limit = field(ts, l.tstate_datastack_limit)?;
+    let (chunk, top, limit) = match l.frames {
+        Frames::Interpreter => (
+            field(ts, l.tstate_datastack_chunk)?,
+            field(ts, l.tstate_datastack_top)?,
+            field(ts, l.tstate_datastack_limit)?,
+        ),
+        // 3.9/3.10 frames are heap objects: each is read on its own.
+        Frames::Objects { .. } => (0, 0, 0),
+    };
     let cframe = match l.current_frame {
         CurrentFrame::ViaCFrame { tstate_cframe, .. } => match field(ts, tstate_cframe)? {
             0 => return Ok(None),
@@ -395,7 +421,9 @@ fn frames(
                 .map_err(|_| PyError::Torn("frame pointer into unmapped memory"))?;
             // A thread-owned frame outside the copied chunk is in an older chunk: copy that one
             // whole, for the frames after this one.
-            if single.u8_at(l.frame_owner as usize) == Some(OWNED_BY_THREAD) {
+            if l.frames == Frames::Interpreter
+                && single.u8_at(l.frame_owner as usize) == Some(OWNED_BY_THREAD)
+            {
                 chunks.load_older(mem)?;
             }
         }
@@ -404,6 +432,9 @@ fn frames(
             _ => &single,
         };
         let hop = Hop::parse(l, addr, header).ok_or(PyError::Torn("short frame"))?;
+        if !hop.live {
+            return Err(PyError::Torn("the chain led to a freed frame"));
+        }
         if hop.owner > OWNED_BY_CSTACK {
             return Err(PyError::Torn("frame with an unknown owner"));
         }
