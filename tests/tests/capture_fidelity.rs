@@ -242,6 +242,16 @@ fn native_frames_between_python_frames_without_frame_pointers() {
         "--threshold",
         &format!("{THRESHOLD_MS}ms"),
     ]);
+    // First a slow request without the library: its capture reads the process's mappings
+    // before ctypes loads libchain.so, as a long-running server's earlier captures and samples
+    // would. The unwind of the next one must still see the library loaded since.
+    assert_eq!(
+        curl(&[format!(
+            "http://127.0.0.1:{port}/sleep?ms={}",
+            THRESHOLD_MS + 200
+        )]),
+        [200]
+    );
     assert_eq!(
         curl(&[format!("http://127.0.0.1:{port}/native?ms=700")]),
         [200]

@@ -57,6 +57,21 @@ impl EhFrames {
         if !self.covers(pid, regs.ip) {
             self.add_modules(pid);
         }
+        let ips = self.walk_known(pid, regs, stack, max);
+        // A library loaded after the modules were read (dlopen, e.g. a ctypes call) ends the walk
+        // at its first frame: read the maps again, once, and walk again.
+        if ips.len() < max
+            && ips
+                .last()
+                .is_some_and(|ip| !self.covers(pid, ip.saturating_sub(1)))
+        {
+            self.add_modules(pid);
+            return self.walk_known(pid, regs, stack, max);
+        }
+        ips
+    }
+
+    fn walk_known(&mut self, pid: u32, regs: UserRegs, stack: &[u8], max: usize) -> Vec<u64> {
         let Some(p) = self.procs.get(&pid) else {
             return vec![regs.ip];
         };

@@ -199,7 +199,7 @@ fn capture(
             let kernel = procinfo::kernel_stack(pid, tid);
             // Both reads describe the switch-out only if the thread did not run meanwhile.
             if thread(maps).is_some_and(|t| t.out_ts == out_ts) {
-                c.native = r.native(pid, &ips);
+                c.native = r.native_unwound(pid, &ips);
                 c.kernel = kernel;
                 c.native_source = "switch-out".into();
             } else {

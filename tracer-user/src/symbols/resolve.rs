@@ -108,9 +108,28 @@ impl Resolver {
     /// goes on through data: the stack ends at its first address outside executable memory
     /// (asking blazesym about each such address cost a /proc/PID/maps parse and a miss).
     pub fn native(&mut self, pid: u32, ips: &[u64]) -> Vec<Frame> {
+        self.native_with(pid, ips, false)
+    }
+
+    /// `native` for a capture's stack, unwound with the process's unwind tables: every address in
+    /// it is code, so one outside the known mappings means a library loaded since they were read
+    /// (dlopen): they are read again at once rather than after `REREAD_MAPS`.
+    pub fn native_unwound(&mut self, pid: u32, ips: &[u64]) -> Vec<Frame> {
+        self.native_with(pid, ips, true)
+    }
+
+    fn native_with(&mut self, pid: u32, ips: &[u64], unwound: bool) -> Vec<Frame> {
         let Some(&leaf) = ips.first() else {
             return Vec::new();
         };
+        if unwound
+            && self
+                .exec
+                .peek(&pid)
+                .is_some_and(|(_, m)| ips.iter().any(|ip| !in_ranges(m, *ip)))
+        {
+            self.exec.retain(|k, _| *k != pid);
+        }
         let maps = self.exec_maps(pid, leaf);
         let keep = match ips.iter().skip(1).position(|ip| !in_ranges(maps, *ip)) {
             Some(cut) if !maps.is_empty() => cut + 1,
