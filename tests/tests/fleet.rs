@@ -74,33 +74,13 @@ fn prometheus_scrapes_exact_counts_and_p50s() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    // SIGUSR1: a status line now (the next one is due in 5 minutes).
-    // SAFETY: signalling our child.
-    unsafe { libc::kill(trace.pid() as i32, libc::SIGUSR1) };
-    std::thread::sleep(Duration::from_millis(800));
-    let done = trace.stop_with(libc::SIGTERM);
-    assert!(done.success, "{}", done.stderr);
-    assert!(
-        done.stderr.contains("agent stopped by SIGTERM"),
-        "{}",
-        done.stderr
-    );
-    let status: Vec<&str> = done
-        .stderr
-        .lines()
-        .filter(|l| l.contains("slowtrace: status after"))
-        .collect();
-    assert_eq!(
-        status.len(),
-        2,
-        "one on SIGUSR1, one at exit: {}",
-        done.stderr
-    );
-    assert!(status[0].contains(" 80 requests;"), "{}", status[0]);
+    // Everything is asked of Prometheus while the agent still runs: once it is gone, the next
+    // failed scrape marks its series stale and instant queries return nothing.
+    let records = trace.records_now();
 
     // The reference: record's per-request lines, per endpoint.
     let mut durations: HashMap<String, Vec<f64>> = HashMap::new();
-    for r in &done.records {
+    for r in &records {
         let ep = r["endpoint"].as_str().unwrap();
         let route = ep.split_once(' ').map_or(ep, |(_, r)| r).to_owned();
         durations
@@ -153,6 +133,29 @@ fn prometheus_scrapes_exact_counts_and_p50s() {
     assert!(lost.iter().all(|(_, v)| *v == 0.0), "{lost:?}");
     let rss = prom.by_label("process_resident_memory_bytes", "");
     assert!(rss[0].1 > 1e6 && rss[0].1 < 1e9, "{rss:?}");
+    // SIGUSR1: a status line now (the next one is due in 5 minutes).
+    // SAFETY: signalling our child.
+    unsafe { libc::kill(trace.pid() as i32, libc::SIGUSR1) };
+    std::thread::sleep(Duration::from_millis(800));
+    let done = trace.stop_with(libc::SIGTERM);
+    assert!(done.success, "{}", done.stderr);
+    assert!(
+        done.stderr.contains("agent stopped by SIGTERM"),
+        "{}",
+        done.stderr
+    );
+    let status: Vec<&str> = done
+        .stderr
+        .lines()
+        .filter(|l| l.contains("slowtrace: status after"))
+        .collect();
+    assert_eq!(
+        status.len(),
+        2,
+        "one on SIGUSR1, one at exit: {}",
+        done.stderr
+    );
+    assert!(status[0].contains(" 80 requests;"), "{}", status[0]);
 }
 
 /// The pid holding a flock on `path` (/proc/locks), the worker serving /lock.
