@@ -497,6 +497,10 @@ impl Agent {
     fn on_deadline(&mut self, out: &mut dyn Consumer) -> anyhow::Result<()> {
         self.drain_side();
         self.drain(out)?;
+        // Likewise handler calls: a call that returned since is no longer on its thread's handler
+        // stack, and planning would take it for lost and drop its captures before its record
+        // collects them.
+        self.drain_handlers(out)?;
         let now = mono_ns();
         let open = std::mem::take(&mut self.open);
         self.act(&open, now);
@@ -606,6 +610,8 @@ impl Agent {
     }
 
     fn scan(&mut self, out: &mut dyn Consumer) -> anyhow::Result<()> {
+        // Handler calls that returned collect their captures before planning forgets them.
+        self.drain_handlers(out)?;
         let now = mono_ns();
         let scan = self.tracker.scan(self.kernel.conns(), now, procfs::alive);
         for (rec, why) in &scan.finished {
