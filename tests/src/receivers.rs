@@ -180,3 +180,37 @@ impl Prometheus {
             .collect()
     }
 }
+
+/// A gzipped pprof file as protoc's text format, decoded with google/pprof's profile.proto
+/// (vendored in tests/proto): the standard decoder, not ours.
+pub fn protoc_decode_pprof(path: &std::path::Path) -> String {
+    let raw = Command::new("gzip")
+        .arg("-dc")
+        .arg(path)
+        .output()
+        .expect("gzip");
+    assert!(raw.status.success(), "{} is not gzip", path.display());
+    let proto = repo().join("tests/proto");
+    let mut protoc = Command::new("protoc")
+        .arg("--decode=perftools.profiles.Profile")
+        .arg("-I")
+        .arg(&proto)
+        .arg(proto.join("profile.proto"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("protoc (Debian protobuf-compiler; cargo xtask setup installs it)");
+    let mut stdin = protoc.stdin.take().unwrap();
+    let bytes = raw.stdout;
+    let writer = std::thread::spawn(move || std::io::Write::write_all(&mut stdin, &bytes));
+    let out = protoc.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    assert!(
+        out.status.success(),
+        "protoc could not decode {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}

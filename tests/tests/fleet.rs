@@ -201,7 +201,9 @@ fn otlp_spans_reach_phoenix_over_http_and_grpc() {
     });
     let url = |p: &str| format!("http://127.0.0.1:{port}{p}");
 
-    // OTLP/HTTP, every request sampled.
+    // OTLP/HTTP, every request sampled; the profile too, to match its samples with the spans.
+    let pprof_dir = tempfile::tempdir().unwrap();
+    let pprof = pprof_dir.path().join("agent.pb.gz");
     let trace = Trace::start_agent(&[
         "--port",
         &port.to_string(),
@@ -214,9 +216,11 @@ fn otlp_spans_reach_phoenix_over_http_and_grpc() {
         "--no-otlp-metrics",
         "--otlp-endpoint",
         &phoenix.base(),
+        "--pprof",
+        pprof.to_str().unwrap(),
     ]);
     let mut sent = 0;
-    for p in ["/books/joined", "/books/n1", "/books/n1slow", "/cpu?s=0.05"] {
+    for p in ["/books/joined", "/books/n1", "/books/n1slow", "/cpu?s=0.3"] {
         assert_eq!(curl(&[url(p)]), [200], "{p}");
         sent += 1;
     }
@@ -398,6 +402,18 @@ fn otlp_spans_reach_phoenix_over_http_and_grpc() {
         .as_str()
         .unwrap()
         .starts_with("SELECT")));
+
+    // The CPU-bound request's samples in the pprof file carry its span's id (~30 samples at
+    // 99 Hz): one request picked out of the profile by the id of its span.
+    let cpu_span = by_name("GET /cpu")["context"]["span_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let decoded = protoc_decode_pprof(&pprof);
+    assert!(
+        decoded.contains(&format!("string_table: \"{cpu_span}\"")),
+        "span id {cpu_span} of GET /cpu not among the pprof labels"
+    );
 
     // The killed worker's request.
     let killed = by_name("GET /lock");
