@@ -153,6 +153,13 @@ fn capture(o: &mut String, n: usize, c: &Capture) {
         "\nCapture {n} at +{}ms: {}{during}",
         c.offset_ms, c.state
     );
+    if c.stack_of == Some(crate::capture::eventloop::EVENT_LOOP) {
+        let _ = writeln!(
+            o,
+            "(the asyncio event loop's thread: it serves many requests at once, so this is \
+             what the loop ran at that instant, not necessarily this request's code)"
+        );
+    }
     if !c.python.is_empty() {
         let _ = writeln!(o, "Traceback (most recent call last):");
         for f in c.python.iter().rev() {
@@ -254,6 +261,7 @@ mod tests {
                 native_source: "none".into(),
                 took_us: 0,
                 errors: vec![],
+                stack_of: None,
             }],
             captures_missed: 0,
             profile: None,
