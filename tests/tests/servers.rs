@@ -159,17 +159,8 @@ fn gthread_captures_and_breakdown_are_of_the_serving_thread() {
     assert!(!captures(p).is_empty());
     for c in captures(p) {
         let f = frames_in(c, "threadapp.py");
-        assert!(
-            f.first().is_some_and(|f| f.starts_with("spin:")) && f[1..] == want_spin[1..],
-            "spinner capture {f:?}: {c}"
-        );
+        assert!(f.starts_with(&want_spin), "spinner capture {f:?}: {c}");
     }
-    assert!(
-        captures(p)
-            .iter()
-            .any(|c| frames_in(c, "threadapp.py").starts_with(&want_spin)),
-        "{p}"
-    );
 }
 
 /// uWSGI with a master and two workers, harakiri after 3 s, serving tests/servers/threadapp.py;
@@ -235,8 +226,10 @@ fn uwsgi_harakiri_case(extra: &[&str]) -> (Finished, Vec<Value>) {
     assert_eq!(k["killed"]["process_died"], true, "{k:#}");
     assert_eq!(k["end"], "process_exit", "{k:#}");
     let at = k["killed"]["at_ms"].as_u64().unwrap();
+    // uWSGI keeps harakiri deadlines in whole seconds and checks them once a second: the kill
+    // comes 2 to 4 s after the request started.
     assert!(
-        (2_500..6_000).contains(&at),
+        (1_500..6_000).contains(&at),
         "harakiri 3 s, killed at {at} ms"
     );
     // The killer is uWSGI's master, the parent of the worker that died.
@@ -420,6 +413,13 @@ fn uvicorn_captures_say_whose_stack_they_show() {
         "no capture of /sleep during /block: {s:#}"
     );
     assert!(captures(b).iter().all(shows), "{b:#}");
+    // Before and after /block, the loop was idle: waiting in its selector.
+    assert!(
+        captures(s).iter().any(|c| c["python"][0]["function"]
+            .as_str()
+            .is_some_and(|f| f.ends_with("select"))),
+        "no capture of the idle loop: {s:#}"
+    );
     // The awaiting request's own coroutine is never on the loop's stack while it waits.
     assert!(
         captures(s).iter().all(|c| frames_in(c, "asgiapp.py")
