@@ -283,4 +283,24 @@ mod tests {
             "{text}"
         );
     }
+
+    #[test]
+    fn an_event_loop_capture_says_whose_stack_it_is() {
+        let mut c = Capture {
+            state: "blocked".into(),
+            python: vec![frame("EpollSelector.select", "selectors.py", 468)],
+            ..Capture::default()
+        };
+        let mut plain = String::new();
+        capture(&mut plain, 1, &c);
+        assert!(!plain.contains("event loop"), "{plain}");
+        c.stack_of = Some(crate::capture::eventloop::EVENT_LOOP);
+        let mut labelled = String::new();
+        capture(&mut labelled, 1, &c);
+        let note = labelled.find("the asyncio event loop's thread").unwrap();
+        assert!(
+            note < labelled.find("Traceback").unwrap(),
+            "the note comes before the stack it qualifies:\n{labelled}"
+        );
+    }
 }
