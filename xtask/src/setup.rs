@@ -33,6 +33,10 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "prometheus",
     // protoc decodes the pprof export in its test (a standard decoder of profile.proto).
     "protobuf-compiler",
+    // uWSGI has no wheels: pip builds it from source (with the pyenv Python's own headers), as
+    // the tests build their native servers.
+    "gcc",
+    "libc6-dev",
 ];
 
 pub fn run(with_test_packages: bool) -> anyhow::Result<()> {

@@ -2,6 +2,7 @@
 //! the stack resolver thread, `crate::symbols`).
 
 pub mod ehframe;
+pub mod eventloop;
 pub mod procinfo;
 pub mod unwind;
 pub mod watchdog;

@@ -15,7 +15,7 @@ use tracer_common::{sched::ThreadSched, StackSample};
 
 use super::{
     ehframe::EhFrames,
-    procinfo,
+    eventloop, procinfo,
     unwind::{self, UserRegs},
     watchdog::{Job, RequestKey},
 };
@@ -159,6 +159,9 @@ fn capture(
     match r.python_stack(pid, tid) {
         Ok(frames) => c.python = frames,
         Err(e) => c.errors.push(e),
+    }
+    if eventloop::is_event_loop(&c.python) {
+        c.stack_of = Some(eventloop::EVENT_LOOP);
     }
     if state == "exited" {
         symbols::forget_exited(r, &[pid], false);

@@ -37,6 +37,12 @@ pub struct Capture {
     pub native_source: String,
     /// How long taking this capture took, in µs (reads and symbolization).
     pub took_us: u64,
+    /// Whose stack this is when it is not simply the request's thread: `event_loop` for an
+    /// asyncio loop thread, which serves many requests at once, so the stack is whatever the
+    /// loop ran at that instant (this request's task, another's, or the loop waiting in its
+    /// selector), not necessarily this request's code. Absent for a thread serving one request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stack_of: Option<&'static str>,
     /// What could not be read, and why (a capture is still useful when one part fails).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,

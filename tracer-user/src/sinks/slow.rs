@@ -153,6 +153,13 @@ fn capture(o: &mut String, n: usize, c: &Capture) {
         "\nCapture {n} at +{}ms: {}{during}",
         c.offset_ms, c.state
     );
+    if c.stack_of == Some(crate::capture::eventloop::EVENT_LOOP) {
+        let _ = writeln!(
+            o,
+            "(the asyncio event loop's thread: it serves many requests at once, so this is \
+             what the loop ran at that instant, not necessarily this request's code)"
+        );
+    }
     if !c.python.is_empty() {
         let _ = writeln!(o, "Traceback (most recent call last):");
         for f in c.python.iter().rev() {
@@ -254,6 +261,7 @@ mod tests {
                 native_source: "none".into(),
                 took_us: 0,
                 errors: vec![],
+                stack_of: None,
             }],
             captures_missed: 0,
             profile: None,
@@ -273,6 +281,26 @@ mod tests {
         assert!(
             text.contains("  File \"app.py\", line 20, in fetch"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn an_event_loop_capture_says_whose_stack_it_is() {
+        let mut c = Capture {
+            state: "blocked".into(),
+            python: vec![frame("EpollSelector.select", "selectors.py", 468)],
+            ..Capture::default()
+        };
+        let mut plain = String::new();
+        capture(&mut plain, 1, &c);
+        assert!(!plain.contains("event loop"), "{plain}");
+        c.stack_of = Some(crate::capture::eventloop::EVENT_LOOP);
+        let mut labelled = String::new();
+        capture(&mut labelled, 1, &c);
+        let note = labelled.find("the asyncio event loop's thread").unwrap();
+        assert!(
+            note < labelled.find("Traceback").unwrap(),
+            "the note comes before the stack it qualifies:\n{labelled}"
         );
     }
 }

@@ -307,6 +307,7 @@ impl Generator {
                     native_source: "switch-out".into(),
                     took_us: 800,
                     errors: vec![],
+                    stack_of: None,
                 }
             })
             .collect();

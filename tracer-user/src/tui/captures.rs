@@ -275,6 +275,7 @@ pub mod tests {
             native_source: "switch-out".into(),
             took_us: 900,
             errors: vec![],
+            stack_of: None,
         }
     }
 

@@ -478,6 +478,7 @@ mod tests {
                 native_source: String::new(),
                 took_us: 50,
                 errors: Vec::new(),
+                stack_of: None,
             }],
             captures_missed: 0,
             profile: None,
