@@ -274,11 +274,15 @@ fn uwsgi_harakiri_case(extra: &[&str]) -> (Finished, Vec<Value>) {
 #[ignore = "needs root: run with cargo xtask test"]
 fn uwsgi_harakiri_is_a_killed_record_with_sigkill_and_the_stuck_line() {
     require_root();
-    // uWSGI forks its workers without telling CPython (unless --py-call-osafterfork), so a
-    // worker's thread state keeps the master's thread id; with the option, CPython's after-fork
-    // hook renews it and the Python reader finds the worker's frames.
+    // With the option, CPython's after-fork hook renews the worker's thread id.
     let (_done, slow) = uwsgi_harakiri_case(&["--py-call-osafterfork"]);
-    let k = one(&slow, "GET /stuck");
+    stuck_line_in_every_capture(&slow);
+}
+
+/// The killed request's captures show the stuck line under the application, and the slow
+/// one's its own nap.
+fn stuck_line_in_every_capture(slow: &[Value]) {
+    let k = one(slow, "GET /stuck");
     let want = [
         format!("stuck:{}", mark("threadapp.py", "stuck")),
         format!("application:{}", mark("threadapp.py", "stuck_app")),
@@ -287,7 +291,7 @@ fn uwsgi_harakiri_is_a_killed_record_with_sigkill_and_the_stuck_line() {
         let f = frames_in(c, "threadapp.py");
         assert!(f.starts_with(&want), "{f:?}, want {want:?}: {c}");
     }
-    let s = one(&slow, "GET /sleep");
+    let s = one(slow, "GET /sleep");
     assert!(captures(s).iter().all(|c| frames_in(c, "threadapp.py")
         .first()
         .is_some_and(|f| f.starts_with("nap:"))));
@@ -295,11 +299,13 @@ fn uwsgi_harakiri_is_a_killed_record_with_sigkill_and_the_stuck_line() {
 
 #[test]
 #[ignore = "needs root: run with cargo xtask test"]
-fn uwsgi_harakiri_with_default_options_is_a_killed_record_with_native_frames() {
+fn uwsgi_harakiri_with_default_options_is_a_killed_record_with_the_stuck_line() {
     require_root();
-    // uWSGI's defaults: the killed record and its native frames are exact; the Python frames
-    // are missing (see docs/requirements.md, "Servers"), so they are not checked here.
-    uwsgi_harakiri_case(&[]);
+    // uWSGI's defaults fork the workers without telling CPython, so a worker's thread state
+    // keeps the master's thread id; the reader takes the one state no live thread claims as
+    // the main thread's (python/threads.rs), and the frames are the worker's.
+    let (_done, slow) = uwsgi_harakiri_case(&[]);
+    stuck_line_in_every_capture(&slow);
 }
 
 /// uvicorn serving tests/servers/asgiapp.py with one worker process; returns it and its port.

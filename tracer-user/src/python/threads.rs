@@ -121,11 +121,47 @@ impl Threads {
             Some(&(addr, pthread)) => {
                 Ok(read_tstate(mem, layout, addr, pthread, ns_tid)?.map(|buf| (addr, buf)))
             }
-            None => {
-                self.forget(tid);
-                Ok(None)
-            }
+            None => match self.forked_without_hook(mem, layout, ns_tid)? {
+                Some(found) => Ok(Some(found)),
+                None => {
+                    self.forget(tid);
+                    Ok(None)
+                }
+            },
         }
+    }
+
+    /// A process forked without CPython's after-fork hook (uWSGI's workers, unless
+    /// `--py-call-osafterfork`) keeps the parent's thread id in its one thread state, so its
+    /// main thread has no state of its own id. Then the single state whose id names no live
+    /// thread of this process is the main thread's (py-spy shows such a worker's frames under
+    /// the parent's pid for the same reason). Only for the main thread, only when exactly one
+    /// state is unclaimed, only for `native_thread_id` layouts (3.9/3.10 find threads through
+    /// the pthread, which fork renews).
+    fn forked_without_hook(
+        &mut self,
+        mem: &mut dyn AddressSpace,
+        layout: &Layout,
+        ns_tid: u32,
+    ) -> Result<Option<(u64, Vec<u8>)>, PyError> {
+        if !self.same_ns || ns_tid != self.pid || layout.thread_id != ThreadId::Native {
+            return Ok(None);
+        }
+        self.proc_syscalls += 3;
+        let Ok(dir) = std::fs::read_dir(format!("/proc/{}/task", self.pid)) else {
+            return Ok(None);
+        };
+        let live: Vec<u32> = dir
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+        let mut orphans = self.tstates.iter().filter(|(id, _)| !live.contains(id));
+        let (Some((_, &(addr, _))), None) = (orphans.next(), orphans.next()) else {
+            return Ok(None);
+        };
+        let mut buf = vec![0u8; layout.tstate_span() as usize];
+        let mut r = [Read::new(addr, &mut buf)];
+        mem.read_batch(&mut r)?;
+        Ok(r[0].complete().then_some((addr, buf)))
     }
 
     /// Walk every interpreter's thread list and record `native_thread_id → state`.
