@@ -8,7 +8,9 @@ mod capture;
 mod cli;
 mod config;
 mod config_file;
+mod doctor;
 mod events;
+mod exit;
 mod handlers;
 mod headless;
 mod launch;
@@ -28,14 +30,39 @@ use std::process::ExitCode;
 use clap::Parser as _;
 
 fn main() -> ExitCode {
-    let args = match config_file::expand(std::env::args_os().collect()) {
+    // A panic on the main thread is a bug: exit code 70 after the hook's one line.
+    std::panic::catch_unwind(run).unwrap_or(ExitCode::from(exit::SOFTWARE))
+}
+
+fn run() -> ExitCode {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // -v anywhere before `--` asks for the details (a panic's backtrace, the error's debug form).
+    let verbose = args
+        .iter()
+        .skip(1)
+        .take_while(|a| *a != "--")
+        .any(|a| a == "--verbose" || a.to_str().is_some_and(is_short_verbose));
+    one_line_panics(verbose);
+    let args = match config_file::expand(args) {
         Ok(a) => a,
         Err(err) => {
             eprintln!("slowtrace: error: {err}");
-            return ExitCode::from(2);
+            return ExitCode::from(exit::code(&err.into()));
         }
     };
-    let cli = cli::Cli::parse_from(args);
+    let cli = match cli::Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(err) => {
+            let code = exit::clap_code(&err);
+            if code == 0 {
+                // --help, --version: clap prints them.
+                let _ = err.print();
+            } else {
+                eprintln!("slowtrace: error: {}", exit::clap_line(&err));
+            }
+            return ExitCode::from(code);
+        }
+    };
     let level = match cli.verbose {
         0 => "warn",
         1 => "info",
@@ -55,15 +82,49 @@ fn main() -> ExitCode {
                 .map_err(anyhow::Error::from)
                 .and_then(headless::run)
         }
+        cli::Command::Doctor(args) => doctor::run(&args),
     };
     match result {
         Ok(code) => code,
         Err(err) => {
-            // One clear line (plus causes), not a backtrace.
+            // One clear line (plus causes), not a backtrace; -v adds the debug form.
             eprintln!("slowtrace: error: {}", one_line(&err));
-            ExitCode::FAILURE
+            if cli.verbose > 0 {
+                eprintln!("{err:?}");
+            }
+            ExitCode::from(exit::code(&err))
         }
     }
+}
+
+/// `-v`, `-vv`, or a cluster of short flags holding `v`.
+fn is_short_verbose(a: &str) -> bool {
+    a.strip_prefix('-')
+        .is_some_and(|r| !r.starts_with('-') && !r.is_empty() && r.chars().all(|c| c == 'v'))
+}
+
+/// A panic is a bug: one line saying where instead of Rust's report (and its backtrace hint).
+fn one_line_panics(verbose: bool) {
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let at = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let thread = std::thread::current();
+        let thread = thread.name().unwrap_or("a thread");
+        eprintln!(
+            "slowtrace: internal error in {thread}: {msg}{at} (a bug: please report it; -v shows a backtrace)"
+        );
+        if verbose {
+            eprintln!("{}", std::backtrace::Backtrace::force_capture());
+        }
+    }));
 }
 
 /// The error and its causes on one line, each said once: many of our errors name their cause
