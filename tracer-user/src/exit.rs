@@ -79,7 +79,7 @@ fn classify(e: &(dyn std::error::Error + 'static)) -> Option<u8> {
         });
     }
     if let Some(e) = e.downcast_ref::<io::Error>() {
-        return Some(if is_perm(e) { NOPERM } else { IOERR });
+        return Some(io(e));
     }
     None
 }
@@ -120,8 +120,28 @@ fn probe(e: &ProbeError) -> u8 {
     }
 }
 
+/// Errors only creating a file gives are CANTCREAT; the rest of I/O is IOERR.
+fn io(e: &io::Error) -> u8 {
+    if is_perm(e) {
+        return NOPERM;
+    }
+    match e.raw_os_error() {
+        Some(libc::ELOOP | libc::EROFS | libc::EEXIST | libc::EISDIR | libc::ENOTDIR) => CANTCREAT,
+        _ => IOERR,
+    }
+}
+
 fn is_perm(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::PermissionDenied || e.raw_os_error() == Some(libc::EPERM)
+}
+
+/// A message without an io::Error's "(os error N)" tail: the text is for people, and the same
+/// cause then reads the same wherever it is repeated.
+pub fn bare(s: &str) -> String {
+    match s.rfind(" (os error ") {
+        Some(i) if s.ends_with(')') => s[..i].to_owned(),
+        _ => s.to_owned(),
+    }
 }
 
 /// clap's own errors: help and version are not errors; the rest are usage errors.
@@ -133,13 +153,19 @@ pub fn clap_code(err: &clap::Error) -> u8 {
     }
 }
 
-/// clap's error as one line: its first line without the `error: ` prefix, and where to look.
-/// (clap adds the usage and a "For more information" paragraph; the hint keeps the pointer.)
+/// clap's error as one line: its first paragraph (the message, and the names of missing
+/// arguments clap lists below it) without the `error: ` prefix, and where to look; clap's usage
+/// and "For more information" paragraphs are left out.
 pub fn clap_line(err: &clap::Error) -> String {
     let text = err.render().to_string();
-    let first = text.lines().next().unwrap_or_default();
-    let first = first.strip_prefix("error: ").unwrap_or(first);
-    format!("{first} (see --help)")
+    let para: Vec<&str> = text
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    let joined = para.join(" ");
+    let msg = joined.strip_prefix("error: ").unwrap_or(&joined);
+    format!("{msg} (see --help)")
 }
 
 #[cfg(test)]

@@ -46,7 +46,7 @@ fn run() -> ExitCode {
     let args = match config_file::expand(args) {
         Ok(a) => a,
         Err(err) => {
-            eprintln!("slowtrace: error: {err}");
+            eprintln!("slowtrace: error: {}", exit::bare(&err.to_string()));
             return ExitCode::from(exit::code(&err.into()));
         }
     };
@@ -129,10 +129,10 @@ fn one_line_panics(verbose: bool) {
 
 /// The error and its causes on one line, each said once: many of our errors name their cause
 /// in their own message too (`output directory X: No such file…`), and `{:#}` would repeat it.
-fn one_line(err: &anyhow::Error) -> String {
+pub fn one_line(err: &anyhow::Error) -> String {
     let mut out = String::new();
     for cause in err.chain() {
-        let text = cause.to_string();
+        let text = exit::bare(&cause.to_string());
         if out.contains(&text) {
             continue;
         }
@@ -147,6 +147,129 @@ fn one_line(err: &anyhow::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What the command line `args` gives before anything is attached: the exit code and the
+    /// one line `main` prints (0 and "" when every check passes). `env` stands in for OTEL_*.
+    fn outcome(args: &[&str], env: &[(&str, &str)]) -> (u8, String) {
+        let args = std::iter::once("slowtrace")
+            .chain(args.iter().copied())
+            .map(std::ffi::OsString::from)
+            .collect();
+        let args = match config_file::expand(args) {
+            Ok(a) => a,
+            Err(e) => {
+                let e = anyhow::Error::from(e);
+                return (exit::code(&e), one_line(&e));
+            }
+        };
+        let cli = match cli::Cli::try_parse_from(args) {
+            Ok(c) => c,
+            Err(e) => return (exit::clap_code(&e), exit::clap_line(&e)),
+        };
+        let env = |k: &str| {
+            env.iter()
+                .find(|(var, _)| *var == k)
+                .map(|(_, v)| (*v).to_owned())
+        };
+        let checked: anyhow::Result<()> = match cli.command {
+            cli::Command::Record(a) => config::RecordConfig::from_args(&a)
+                .map(drop)
+                .map_err(Into::into),
+            cli::Command::Top(a) => config::TopConfig::from_args(&a)
+                .map(drop)
+                .map_err(Into::into),
+            cli::Command::Agent(a) => config::HeadlessConfig::from_args(&a, env)
+                .map(drop)
+                .map_err(Into::into),
+            _ => Ok(()),
+        };
+        match checked {
+            Ok(()) => (0, String::new()),
+            Err(e) => (exit::code(&e), one_line(&e)),
+        }
+    }
+
+    /// docs/errors.md's table, the rows that need no root: each bad input gives one line naming
+    /// the problem and its sysexits code. (The root rows are in tests/tests/errors.rs.)
+    #[test]
+    fn the_bad_input_table() {
+        let dir = std::env::temp_dir().join(format!("slowtrace-bad-input-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("real")).unwrap();
+        let p = |name: &str| dir.join(name).display().to_string();
+        std::fs::write(p("a-file"), "").unwrap();
+        std::os::unix::fs::symlink(p("real"), p("link")).unwrap();
+        std::fs::write(p("not-elf"), "#!/bin/sh\n").unwrap();
+        std::fs::write(p("bad.toml"), "threshold = \n").unwrap();
+        std::fs::write(p("unknown.toml"), "colour = 1\n").unwrap();
+        std::fs::write(p("list.toml"), "command = \"gunicorn\"\n").unwrap();
+        let me = std::process::id().to_string();
+        let me = me.as_str();
+        let pprof_dir = p("real");
+        let handler_not_elf = format!("{}:main", p("not-elf"));
+        let bad_toml = p("bad.toml");
+        let unknown_toml = p("unknown.toml");
+        let list_toml = p("list.toml");
+        let out_file = p("a-file");
+        let out_link = p("link");
+        let otlp = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318");
+        #[rustfmt::skip]
+        let table: Vec<(Vec<&str>, Vec<(&str, &str)>, u8, &str)> = vec![
+            (vec!["record", "--port", "0"], vec![], 64, "invalid value '0' for '--port <PORT>': 0 is not in 1..=65535"),
+            (vec!["record", "--port", "70000"], vec![], 64, "70000 is not in 1..=65535"),
+            (vec!["record", "--pid", "-5"], vec![], 64, "unexpected argument '-5'"),
+            (vec!["record", "--pid", "999999999"], vec![], 66, "no process with pid 999999999"),
+            (vec!["record", "--pid", "2"], vec![], 64, "pid 2 (kthreadd) is a kernel thread"),
+            (vec!["record"], vec![], 64, "nothing to trace: give --pid PID, --port PORT or -- COMMAND"),
+            (vec!["record", "--", "no-such-server-binary"], vec![], 66, "command not found: no-such-server-binary"),
+            (vec!["record", "--pid", me, "--threshold=-1s"], vec![], 64, "invalid value '-1s' for '--threshold <DURATION>'"),
+            (vec!["record", "--pid", me, "--threshold", "soon"], vec![], 64, "invalid value 'soon' for '--threshold <DURATION>'"),
+            (vec!["record", "--pid", me, "--duration", "0s"], vec![], 64, "--duration must be more than zero"),
+            (vec!["record", "--pid", me, "--duration", "99999999999999999999s"], vec![], 64, "number is too large"),
+            (vec!["record", "--pid", me, "--endpoint", "GET /*"], vec![], 64, "the following required arguments were not provided: --flamegraph"),
+            (vec!["record", "--pid", me, "--sample-hz", "5000"], vec![], 64, "--sample-hz 5000: use 1 to 1000"),
+            (vec!["record", "--pid", me, "--handler", "no-colon"], vec![], 64, "--handler no-colon: expected BINARY:PATTERN"),
+            (vec!["record", "--pid", me, "--handler", &handler_not_elf], vec![], 65, "is not an ELF file with symbols"),
+            (vec!["record", "--pid", me, "--handler", "/bin/true:*handle_request*"], vec![], 65, "no function matches in /bin/true"),
+            (vec!["record", "--pid", me, "--handler", "/no/such/server:main"], vec![], 66, "cannot read /no/such/server: No such file or directory"),
+            (vec!["record", "--pid", me, "--interrupt-after", "soon"], vec![], 64, "--interrupt-after \"soon\": expected DURATION:SIGNAL"),
+            (vec!["record", "--pid", me, "--dump-signal", "SIGFOO"], vec![], 64, "unknown signal \"SIGFOO\""),
+            (vec!["record", "--pid", me, "-o", &out_file], vec![], 73, "exists and is not a directory"),
+            (vec!["record", "--pid", me, "-o", &out_link], vec![], 73, "is a symbolic link; give the directory it points to"),
+            (vec!["record", "--pid", me, "-o", "/proc/nonexistent/x"], vec![], 73, "output directory /proc/nonexistent/x: No such file or directory"),
+            (vec!["top", "--pid", me, "--export", &out_link], vec![], 73, "is a symbolic link"),
+            (vec!["record", "--pid", me, "--pprof", &pprof_dir], vec![], 73, "is a directory; give a file name"),
+            (vec!["record", "--pid", me, "--sample-hz", "0", "--pprof", "x.pb.gz"], vec![], 64, "--pprof needs sampling on"),
+            (vec!["record", "--pid", me, "--pyroscope", "pyroscope:4040"], vec![], 64, "give the server's http:// or https:// URL"),
+            (vec!["record", "--bogus"], vec![], 64, "unexpected argument '--bogus' found"),
+            (vec!["frobnicate"], vec![], 64, "unrecognized subcommand 'frobnicate'"),
+            (vec!["agent", "--pid", me, "--metrics-addr", "localhost"], vec![], 64, "--metrics-addr \"localhost\": give HOST:PORT"),
+            (vec!["agent", "--pid", me, "--sample-ratio", "2"], vec![], 64, "--sample-ratio 2: use a number from 0 to 1"),
+            (vec!["agent", "--pid", me, "--max-endpoints", "0"], vec![], 64, "--max-endpoints must be at least 1"),
+            (vec!["agent", "--pid", me, "--log-every", "0s"], vec![], 64, "--log-every must be more than zero"),
+            (vec!["agent", "--pid", me, "--otlp-endpoint", "collector:4318"], vec![], 64, "OTLP endpoint"),
+            (vec!["agent", "--pid", me, "--otlp-protocol", "http/json", "--otlp-endpoint", "http://127.0.0.1:4318"], vec![], 64, "use grpc or http/protobuf"),
+            (vec!["agent", "--pid", me], vec![otlp, ("OTEL_EXPORTER_OTLP_PROTOCOL", "smoke")], 64, "OTLP protocol \"smoke\""),
+            (vec!["agent", "--config", &bad_toml, "--pid", me], vec![], 78, "string values must be quoted"),
+            (vec!["agent", "--config", &unknown_toml, "--pid", me], vec![], 78, "unknown key \"colour\""),
+            (vec!["agent", "--config", &list_toml], vec![], 78, "key \"command\": a list of strings"),
+            (vec!["agent", "--config", "/no/such/agent.toml"], vec![], 66, "--config /no/such/agent.toml: No such file or directory"),
+            (vec!["agent", "--config"], vec![], 64, "--config needs a file name"),
+            (vec!["doctor", "--port", "0"], vec![], 64, "0 is not in 1..=65535"),
+        ];
+        for (args, env, code, needle) in &table {
+            let (got, line) = outcome(args, env);
+            assert_eq!(
+                (got, line.contains(needle)),
+                (*code, true),
+                "{args:?}: {line}"
+            );
+            assert!(!line.contains('\n'), "{args:?}: not one line: {line}");
+            assert!(!line.contains("(os error"), "{args:?}: {line}");
+        }
+        assert!(table.len() >= 25);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn a_cause_already_in_the_message_is_not_repeated() {
