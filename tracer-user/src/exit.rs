@@ -86,7 +86,9 @@ fn classify(e: &(dyn std::error::Error + 'static)) -> Option<u8> {
 
 fn config(e: &ConfigError) -> u8 {
     match e {
-        ConfigError::PidNotFound(_) | ConfigError::CommandNotFound(_) => NOINPUT,
+        ConfigError::PidNotFound(_)
+        | ConfigError::PidExited(_)
+        | ConfigError::CommandNotFound(_) => NOINPUT,
         ConfigError::OutputDir { .. } | ConfigError::PprofFile { .. } => CANTCREAT,
         ConfigError::Handler(h) => match h {
             HandlerError::Read { source, .. } if source.kind() == io::ErrorKind::NotFound => {
@@ -124,6 +126,11 @@ fn probe(e: &ProbeError) -> u8 {
 fn io(e: &io::Error) -> u8 {
     if is_perm(e) {
         return NOPERM;
+    }
+    if e.get_ref()
+        .is_some_and(|inner| inner.is::<crate::sinks::Refused>())
+    {
+        return CANTCREAT;
     }
     match e.raw_os_error() {
         Some(libc::ELOOP | libc::EROFS | libc::EEXIST | libc::EISDIR | libc::ENOTDIR) => CANTCREAT,

@@ -47,19 +47,24 @@ pub fn create_private(path: &std::path::Path) -> std::io::Result<std::fs::File> 
     Ok(f)
 }
 
+/// An output path refused before anything was written (exit code 73, CANTCREAT).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);
+
 /// Refuse a symbolic link where an output directory goes: creating files in it would write
 /// wherever it points (and `slow/` has its old reports removed).
 pub fn refuse_symlinked_dir(dir: &std::path::Path) -> std::io::Result<()> {
     match std::fs::symlink_metadata(dir) {
-        Ok(m) if m.file_type().is_symlink() => Err(std::io::Error::other(format!(
+        Ok(m) if m.file_type().is_symlink() => Err(std::io::Error::other(Refused(format!(
             "{} is a symbolic link; give the directory it points to (output paths are not \
              followed through symlinks)",
             dir.display()
-        ))),
-        Ok(m) if !m.is_dir() => Err(std::io::Error::other(format!(
+        )))),
+        Ok(m) if !m.is_dir() => Err(std::io::Error::other(Refused(format!(
             "{} exists and is not a directory",
             dir.display()
-        ))),
+        )))),
         _ => Ok(()),
     }
 }
