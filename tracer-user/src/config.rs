@@ -496,7 +496,10 @@ pub fn prepare_output_dir(dir: &Path) -> Result<(), ConfigError> {
             .replacen(&format!("{} ", dir.display()), "", 1);
         return Err(err(std::io::Error::other(why)));
     }
-    std::fs::create_dir_all(dir).map_err(err)?;
+    // New directories are private; an existing one keeps its mode (the operator chose it).
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(dir)
+        .map_err(err)?;
     let probe = dir.join(".slowtrace-write-test");
     std::fs::OpenOptions::new()
         .write(true)

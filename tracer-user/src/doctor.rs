@@ -324,8 +324,7 @@ fn host_checks() -> Vec<Check> {
             Impact::Info,
         ),
     });
-    let v2 = cgroup2_at(Path::new("/sys/fs/cgroup"))
-        .or_else(|| cgroup2_at(Path::new("/sys/fs/cgroup/unified")));
+    let v2 = cgroup2_mount();
     out.push(Check::new(
         v2.is_some(),
         "cgroup v2",
@@ -348,18 +347,14 @@ fn host_checks() -> Vec<Check> {
     out
 }
 
-fn cgroup2_at(p: &Path) -> Option<String> {
-    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
-    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).ok()?;
-    // SAFETY: a NUL-terminated path and a zeroed statfs for the kernel to fill.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
-    #[expect(
-        clippy::unnecessary_cast,
-        reason = "f_type is i64 on x86_64, u32 on some targets"
-    )]
-    let ok = rc == 0 && st.f_type as i64 == CGROUP2_SUPER_MAGIC;
-    ok.then(|| p.display().to_string())
+/// Where a cgroup v2 hierarchy is mounted, from /proc/self/mounts.
+fn cgroup2_mount() -> Option<String> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let (_src, at, fstype) = (f.next()?, f.next()?, f.next()?);
+        (fstype == "cgroup2").then(|| at.to_owned())
+    })
 }
 
 fn target_checks(args: &DoctorArgs) -> Vec<Check> {

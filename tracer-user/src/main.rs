@@ -189,6 +189,9 @@ mod tests {
         }
     }
 
+    /// Arguments, environment, exit code, a piece of the message.
+    type Row<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, u8, &'a str);
+
     /// docs/errors.md's table, the rows that need no root: each bad input gives one line naming
     /// the problem and its sysexits code. (The root rows are in tests/tests/errors.rs.)
     #[test]
@@ -214,7 +217,7 @@ mod tests {
         let out_link = p("link");
         let otlp = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318");
         #[rustfmt::skip]
-        let table: Vec<(Vec<&str>, Vec<(&str, &str)>, u8, &str)> = vec![
+        let table: Vec<Row> = vec![
             (vec!["record", "--port", "0"], vec![], 64, "invalid value '0' for '--port <PORT>': 0 is not in 1..=65535"),
             (vec!["record", "--port", "70000"], vec![], 64, "70000 is not in 1..=65535"),
             (vec!["record", "--pid", "-5"], vec![], 64, "unexpected argument '-5'"),
