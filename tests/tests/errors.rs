@@ -343,7 +343,7 @@ fn errors_are_one_line_without_a_backtrace_and_verbose_adds_detail() {
     assert_eq!(help.status.code(), Some(0));
     let help = String::from_utf8_lossy(&help.stdout);
     assert!(
-        help.contains("Exit codes (sysexits): 0 ok, 64 bad flag"),
+        help.contains("Exit codes (sysexits): 0 ok, 1 other failure, 64 bad flag"),
         "{help}"
     );
     assert!(help.contains("docs/errors.md"), "{help}");

@@ -16,7 +16,7 @@ use clap::{Args, Parser, Subcommand};
     version,
     propagate_version = true,
     after_help = "Run `slowtrace doctor` first to see what this host allows.\n\n\
-Exit codes (sysexits): 0 ok, 64 bad flag or value, 65 unusable input (non-ELF --handler), \
+Exit codes (sysexits): 0 ok, 1 other failure, 64 bad flag or value, 65 unusable input (non-ELF --handler), \
 66 no such pid/command/file, 69 kernel feature missing, 70 internal error, 71 OS error, \
 73 cannot create output, 74 output write failed, 77 missing privileges, 78 bad --config \
 or OTEL_* variable. `record -- CMD` exits with CMD's own status when it fails. \

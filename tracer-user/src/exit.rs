@@ -21,7 +21,9 @@ pub const DATAERR: u8 = 65;
 pub const NOINPUT: u8 = 66;
 /// The kernel lacks something slowtrace needs (BTF-less fallbacks aside, which only degrade).
 pub const UNAVAILABLE: u8 = 69;
-/// A bug: an error nobody classified, or a panic.
+/// A failure of a kind not listed here (an untyped error, e.g. pystack's "runs no CPython").
+pub const OTHER: u8 = 1;
+/// A bug: a panic, or an eBPF object missing a program it should have.
 pub const SOFTWARE: u8 = 70;
 /// The OS refused something that should work (a map update, a thread).
 pub const OSERR: u8 = 71;
@@ -39,12 +41,16 @@ pub const DOCTOR_DEGRADED: u8 = 1;
 
 /// The exit code for an error: the first cause in its chain whose type we know decides.
 pub fn code(err: &anyhow::Error) -> u8 {
-    err.chain().find_map(classify).unwrap_or(SOFTWARE)
+    err.chain().find_map(classify).unwrap_or(OTHER)
 }
 
 fn classify(e: &(dyn std::error::Error + 'static)) -> Option<u8> {
     if let Some(e) = e.downcast_ref::<ConfigError>() {
         return Some(config(e));
+    }
+    // Checked again after attaching (a signal the target would die of), outside ConfigError.
+    if let Some(e) = e.downcast_ref::<ActError>() {
+        return Some(act(e));
     }
     if let Some(e) = e.downcast_ref::<ConfigFileError>() {
         return Some(match e {
@@ -99,9 +105,16 @@ fn config(e: &ConfigError) -> u8 {
             HandlerError::Elf { .. } | HandlerError::NoMatch { .. } => DATAERR,
             HandlerError::Syntax(_) | HandlerError::Pattern { .. } => USAGE,
         },
-        ConfigError::Act(ActError::NotCaught { .. }) => DATAERR,
+        ConfigError::Act(e) => act(e),
         // An OTEL_* variable is configuration; a flag's value is usage.
         ConfigError::Otlp(SettingsError::Env { .. }) => CONFIG,
+        _ => USAGE,
+    }
+}
+
+fn act(e: &ActError) -> u8 {
+    match e {
+        ActError::NotCaught { .. } => DATAERR,
         _ => USAGE,
     }
 }
@@ -187,7 +200,7 @@ mod tests {
         assert_eq!(code(&e), NOPERM);
         let e = anyhow::Error::from(io::Error::from_raw_os_error(libc::ENOSPC)).context("writing");
         assert_eq!(code(&e), IOERR);
-        assert_eq!(code(&anyhow::anyhow!("something new")), SOFTWARE);
+        assert_eq!(code(&anyhow::anyhow!("something new")), OTHER);
         let e = TracefsError::MountFailed(io::Error::from_raw_os_error(libc::EPERM));
         assert_eq!(code(&e.into()), NOPERM);
         let e = TracefsError::MountFailed(io::Error::from_raw_os_error(libc::ENODEV));
