@@ -114,7 +114,7 @@ fn unknown_handler_lists_closest_symbols() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(out.status.code(), Some(65), "EX_DATAERR: {err}");
     assert!(
         err.contains("no function matches") && err.contains("handle_request"),
         "{err}"
@@ -202,7 +202,7 @@ fn interrupt_is_refused_for_a_process_that_does_not_catch_it() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(out.status.code(), Some(65), "EX_DATAERR: {err}");
     assert!(err.contains("does not catch SIGALRM"), "{err}");
     assert_eq!(
         curl(&[format!("http://127.0.0.1:{port}/hello")]),

@@ -11,7 +11,17 @@ use clap::{Args, Parser, Subcommand};
 /// language. It needs root (or CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE and, to mount tracefs,
 /// CAP_SYS_ADMIN).
 #[derive(Debug, Parser)]
-#[command(name = "slowtrace", version, propagate_version = true)]
+#[command(
+    name = "slowtrace",
+    version,
+    propagate_version = true,
+    after_help = "Run `slowtrace doctor` first to see what this host allows.\n\n\
+Exit codes (sysexits): 0 ok, 1 other failure, 64 bad flag or value, 65 unusable input (non-ELF --handler), \
+66 no such pid/command/file, 69 kernel feature missing, 70 internal error, 71 OS error, \
+73 cannot create output, 74 output write failed, 77 missing privileges, 78 bad --config \
+or OTEL_* variable. `record -- CMD` exits with CMD's own status when it fails. \
+docs/errors.md lists every message."
+)]
 pub struct Cli {
     /// More log output (-v: info, -vv: debug).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -74,6 +84,32 @@ pub enum Command {
     /// SIGUSR1; SIGTERM and SIGINT stop it cleanly. docs/export.md has the details.
     #[command(verbatim_doc_comment, args_override_self = true)]
     Agent(AgentArgs),
+
+    /// Check this host before tracing: kernel, BTF, tracefs, capabilities, each attach type.
+    ///
+    /// Examples:
+    ///   slowtrace doctor
+    ///   slowtrace doctor --pid 1234
+    ///   slowtrace doctor --port 8000
+    ///
+    /// With --pid or --port it also reads the target's Python version and one stack of it.
+    /// Exit code: 0 record would work fully; 1 it would work, degraded (the ✗ lines say what is
+    /// lost); 77 it would not start for lack of privileges; 69 it would not start on this
+    /// kernel; 66 no such --pid.
+    #[command(verbatim_doc_comment)]
+    Doctor(DoctorArgs),
+}
+
+/// What `slowtrace doctor` looks at besides the host.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Also check this process: is it alive, which Python, can its frames be read. Repeatable.
+    #[arg(short, long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+
+    /// Also check whoever listens on this TCP port now. Repeatable.
+    #[arg(long = "port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub ports: Vec<u16>,
 }
 
 /// Where `record -o` writes by default, and where `top` exports on `e` without `--export`.

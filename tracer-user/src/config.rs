@@ -21,9 +21,13 @@ pub enum ConfigError {
     NoTarget,
     #[error("no process with pid {0}")]
     PidNotFound(u32),
+    #[error("pid {pid} ({comm}) is a kernel thread: slowtrace traces user-space servers")]
+    KernelThread { pid: u32, comm: String },
+    #[error("pid {0} exited while slowtrace attached to it")]
+    PidExited(u32),
     #[error("command not found: {0}")]
     CommandNotFound(String),
-    #[error("output directory {path}: {source}")]
+    #[error("output directory {}: {}", path.display(), crate::exit::bare(&source.to_string()))]
     OutputDir {
         path: PathBuf,
         source: std::io::Error,
@@ -305,6 +309,9 @@ impl Targets {
             if !crate::procfs::alive(pid) {
                 return Err(ConfigError::PidNotFound(pid));
             }
+            if let Some(comm) = kernel_thread(pid) {
+                return Err(ConfigError::KernelThread { pid, comm });
+            }
         }
         let command = match a.command.split_first() {
             None => None,
@@ -319,6 +326,27 @@ impl Targets {
             command,
         })
     }
+}
+
+impl Targets {
+    /// After attaching: a `--pid` that exited meanwhile would leave nothing to trace, silently.
+    pub fn check_still_alive(&self) -> Result<(), ConfigError> {
+        match self.pids.iter().find(|&&p| !crate::procfs::alive(p)) {
+            Some(&pid) => Err(ConfigError::PidExited(pid)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The name of `pid` if it is a kernel thread (PF_KTHREAD in /proc/PID/stat's flags).
+fn kernel_thread(pid: u32) -> Option<String> {
+    const PF_KTHREAD: u64 = 0x0020_0000;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (head, rest) = stat.rsplit_once(')')?;
+    // After "pid (comm)": state ppid pgrp session tty_nr tpgid flags.
+    let flags: u64 = rest.split_whitespace().nth(6)?.parse().ok()?;
+    let comm = head.split_once('(').map_or("", |(_, c)| c);
+    (flags & PF_KTHREAD != 0).then(|| comm.to_owned())
 }
 
 impl RecordConfig {
@@ -454,14 +482,33 @@ impl TopConfig {
 }
 
 /// Create an output directory and prove we can write there now, not after minutes of tracing.
+/// A symbolic link, or a file, where the directory goes is refused.
 pub fn prepare_output_dir(dir: &Path) -> Result<(), ConfigError> {
+    use std::os::unix::fs::OpenOptionsExt as _;
     let err = |source| ConfigError::OutputDir {
         path: dir.to_owned(),
         source,
     };
-    std::fs::create_dir_all(dir).map_err(err)?;
+    if let Err(e) = crate::sinks::refuse_symlinked_dir(dir) {
+        // Its message names the path already; say what is wrong only.
+        let why = e
+            .to_string()
+            .replacen(&format!("{} ", dir.display()), "", 1);
+        return Err(err(std::io::Error::other(why)));
+    }
+    // New directories are private; an existing one keeps its mode (the operator chose it).
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(dir)
+        .map_err(err)?;
     let probe = dir.join(".slowtrace-write-test");
-    std::fs::write(&probe, b"").map_err(err)?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&probe)
+        .map_err(err)?;
     let _ = std::fs::remove_file(&probe);
     Ok(())
 }

@@ -63,6 +63,7 @@ impl Consumer for Recorder {
 
 pub fn run(cfg: RecordConfig) -> anyhow::Result<ExitCode> {
     let agent = Agent::attach(&cfg.agent)?;
+    cfg.agent.targets.check_still_alive()?;
     for d in &agent.degraded {
         eprintln!("slowtrace: note: {d}");
     }

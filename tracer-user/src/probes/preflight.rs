@@ -3,8 +3,8 @@
 
 use std::fs;
 
-/// Capabilities slowtrace uses, with why.
-const NEEDED: &[(u32, &str, &str)] = &[
+/// Capabilities slowtrace cannot start without (CAP_SYS_ADMIN stands in for all three), with why.
+pub const NEEDED: &[(u32, &str, &str)] = &[
     (39, "CAP_BPF", "load eBPF programs and maps"),
     (
         38,
@@ -17,7 +17,31 @@ const NEEDED: &[(u32, &str, &str)] = &[
         "read /proc/PID/fd of other users' processes",
     ),
 ];
-const CAP_SYS_ADMIN: u32 = 21;
+pub const CAP_SYS_ADMIN: u32 = 21;
+
+/// Capabilities that only some uses need: what is lost without each.
+pub const OPTIONAL: &[(u32, &str, &str)] = &[
+    (
+        CAP_SYS_ADMIN,
+        "CAP_SYS_ADMIN",
+        "mount tracefs when it is not mounted",
+    ),
+    (
+        2,
+        "CAP_DAC_READ_SEARCH",
+        "read /proc/PID/maps and binaries of other users' processes (symbols, Python)",
+    ),
+    (
+        34,
+        "CAP_SYSLOG",
+        "name kernel frames when kernel.kptr_restrict is 1",
+    ),
+    (
+        5,
+        "CAP_KILL",
+        "send --interrupt-after/--dump-signal to other users' processes",
+    ),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum PreflightError {
@@ -31,7 +55,7 @@ pub enum PreflightError {
 }
 
 /// Effective capability set of this process.
-fn cap_eff() -> u64 {
+pub fn cap_eff() -> u64 {
     fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -42,24 +66,27 @@ fn cap_eff() -> u64 {
         .unwrap_or(0)
 }
 
-pub fn check() -> Result<Vec<String>, PreflightError> {
-    let mut notes = Vec::new();
-    let caps = cap_eff();
+/// The needed capabilities this process lacks, as `CAP_X (to why)`.
+pub fn missing(caps: u64) -> Vec<String> {
     let has = |bit: u32| caps & (1 << bit) != 0;
     let admin = has(CAP_SYS_ADMIN);
-    let missing: Vec<String> = NEEDED
+    NEEDED
         .iter()
         .filter(|(bit, ..)| !has(*bit) && !admin)
         .map(|(_, name, why)| format!("{name} (to {why})"))
-        .collect();
+        .collect()
+}
+
+pub fn check() -> Result<Vec<String>, PreflightError> {
+    let mut notes = Vec::new();
+    let missing = missing(cap_eff());
     if !missing.is_empty() {
         return Err(PreflightError::Privileges {
             missing: missing.join(", "),
         });
     }
-    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let release = release.trim().to_owned();
-    if kernel_older_than(&release, (5, 8)) {
+    let release = kernel_release();
+    if kernel_older_than(&release, MIN_KERNEL) {
         return Err(PreflightError::KernelTooOld(release));
     }
     if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
@@ -73,7 +100,17 @@ pub fn check() -> Result<Vec<String>, PreflightError> {
     Ok(notes)
 }
 
-fn kernel_older_than(release: &str, (maj, min): (u32, u32)) -> bool {
+/// The BPF ring buffer arrived in Linux 5.8.
+pub const MIN_KERNEL: (u32, u32) = (5, 8);
+
+pub fn kernel_release() -> String {
+    fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+pub fn kernel_older_than(release: &str, (maj, min): (u32, u32)) -> bool {
     let mut it = release.split(['.', '-']).map(|p| p.parse::<u32>().ok());
     match (it.next().flatten(), it.next().flatten()) {
         (Some(a), Some(b)) => (a, b) < (maj, min),

@@ -57,7 +57,8 @@ pub fn ensure() -> Result<(PathBuf, bool), TracefsError> {
     })
 }
 
-fn find() -> Option<PathBuf> {
+/// Where tracefs is mounted with its events, if it is.
+pub fn find() -> Option<PathBuf> {
     CANDIDATES
         .iter()
         .map(PathBuf::from)

@@ -23,6 +23,7 @@ pub struct SlowSink {
 impl SlowSink {
     pub fn create(out_dir: &Path) -> std::io::Result<Self> {
         let dir = out_dir.join("slow");
+        super::refuse_symlinked_dir(&dir)?;
         std::fs::create_dir_all(&dir)?;
         // Reports of an earlier run in the same directory would read as this run's; slow.jsonl
         // is truncated too.
