@@ -253,6 +253,7 @@ mod tests {
             (vec!["agent", "--pid", me, "--otlp-endpoint", "collector:4318"], vec![], 64, "OTLP endpoint"),
             (vec!["agent", "--pid", me, "--otlp-protocol", "http/json", "--otlp-endpoint", "http://127.0.0.1:4318"], vec![], 64, "use grpc or http/protobuf"),
             (vec!["agent", "--pid", me], vec![otlp, ("OTEL_EXPORTER_OTLP_PROTOCOL", "smoke")], 64, "OTLP protocol \"smoke\""),
+            (vec!["agent", "--pid", me, "--otlp-protocol", "grpc"], vec![], 64, "--otlp-protocol needs an endpoint"),
             (vec!["agent", "--config", &bad_toml, "--pid", me], vec![], 78, "string values must be quoted"),
             (vec!["agent", "--config", &unknown_toml, "--pid", me], vec![], 78, "unknown key \"colour\""),
             (vec!["agent", "--config", &list_toml], vec![], 78, "key \"command\": a list of strings"),

@@ -37,6 +37,8 @@ pub enum SettingsError {
     Protocol(String),
     #[error("OTLP endpoint {0:?}: give a URL such as http://127.0.0.1:4318 (http/protobuf) or http://127.0.0.1:4317 (grpc)")]
     Endpoint(String),
+    #[error("--otlp-protocol needs an endpoint: give --otlp-endpoint URL or set OTEL_EXPORTER_OTLP_ENDPOINT")]
+    ProtocolWithoutEndpoint,
     #[error("{var}={value:?}: {why}")]
     Env {
         var: &'static str,
@@ -91,6 +93,11 @@ pub fn resolve(
         .or_else(|| env("OTEL_EXPORTER_OTLP_ENDPOINT"));
     let traces_specific = env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
     if base.is_none() && traces_specific.is_none() {
+        // A protocol flag with nowhere to send is a mistake worth saying; OTLP stays off.
+        if let Some(p) = flags.protocol {
+            Protocol::parse(p)?;
+            return Err(SettingsError::ProtocolWithoutEndpoint);
+        }
         return Ok(None);
     }
     let traces = target(flags, &env, "TRACES", "v1/traces", base.as_deref())?;
@@ -246,6 +253,18 @@ mod tests {
     #[test]
     fn nothing_configured_means_off() {
         assert_eq!(resolve(&Flags::default(), env(&[])).unwrap(), None);
+        let proto = |p| Flags {
+            protocol: Some(p),
+            ..Flags::default()
+        };
+        assert_eq!(
+            resolve(&proto("grpc"), env(&[])).unwrap_err(),
+            SettingsError::ProtocolWithoutEndpoint
+        );
+        assert_eq!(
+            resolve(&proto("smoke"), env(&[])).unwrap_err(),
+            SettingsError::Protocol("smoke".into())
+        );
     }
 
     #[test]
