@@ -391,7 +391,8 @@ fn an_unsupported_python_is_named() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    // EX_DATAERR (65): the process exists but is not a Python we can read (docs/errors.md).
+    assert_eq!(out.status.code(), Some(65), "{err}");
     assert!(
         err.contains("Python 3.8") && err.contains("supported: CPython 3.9-3.13"),
         "{err}"
