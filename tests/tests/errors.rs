@@ -296,6 +296,19 @@ fn a_pid_that_exits_during_attach_is_said_with_exit_66() {
         66,
         &format!("pid {pid} exited while slowtrace attached to it"),
     );
+    // The headless agent too.
+    let mut short = Command::new("sleep").arg("0.15").spawn().unwrap();
+    let pid = short.id().to_string();
+    let out = Command::new(slowtrace_bin())
+        .args(["agent", "--pid", &pid, "--metrics-addr", "off"])
+        .output()
+        .expect("run slowtrace");
+    let _ = short.wait();
+    assert_exit(
+        &out,
+        66,
+        &format!("pid {pid} exited while slowtrace attached to it"),
+    );
 }
 
 #[test]

@@ -150,6 +150,8 @@ pub fn run(cfg: HeadlessConfig) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let agent = Agent::attach(&cfg.agent)?;
+    // A --pid that exited while the programs were loading: say so rather than trace nothing.
+    cfg.agent.targets.check_still_alive()?;
     for d in &agent.degraded {
         eprintln!("slowtrace: note: {d}");
     }
