@@ -414,15 +414,7 @@ mod tests {
             bytes_in: 0,
             bytes_out: 0,
             end: "close",
-            seq: 0,
-            conn_id: 0,
-            pipeline_index: None,
-            signals: Vec::new(),
-            breakdown: None,
-            downstream: None,
-            findings: Vec::new(),
-            round_trips: Vec::new(),
-            reported_slow: false,
+            ..crate::model::request::test_request()
         }
     }
 

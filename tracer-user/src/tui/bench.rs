@@ -375,15 +375,7 @@ fn synthetic(n: u64, e: usize, duration_us: u64, status: u16) -> Request {
         bytes_in: 300,
         bytes_out: 4000,
         end: "close",
-        seq: 0,
-        conn_id: 0,
-        pipeline_index: None,
-        signals: Vec::new(),
-        breakdown: None,
-        downstream: None,
-        findings: Vec::new(),
-        round_trips: Vec::new(),
-        reported_slow: false,
+        ..crate::model::request::test_request()
     }
 }
 

@@ -35,15 +35,7 @@ pub fn req(endpoint: &str, ms: u64, status: u16) -> Request {
         bytes_in: 80,
         bytes_out: 120,
         end: "close",
-        seq: 0,
-        conn_id: 0,
-        pipeline_index: None,
-        signals: Vec::new(),
-        breakdown: None,
-        downstream: None,
-        findings: Vec::new(),
-        round_trips: Vec::new(),
-        reported_slow: false,
+        ..crate::model::request::test_request()
     }
 }
 
