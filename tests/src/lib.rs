@@ -106,15 +106,22 @@ pub fn catches(pid: u32, signal: i32) -> bool {
 
 /// Whether some process holds a `flock` on `path` (not merely waits for one): /proc/locks.
 pub fn flock_held(path: &Path) -> bool {
+    flock_holder(path).is_some()
+}
+
+/// The pid holding a `flock` on `path` (a waiter is not a holder), from /proc/locks.
+pub fn flock_holder(path: &Path) -> Option<i32> {
     use std::os::unix::fs::MetadataExt as _;
-    let inode = format!(":{}", std::fs::metadata(path).unwrap().ino());
+    let inode = format!(":{}", std::fs::metadata(path).ok()?.ino());
     std::fs::read_to_string("/proc/locks")
         .unwrap_or_default()
         .lines()
-        .any(|l| {
+        .find_map(|l| {
             // "1: FLOCK  ADVISORY  WRITE 4242 00:1f:123 0 EOF"; a waiter has "->" after the number.
             let f: Vec<&str> = l.split_whitespace().collect();
-            f.get(1) == Some(&"FLOCK") && f.get(5).is_some_and(|id| id.ends_with(&inode))
+            (f.get(1) == Some(&"FLOCK") && f.get(5).is_some_and(|id| id.ends_with(&inode)))
+                .then(|| f.get(4)?.parse().ok())
+                .flatten()
         })
 }
 

@@ -158,21 +158,6 @@ fn prometheus_scrapes_exact_counts_and_p50s() {
     assert!(status[0].contains(" 80 requests;"), "{}", status[0]);
 }
 
-/// The pid holding a flock on `path` (/proc/locks), the worker serving /lock.
-fn flock_holder(path: &std::path::Path) -> Option<i32> {
-    use std::os::unix::fs::MetadataExt as _;
-    let inode = format!(":{}", std::fs::metadata(path).ok()?.ino());
-    std::fs::read_to_string("/proc/locks")
-        .ok()?
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.get(1) == Some(&"FLOCK") && f.get(5).is_some_and(|id| id.ends_with(&inode)))
-                .then(|| f.get(4)?.parse().ok())
-                .flatten()
-        })
-}
-
 fn attr<'a>(span: &'a Value, key: &str) -> &'a Value {
     &span["attributes"][key]
 }

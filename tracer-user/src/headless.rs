@@ -15,7 +15,7 @@ use std::{
 use tracer_common::Counter;
 
 use crate::{
-    agent::{Agent, AgentEvent, Consumer, Counters},
+    agent::{Agent, AgentEvent, Consumer},
     config::HeadlessConfig,
     model::{handler::HandlerCall, slow::SlowRequest},
     sinks::{
@@ -43,7 +43,6 @@ struct Headless {
     log_every: Duration,
     last_log: Instant,
     started: Instant,
-    last_counters: Counters,
 }
 
 impl Consumer for Headless {
@@ -57,7 +56,6 @@ impl Consumer for Headless {
             }
             AgentEvent::Tick { counters, .. } => {
                 self.metrics.counters(counters);
-                self.last_counters.clone_from(counters);
                 if STATUS_NOW.swap(false, Ordering::Relaxed)
                     || self.last_log.elapsed() >= self.log_every
                 {
@@ -94,15 +92,8 @@ impl Consumer for Headless {
 impl Headless {
     /// One line: what was seen, sent and dropped, and what the agent costs.
     fn status(&self) -> String {
-        let snap = self.metrics.snapshot();
-        let requests = snap
-            .family("slowtrace_requests")
-            .and_then(|f| f.points.first())
-            .map_or(0, |p| match p.value {
-                crate::sinks::metrics::Value::Int(n) => n,
-                _ => 0,
-            });
-        let c = &self.last_counters;
+        let (requests, counters) = self.metrics.totals();
+        let c = &counters;
         let e = &self.metrics.export;
         let g = ExportStats::get;
         let me = crate::procfs::self_usage();
@@ -207,7 +198,6 @@ pub fn run(cfg: HeadlessConfig) -> anyhow::Result<ExitCode> {
         log_every: cfg.log_every,
         last_log: Instant::now(),
         started: Instant::now(),
-        last_counters: Counters::default(),
     };
     let started_at = std::time::SystemTime::now();
     let done = agent.run(&mut out, cfg.duration, Arc::new(AtomicBool::new(false)))?;
@@ -225,7 +215,6 @@ pub fn run(cfg: HeadlessConfig) -> anyhow::Result<ExitCode> {
         }
     }
     out.metrics.counters(&done.counters);
-    out.last_counters = done.counters.clone();
     if let Some(f) = out.files.as_mut() {
         f.flush()?;
     }

@@ -280,6 +280,12 @@ impl FleetMetrics {
         st.counters.clone_from(c);
     }
 
+    /// Requests seen and the counters of the last tick, for the agent's status line.
+    pub fn totals(&self) -> (u64, Counters) {
+        let st = self.lock();
+        (st.requests, st.counters.clone())
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         let st = self.lock();
         let mut s = Snapshot::default();
@@ -607,6 +613,7 @@ impl Snapshot {
         });
     }
 
+    #[cfg(test)]
     pub fn family(&self, name: &str) -> Option<&Family> {
         self.families.iter().find(|f| f.name == name)
     }
