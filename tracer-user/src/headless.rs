@@ -205,13 +205,19 @@ pub fn run(cfg: HeadlessConfig) -> anyhow::Result<ExitCode> {
         if let (Some(path), Some(profile), Some(pc)) =
             (&cfg.pprof, &p.profile, cfg.agent.profile.as_ref())
         {
-            match crate::record::write_pprof(path, profile, pc, started_at, out.started.elapsed()) {
+            match crate::sinks::pprof::write_run(
+                path,
+                profile,
+                pc,
+                started_at,
+                out.started.elapsed(),
+            ) {
                 Ok(line) => eprintln!("slowtrace: {line}"),
                 Err(e) => eprintln!("slowtrace: WARNING: writing {}: {e}", path.display()),
             }
         }
         if let Some(r) = &p.push {
-            eprintln!("slowtrace: {}", crate::record::push_line(r));
+            eprintln!("slowtrace: {}", crate::sinks::pyroscope::summary_line(r));
         }
     }
     out.metrics.counters(&done.counters);

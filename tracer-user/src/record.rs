@@ -138,12 +138,12 @@ pub fn run(cfg: RecordConfig) -> anyhow::Result<ExitCode> {
         if let (Some(path), Some(profile), Some(pc)) =
             (&cfg.pprof, &p.profile, cfg.agent.profile.as_ref())
         {
-            match write_pprof(path, profile, pc, started_at, elapsed) {
+            match pprof::write_run(path, profile, pc, started_at, elapsed) {
                 Ok(line) => exports.push(line),
                 Err(e) => errors.push(format!("writing {}: {e}", path.display())),
             }
         }
-        exports.extend(p.push.as_ref().map(push_line));
+        exports.extend(p.push.as_ref().map(crate::sinks::pyroscope::summary_line));
         footer.extend(profile_report(
             p,
             &done.counters,
@@ -160,76 +160,6 @@ pub fn run(cfg: RecordConfig) -> anyhow::Result<ExitCode> {
         Some(code) if code != 0 => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         _ => ExitCode::SUCCESS,
     })
-}
-
-/// The whole run's pprof file, and its summary line.
-pub(crate) fn write_pprof(
-    path: &std::path::Path,
-    profile: &crate::model::profile::Profile,
-    pc: &crate::profile::ProfilerConfig,
-    started: SystemTime,
-    elapsed: std::time::Duration,
-) -> std::io::Result<String> {
-    let Some(table) = profile.labelled.as_ref() else {
-        return Err(std::io::Error::other("no labelled profile was kept"));
-    };
-    let (frames, stacks) = profile.tables();
-    let values: &[pprof::Value] = if pc.wall {
-        &[
-            pprof::Value::Samples,
-            pprof::Value::CpuNs,
-            pprof::Value::WallNs,
-        ]
-    } else {
-        pprof::CPU
-    };
-    let nanos = |d: std::time::Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
-    let built = pprof::build(
-        frames,
-        stacks,
-        table,
-        &pprof::Meta {
-            sample_hz: pc.sample_hz,
-            values,
-            time_nanos: nanos(
-                started
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .unwrap_or_default(),
-            ),
-            duration_nanos: nanos(elapsed),
-            filter: pc.endpoint.as_ref(),
-        },
-    );
-    let gz = pprof::encode_gz(&built)?;
-    pprof::write_file(path, &gz)?;
-    let mut line = format!(
-        "pprof: {} ({} samples, {} locations, {} bytes)",
-        path.display(),
-        built.sample.len(),
-        built.location.len(),
-        gz.len()
-    );
-    if table.cut_span + table.cut_all > 0 {
-        line.push_str(&format!(
-            "\nWARNING: pprof labels over their caps: {} samples kept without their span_id, {} \
-             without any label but the endpoint",
-            table.cut_span, table.cut_all
-        ));
-    }
-    Ok(line)
-}
-
-/// What `--pyroscope` did.
-pub(crate) fn push_line(r: &crate::sinks::pyroscope::PushReport) -> String {
-    let mut line = format!(
-        "pyroscope: {} profiles pushed to {}, {} pushes failed (retried next period), {} profiles \
-         dropped",
-        r.pushed, r.url, r.failed, r.dropped
-    );
-    if let Some(e) = &r.last_error {
-        line.push_str(&format!("\nWARNING: pyroscope push failed: {e}"));
-    }
-    line
 }
 
 /// Downstream tracking counters.

@@ -440,6 +440,59 @@ pub fn write_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// The whole run's pprof file, and its summary line.
+pub fn write_run(
+    path: &std::path::Path,
+    profile: &crate::model::profile::Profile,
+    pc: &crate::profile::ProfilerConfig,
+    started: std::time::SystemTime,
+    elapsed: std::time::Duration,
+) -> std::io::Result<String> {
+    let Some(table) = profile.labelled.as_ref() else {
+        return Err(std::io::Error::other("no labelled profile was kept"));
+    };
+    let (frames, stacks) = profile.tables();
+    let values: &[Value] = if pc.wall {
+        &[Value::Samples, Value::CpuNs, Value::WallNs]
+    } else {
+        CPU
+    };
+    let nanos = |d: std::time::Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
+    let built = build(
+        frames,
+        stacks,
+        table,
+        &Meta {
+            sample_hz: pc.sample_hz,
+            values,
+            time_nanos: nanos(
+                started
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default(),
+            ),
+            duration_nanos: nanos(elapsed),
+            filter: pc.endpoint.as_ref(),
+        },
+    );
+    let gz = encode_gz(&built)?;
+    write_file(path, &gz)?;
+    let mut line = format!(
+        "pprof: {} ({} samples, {} locations, {} bytes)",
+        path.display(),
+        built.sample.len(),
+        built.location.len(),
+        gz.len()
+    );
+    if table.cut_span + table.cut_all > 0 {
+        line.push_str(&format!(
+            "\nWARNING: pprof labels over their caps: {} samples kept without their span_id, {} \
+             without any label but the endpoint",
+            table.cut_span, table.cut_all
+        ));
+    }
+    Ok(line)
+}
+
 #[cfg(test)]
 #[path = "pprof_tests.rs"]
 mod tests;

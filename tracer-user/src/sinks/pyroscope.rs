@@ -230,6 +230,19 @@ fn send(agent: &ureq::Agent, r: &Request) -> Result<(), String> {
         })
 }
 
+/// What `--pyroscope` did.
+pub fn summary_line(r: &PushReport) -> String {
+    let mut line = format!(
+        "pyroscope: {} profiles pushed to {}, {} pushes failed (retried next period), {} profiles \
+         dropped",
+        r.pushed, r.url, r.failed, r.dropped
+    );
+    if let Some(e) = &r.last_error {
+        line.push_str(&format!("\nWARNING: pyroscope push failed: {e}"));
+    }
+    line
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
