@@ -65,6 +65,17 @@ pub fn require_root() {
 
 /// Poll `ready` every 50 ms until it holds; fail naming `what` after `timeout`.
 #[track_caller]
+/// The line of the `# MARK:name` comment in tests/servers/FILE: tests name the lines they
+/// expect in captures by mark, not by number.
+pub fn mark(file: &str, name: &str) -> u64 {
+    let text = std::fs::read_to_string(server_script(file)).unwrap();
+    let tag = format!("# MARK:{name}");
+    text.lines()
+        .position(|l| l.trim_end().ends_with(&tag))
+        .unwrap_or_else(|| panic!("no {tag} in {file}")) as u64
+        + 1
+}
+
 pub fn wait_until(timeout: Duration, what: &str, mut ready: impl FnMut() -> bool) {
     wait_for(timeout, what, || ready().then_some(()));
 }

@@ -315,7 +315,7 @@ fn otlp_spans_reach_phoenix_over_http_and_grpc() {
     let slow = by_name("GET /books/n1slow");
     let caps = events(slow, "slowtrace.capture");
     assert!(!caps.is_empty(), "{slow:#}");
-    let line = mark_line("downstream_app.py", "MARK:n1slow");
+    let line = mark("downstream_app.py", "n1slow");
     // The view at the marked line, or at the sleep after it in the loop (innermost, or above
     // the ORM's frames when the capture caught a query).
     let at_view = |c: &&Value| {
@@ -438,15 +438,6 @@ fn otlp_spans_reach_phoenix_over_http_and_grpc() {
 
 fn rec_of<'a>(done: &'a Finished, endpoint: &str) -> &'a Value {
     done.with_endpoint(endpoint)[0]
-}
-
-/// The line of tests/servers/FILE holding `mark`.
-fn mark_line(file: &str, mark: &str) -> u64 {
-    let text = std::fs::read_to_string(server_script(file)).unwrap();
-    text.lines()
-        .position(|l| l.contains(mark))
-        .map(|i| i as u64 + 1)
-        .unwrap()
 }
 
 /// The resident memory of `pid`, bytes.

@@ -11,16 +11,6 @@ use std::{
 use integration_tests::*;
 use serde_json::Value;
 
-/// Line of the `# MARK:name` comment in a test server file.
-fn mark(file: &str, name: &str) -> u64 {
-    let text = std::fs::read_to_string(server_script(file)).unwrap();
-    let tag = format!("# MARK:{name}");
-    text.lines()
-        .position(|l| l.trim_end().ends_with(&tag))
-        .unwrap_or_else(|| panic!("no {tag} in {file}")) as u64
-        + 1
-}
-
 fn bin(name: &str) -> std::path::PathBuf {
     let b = venv().join("bin").join(name);
     assert!(b.exists(), "{} missing: run cargo xtask setup", b.display());
