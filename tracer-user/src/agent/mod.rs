@@ -18,6 +18,7 @@ use tracer_common::{Counter, EndReason, RequestRecord};
 
 mod capturing;
 mod explain;
+mod profiles;
 mod reaper;
 
 use capturing::{start_capture, Capturing, Finish};
@@ -134,6 +135,8 @@ pub struct Agent {
     handlers: Vec<Handler>,
     actor: Option<Actor>,
     profiler: Option<Profiler>,
+    /// Slow requests waiting for their own samples from the profiler thread.
+    awaiting: Vec<profiles::Awaiting>,
     calls: CallTracker,
     thresholds: Thresholds,
     /// Requests carry their round trips one by one (`Request::round_trips`).
@@ -316,6 +319,7 @@ impl Agent {
             handlers: cfg.handlers.clone(),
             actor: cfg.act.map(Actor::new),
             profiler,
+            awaiting: Vec::new(),
             calls: CallTracker::default(),
             thresholds: Thresholds {
                 n_plus_one: cfg.n_plus_one,
@@ -398,17 +402,30 @@ impl Agent {
                 d.site.clone_from(&site);
             }
         }
-        if let Some(p) = self.profiler.as_mut() {
-            // A request past the threshold takes its own samples along, for its flamegraph.
-            let over = self
-                .capturing
-                .as_ref()
-                .is_some_and(|c| req.duration_us >= c.threshold_us());
-            match slow.as_mut() {
-                Some(s) if over => s.profile = p.take_request(key),
-                _ => p.request_done(key),
+        // A request past the threshold takes its own samples along, for its flamegraph: it goes
+        // out when the profiler thread has handed them back (`profiles_in`).
+        let over = self
+            .capturing
+            .as_ref()
+            .is_some_and(|c| req.duration_us >= c.threshold_us());
+        match (slow, self.profiler.as_mut()) {
+            (Some(s), Some(_)) if over => self.await_profile(key, req, s, out),
+            (slow, p) => {
+                if let Some(p) = p {
+                    p.request_done(key);
+                }
+                self.emit(req, slow, out)
             }
         }
+    }
+
+    /// Out to the consumer: the request, then its slow record.
+    fn emit(
+        &mut self,
+        mut req: Box<Request>,
+        slow: Option<SlowRequest>,
+        out: &mut dyn Consumer,
+    ) -> anyhow::Result<()> {
         req.reported_slow = slow.is_some();
         out.on_event(AgentEvent::Request(req))?;
         match slow {
@@ -668,6 +685,7 @@ impl Agent {
             self.finish(&r, end, now, out)?;
         }
         self.release(true, out)?;
+        self.profiles_in(true, out)?;
         let command_status = self.child.take().and_then(stop_child);
         let counters = self.counters();
         let profile = self.profiler.take().map(Profiler::finish);
@@ -726,6 +744,7 @@ impl Agent {
                     if let Some(p) = self.profiler.as_mut() {
                         p.flush_done();
                     }
+                    self.profiles_in(false, out)?;
                     self.drain_handlers(out)?;
                     self.discover(mono_ns());
                 }

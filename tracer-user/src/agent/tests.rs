@@ -361,3 +361,75 @@ fn a_slow_request_waits_for_its_captures_and_carries_the_site_everywhere() {
     a.scan(&mut out).unwrap();
     assert_eq!(out.order.len(), 2, "nothing twice");
 }
+
+#[test]
+fn a_slow_request_does_not_hold_the_loop_while_the_profiler_is_busy() {
+    let stacks = crate::symbols::Stacks::spawn(None).unwrap();
+    // The resolver thread is kept busy until `go` is sent, so the profiler thread is stuck in
+    // the round trip for the batch of samples below: the agent must not wait for it.
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    assert!(stacks.try_run(move |_| {
+        let _ = wait.recv_timeout(Duration::from_secs(10));
+    }));
+    let profiler = Profiler::spawn(
+        crate::profile::ProfilerConfig {
+            sample_hz: 99,
+            out_dir: None,
+            endpoint: None,
+            wall: false,
+            labels: false,
+            push: None,
+        },
+        stacks,
+    )
+    .unwrap();
+    let threshold = Duration::from_secs(1);
+    let capture = CaptureConfig {
+        threshold,
+        resample: Duration::from_secs(10),
+        max_captures: 3,
+    };
+    let cfg = config(Some(capture));
+    let jobs = FakeJobs::default();
+    let kernel = FakeKernel::default();
+    let capturing = capturing::Capturing::new(capture, Box::new(jobs.clone()));
+    let mut a = Agent::assemble(
+        Box::new(kernel.clone()),
+        &cfg,
+        Some(capturing),
+        Some(profiler),
+    );
+    let start = mono_ns() - 2_000_000_000;
+    if let Some(p) = a.profiler.as_mut() {
+        let mut sample = ProfileRecord::zeroed();
+        sample.tgid = pid();
+        sample.tid = pid();
+        p.submit(sample);
+        p.flush_done();
+    }
+    kernel
+        .0
+        .borrow_mut()
+        .requests
+        .push_back(encode(&record(0, "/slow", start, 1_500_000_000)));
+    let mut out = Outputs::default();
+    let t = std::time::Instant::now();
+    a.drain(&mut out).unwrap();
+    a.profiles_in(false, &mut out).unwrap();
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "the loop waited for the profiler: {:?}",
+        t.elapsed()
+    );
+    assert!(
+        out.order.is_empty(),
+        "held for its samples: {:?}",
+        out.order
+    );
+    go.send(()).unwrap();
+    // At the end, the answer is waited for and the request goes out once, whole.
+    a.profiles_in(true, &mut out).unwrap();
+    assert_eq!(out.order, ["request GET /slow", "slow GET /slow"]);
+    a.profiles_in(true, &mut out).unwrap();
+    assert_eq!(out.order.len(), 2, "nothing twice");
+}

@@ -74,8 +74,8 @@ enum Msg {
     Samples(Vec<ProfileRecord>),
     /// Fast requests that ended: their own stacks are dropped.
     DoneBatch(Vec<ReqKey>),
-    /// A slow request ended: hand its own samples back.
-    Take(ReqKey, mpsc::SyncSender<Option<RequestProfile>>),
+    /// A slow request ended: hand its own samples back (on the `taken` channel).
+    Take(ReqKey),
     Finish(mpsc::Sender<Report>),
 }
 
@@ -112,7 +112,14 @@ pub struct Profiler {
     queued: Arc<AtomicUsize>,
     /// Fast requests ended since the last `flush_done`.
     done: Vec<ReqKey>,
+    /// The profiler thread's answers to `ask_request`: a slow request and its own samples.
+    taken: Receiver<Taken>,
+    /// Slow requests whose own samples were not asked for (queue full) or not waited for.
+    missed_takes: u64,
 }
+
+/// A slow request and its own samples (None: it had none, or they were dropped).
+pub type Taken = (ReqKey, Option<RequestProfile>);
 
 /// Request ends handed over in one message at most.
 const DONE_BATCH: usize = 4096;
@@ -123,11 +130,12 @@ impl Profiler {
         let (tx, rx) = mpsc::sync_channel::<Msg>(QUEUE);
         let hot = Arc::new(Mutex::new(Vec::new()));
         let queued = Arc::new(AtomicUsize::new(0));
+        let (taken_tx, taken) = mpsc::channel();
         let thread = {
             let (hot, queued, stacks) = (Arc::clone(&hot), Arc::clone(&queued), stacks.clone());
             std::thread::Builder::new()
                 .name("profiler".into())
-                .spawn(move || run(&cfg, &stacks, &rx, &hot, &queued))?
+                .spawn(move || run(&cfg, &stacks, &rx, &taken_tx, &hot, &queued))?
         };
         Ok(Profiler {
             tx,
@@ -139,6 +147,8 @@ impl Profiler {
             samples: Vec::new(),
             queued,
             done: Vec::new(),
+            taken,
+            missed_takes: 0,
         })
     }
 
@@ -183,13 +193,33 @@ impl Profiler {
         }
     }
 
-    /// A slow request ended: its own samples, for its flamegraph (waits for the profiler
-    /// thread, at most one batch of samples; slow requests are few).
-    pub fn take_request(&mut self, key: ReqKey) -> Option<RequestProfile> {
+    /// A slow request ended: ask for its own samples, for its flamegraph. The answer comes
+    /// back through `taken`, after the samples already handed over: waiting for it here held
+    /// the event loop behind the profiler's backlog (50-70 ms on 2 busy cores), and with it
+    /// every capture due in that time. False when the queue is full (counted): the request
+    /// goes out without its own flamegraph.
+    pub fn ask_request(&mut self, key: ReqKey) -> bool {
         self.flush_done();
-        let (tx, rx) = mpsc::sync_channel(1);
-        self.tx.send(Msg::Take(key, tx)).ok()?;
-        rx.recv().ok().flatten()
+        let asked = self.tx.try_send(Msg::Take(key)).is_ok();
+        if !asked {
+            self.missed_takes += 1;
+        }
+        asked
+    }
+
+    /// Answers to `ask_request` that came in since the last call.
+    pub fn taken(&mut self) -> Vec<Taken> {
+        self.taken.try_iter().collect()
+    }
+
+    /// Wait up to `timeout` for the next answer to `ask_request`.
+    pub fn wait_taken(&mut self, timeout: Duration) -> Option<Taken> {
+        self.taken.recv_timeout(timeout).ok()
+    }
+
+    /// `n` slow requests went out without waiting any longer for their own samples.
+    pub fn gave_up(&mut self, n: u64) {
+        self.missed_takes += n;
     }
 
     /// Hand over the samples and the batched request ends (each drain), in that order: a
@@ -211,11 +241,12 @@ impl Profiler {
     pub fn finish(mut self) -> Report {
         self.flush_done();
         let (tx, rx) = mpsc::channel();
-        let report = if self.tx.send(Msg::Finish(tx)).is_ok() {
+        let mut report = if self.tx.send(Msg::Finish(tx)).is_ok() {
             rx.recv().unwrap_or_default()
         } else {
             Report::default()
         };
+        report.dropped_requests += self.missed_takes;
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -278,6 +309,7 @@ fn run(
     cfg: &ProfilerConfig,
     stacks: &Stacks,
     rx: &Receiver<Msg>,
+    taken: &mpsc::Sender<Taken>,
     hot: &Mutex<Vec<HotFrame>>,
     queued: &AtomicUsize,
 ) {
@@ -344,8 +376,8 @@ fn run(
                     profile.forget_request(key);
                 }
             }
-            Msg::Take(key, reply) => {
-                let _ = reply.send(profile.take_request(&key));
+            Msg::Take(key) => {
+                let _ = taken.send((key, profile.take_request(&key)));
             }
             Msg::Finish(reply) => {
                 if let Some(p) = pushing.take() {
