@@ -35,8 +35,10 @@ use crate::{
 /// What `cargo xtask bench` was asked for.
 pub struct Args {
     pub long: bool,
-    /// Minutes of the churn soak; None: no soak.
+    /// Minutes of the churn soak (written to docs/reliability.md); None: no soak.
     pub soak_minutes: Option<u64>,
+    /// Only the soak, none of the overhead sections.
+    pub soak_only: bool,
     /// A smoke test of the bench itself: one pair of this many seconds, only the sections of this
     /// file and the non-target one, no setup or build, doc written to target/ instead of docs/.
     pub smoke_secs: Option<u64>,
@@ -286,6 +288,8 @@ pub(crate) struct Tracer {
     out_dir: PathBuf,
     /// Drains stdout from the start (the summary comes at exit), so a full pipe never blocks it.
     stdout: Option<JoinHandle<String>>,
+    /// Drains stderr after the ready line (the agent's status lines), likewise.
+    stderr: Option<JoinHandle<String>>,
 }
 
 /// How a `Tracer` ended.
@@ -294,6 +298,19 @@ pub(crate) struct Stopped {
     pub(crate) secs: f64,
     /// slowtrace's stdout: the summary printed on exit.
     pub(crate) summary: String,
+    /// slowtrace's stderr after its ready line.
+    pub(crate) stderr: String,
+}
+
+impl Stopped {
+    /// The last stderr line starting with `prefix` (empty if none).
+    pub(crate) fn stderr_line(&self, prefix: &str) -> String {
+        self.stderr
+            .lines()
+            .rfind(|l| l.starts_with(prefix))
+            .unwrap_or("")
+            .to_owned()
+    }
 }
 
 /// A stop taking longer than this is reported as it is and the process killed, so a hung agent
@@ -332,13 +349,14 @@ impl Tracer {
             child: Some(child),
             out_dir,
             stdout: Some(stdout),
+            stderr: None,
         };
         let ready = if sub == "agent" {
             "slowtrace: agent tracing"
         } else {
             "slowtrace: tracing"
         };
-        wait_for_line(t.child.as_mut().expect("just set"), ready)?;
+        t.stderr = Some(wait_for_line(t.child.as_mut().expect("just set"), ready)?);
         Ok(t)
     }
 
@@ -366,7 +384,16 @@ impl Tracer {
             .take()
             .and_then(|h| h.join().ok())
             .unwrap_or_default();
-        Ok(Stopped { secs, summary })
+        let stderr = self
+            .stderr
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default();
+        Ok(Stopped {
+            secs,
+            summary,
+            stderr,
+        })
     }
 }
 
@@ -452,16 +479,24 @@ pub(crate) fn traced_run_sub(
     ))
 }
 
-fn wait_for_line(child: &mut Child, prefix: &str) -> anyhow::Result<()> {
+/// Read stderr up to the line starting with `prefix`; the rest is drained in the background
+/// (so slowtrace never blocks on a full pipe) and handed back when the process exits.
+fn wait_for_line(child: &mut Child, prefix: &str) -> anyhow::Result<JoinHandle<String>> {
     use std::io::{BufRead as _, BufReader};
     let err = child.stderr.take().context("no stderr")?;
     let mut lines = BufReader::new(err).lines();
     for line in lines.by_ref() {
         let line = line?;
         if line.starts_with(prefix) {
-            // Keep draining in the background so slowtrace never blocks on a full pipe.
-            std::thread::spawn(move || lines.for_each(drop));
-            return Ok(());
+            return Ok(std::thread::spawn(move || {
+                lines
+                    .map_while(Result::ok)
+                    .fold(String::new(), |mut all, l| {
+                        all.push_str(&l);
+                        all.push('\n');
+                        all
+                    })
+            }));
         }
         if line.contains("error") {
             bail!("slowtrace: {line}");
@@ -881,6 +916,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     };
     // The BPF run-time statistics are switched on only for the runs that measure in-kernel
     // cost (`traced_run`'s `stats`), never for the runs whose throughput is compared.
+    if args.soak_only {
+        return soak(args.soak_minutes.unwrap_or(30));
+    }
     if args.fleet_only {
         let doc = crate::bench_fleet::run(&o)?;
         let path = util::root().join("target/bench-fleet.md");
@@ -936,9 +974,29 @@ fn sections(args: &Args, o: &Opts) -> anyhow::Result<String> {
         out += &ui_lag();
     }
     if let Some(minutes) = args.soak_minutes {
-        out += &crate::bench_soak::run(minutes)?;
+        soak(minutes)?;
+        out += "\n### Soak\n\nThe worker-churn soak's figures are in docs/reliability.md.\n";
     }
     Ok(out)
+}
+
+/// The churn soak, into its section of docs/reliability.md.
+fn soak(minutes: u64) -> anyhow::Result<()> {
+    let section = crate::bench_soak::run(minutes)?;
+    let path = util::root().join("docs/reliability.md");
+    let old = fs::read_to_string(&path).unwrap_or_else(|_| "# Reliability\n".to_owned());
+    let date =
+        util::output(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"])).unwrap_or_default();
+    let body = format!(
+        "Generated by `cargo xtask bench --soak {minutes}` on {} at commit {}.\n{section}",
+        date.trim(),
+        COMMIT.get().map_or("unknown", String::as_str)
+    );
+    fs::write(&path, crate::bench_soak::replace_section(&old, &body))
+        .with_context(|| format!("writing {}", path.display()))?;
+    println!("{body}");
+    eprintln!("xtask: wrote the soak section of {}", path.display());
+    Ok(())
 }
 
 fn render_doc(tables: &str, args: &Args, o: &Opts) -> String {

@@ -1,15 +1,23 @@
-//! `cargo xtask bench --soak MINUTES`: does slowtrace grow over a long run with worker churn?
+//! `cargo xtask bench --soak MINUTES`: does slowtrace stay flat and exact over a long run with
+//! worker churn, at the highest load the box sustains?
 //!
 //! gunicorn with 2 sync workers and `--max-requests 200` (each worker exits and is replaced after
-//! 200 requests, so the agent sees a steady stream of new processes, exits and fresh sockets)
-//! under wrk -c4 for the whole time, traced throughout. slowtrace's VmRSS and open fd count are
-//! sampled every 10 s. The first minute is warm-up (maps, caches and symbol tables fill up);
-//! growth after it is what would keep growing in production.
+//! 200 requests, so slowtrace sees a steady stream of new processes, exits and fresh sockets)
+//! under wrk -c4 (the sync workers' saturation point: more connections only queue), traced
+//! throughout. Two phases, each on a fresh server:
+//! - `slowtrace agent` (the always-on deployment: metrics, no files) for MINUTES;
+//! - `slowtrace record` (the session tool, which also keeps a whole-run profile) for at most 10.
+//!
+//! slowtrace's VmRSS and open fd count are sampled every 10 s. The first minute is warm-up
+//! (maps, caches and symbol tables fill up); growth after it is what would keep growing in
+//! production. The requests slowtrace counted (the agent's Prometheus counters, record's
+//! summary) are compared with gunicorn's access log, line for line in number.
 
 use std::{
     fmt::Write as _,
     io::Read as _,
-    process::{Child, Stdio},
+    path::Path,
+    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -17,12 +25,14 @@ use anyhow::{bail, Context as _};
 
 use crate::bench::{
     cpu_secs, fd_count, gunicorn, parse_recorded, parse_wrk, provenance, show, spawn_group,
-    status_mb, wrk_cmd, Tracer, Wrk,
+    status_mb, tempdir, wrk_cmd, Tracer, Wrk,
 };
 
 const SAMPLE_EVERY: Duration = Duration::from_secs(10);
 const MAX_REQUESTS: &str = "200";
 const CONNS: u32 = 4;
+/// The record phase runs at most this long: its profile tables fill (bounded) over the run.
+const RECORD_MINUTES: u64 = 10;
 
 /// One look at slowtrace.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -32,26 +42,56 @@ struct Sample {
     fds: usize,
 }
 
-/// What the soak table is made of.
+/// What one phase's table is made of.
 struct Soak {
     samples: Vec<Sample>,
     wrk: Wrk,
-    recorded: Option<u64>,
+    /// Requests slowtrace counted.
+    counted: Option<u64>,
+    /// Lines in gunicorn's access log: the requests the server served.
+    served: u64,
     peak_mb: f64,
     cpu_share: f64,
     stop_s: f64,
-    kernel_line: String,
+    /// The kernel counter line (record) or the final status line (agent).
+    own_line: String,
 }
 
+/// Both phases, as a markdown section for docs/reliability.md.
 pub(crate) fn run(minutes: u64) -> anyhow::Result<String> {
-    let secs = minutes.max(1) * 60;
-    let (server, port) = gunicorn(&["--max-requests", MAX_REQUESTS])?;
+    let agent_min = minutes.max(1);
+    let record_min = agent_min.min(RECORD_MINUTES);
+    let mut out = String::new();
+    out += &phase("agent", agent_min)?;
+    out += &phase("record", record_min)?;
+    Ok(out)
+}
+
+/// One phase: `slowtrace SUB` on a fresh churning gunicorn for `minutes`.
+fn phase(sub: &str, minutes: u64) -> anyhow::Result<String> {
+    let secs = minutes * 60;
+    let dir = tempdir()?;
+    let access = dir.join("access.log");
+    let access_arg = access.to_string_lossy().into_owned();
+    let (server, port) = gunicorn(&[
+        "--max-requests",
+        MAX_REQUESTS,
+        "--access-logfile",
+        &access_arg,
+    ])?;
     let url = format!("http://127.0.0.1:{port}/");
-    let tracer = Tracer::start(port, &[])?;
+    let metrics_port = crate::bench::free_port()?;
+    let maddr = format!("127.0.0.1:{metrics_port}");
+    let extra: Vec<&str> = match sub {
+        "agent" => vec!["--metrics-addr", &maddr],
+        _ => vec![],
+    };
+    let tracer = Tracer::start_sub(sub, port, &extra)?;
     let pid = tracer.pid;
     let cpu0 = cpu_secs(pid);
     eprintln!(
-        "bench: soak: {minutes} min of gunicorn --max-requests {MAX_REQUESTS} under wrk, traced"
+        "bench: soak: {minutes} min of gunicorn --max-requests {MAX_REQUESTS} under wrk, traced \
+         by slowtrace {sub}"
     );
     let mut load = spawn_group(wrk_cmd(&url, CONNS, secs).stdout(Stdio::piped()))?;
     let samples = sample_until_exit(pid, &mut load.0, secs)?;
@@ -63,28 +103,90 @@ pub(crate) fn run(minutes: u64) -> anyhow::Result<String> {
     let soak_secs = samples.last().map_or(secs as f64, |s| s.at_s);
     let cpu_share = (cpu_secs(pid) - cpu0) / soak_secs;
     let peak_mb = status_mb(pid, "VmHWM");
+    // The agent's count is what Prometheus would scrape, once the last records are drained.
+    let scraped = (sub == "agent").then(|| {
+        std::thread::sleep(Duration::from_millis(1500));
+        requests_counted(&scrape(metrics_port))
+    });
     let stopped = tracer.stop()?;
+    // The server's own count: its access log, complete once it has stopped.
     drop(server);
+    let served = count_lines(&access)?;
+    let _ = std::fs::remove_dir_all(&dir);
+    let (counted, own_line) = match scraped {
+        Some(n) => (n, stopped.stderr_line("slowtrace: status after")),
+        None => (
+            parse_recorded(&stopped.summary),
+            stopped
+                .summary
+                .lines()
+                .find(|l| l.starts_with("kernel: "))
+                .unwrap_or("")
+                .to_owned(),
+        ),
+    };
     let soak = Soak {
         samples,
         wrk,
-        recorded: parse_recorded(&stopped.summary),
+        counted,
+        served,
         peak_mb,
         cpu_share,
         stop_s: stopped.secs,
-        kernel_line: stopped
-            .summary
-            .lines()
-            .find(|l| l.starts_with("kernel: "))
-            .unwrap_or("")
-            .to_owned(),
+        own_line,
+    };
+    let how = match sub {
+        "agent" => format!(
+            "`slowtrace agent --port {port} --metrics-addr {maddr}` (count: the sum of \
+             `http_server_request_duration_seconds_count` scraped from /metrics after the load)"
+        ),
+        _ => format!("`slowtrace record --port {port} -o DIR` (count: its summary)"),
     };
     let cmds = format!(
-        "`gunicorn --workers 2 --max-requests {MAX_REQUESTS} wsgi_app:app`, `{}` and `slowtrace \
-         record --port {port} -o DIR` for the whole time, SIGINT after wrk",
+        "`gunicorn --workers 2 --max-requests {MAX_REQUESTS} --access-logfile FILE \
+         wsgi_app:app`, `{}` and {how} for the whole time, SIGINT after wrk",
         show(&wrk_cmd(&url, CONNS, secs))
     );
-    Ok(render(minutes, &cmds, &soak))
+    Ok(render(sub, minutes, &cmds, &soak))
+}
+
+const BEGIN: &str =
+    "<!-- soak: written by `cargo xtask bench --soak N`; edits here are replaced -->";
+const END: &str = "<!-- soak end -->";
+
+/// `doc` with its soak section replaced by `body` (appended under `## Soak` if it has none).
+pub(crate) fn replace_section(doc: &str, body: &str) -> String {
+    let block = format!("{BEGIN}\n{body}\n{END}");
+    match (doc.find(BEGIN), doc.find(END)) {
+        (Some(b), Some(e)) if b < e => format!("{}{block}{}", &doc[..b], &doc[e + END.len()..]),
+        _ => format!("{}\n\n## Soak\n\n{block}\n", doc.trim_end()),
+    }
+}
+
+fn scrape(port: u16) -> String {
+    Command::new("curl")
+        .args(["-s", "--max-time", "5"])
+        .arg(format!("http://127.0.0.1:{port}/metrics"))
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+/// The requests in an exposition: the sum of every duration histogram's `_count` series.
+fn requests_counted(metrics: &str) -> Option<u64> {
+    let counts: Vec<u64> = metrics
+        .lines()
+        .filter(|l| l.starts_with("http_server_request_duration_seconds_count"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .collect();
+    (!counts.is_empty()).then(|| counts.iter().sum())
+}
+
+fn count_lines(path: &Path) -> anyhow::Result<u64> {
+    let text = std::fs::read(path)
+        .with_context(|| format!("reading the access log {}", path.display()))?;
+    Ok(text.iter().filter(|&&b| b == b'\n').count() as u64)
 }
 
 /// Samples slowtrace every SAMPLE_EVERY until the load exits, plus once at the end.
@@ -137,9 +239,9 @@ fn growth(samples: &[Sample]) -> Option<(f64, usize, usize)> {
     Some(((end.rss_mb - one.rss_mb) / one.rss_mb, lo, hi))
 }
 
-fn render(minutes: u64, cmds: &str, s: &Soak) -> String {
+fn render(sub: &str, minutes: u64, cmds: &str, s: &Soak) -> String {
     let mut out = format!(
-        "\n### Churn soak: {minutes} min, gunicorn 2 sync workers with --max-requests \
+        "\n### slowtrace {sub}: {minutes} min, gunicorn 2 sync workers with --max-requests \
          {MAX_REQUESTS}, wrk -t1 -c{CONNS}, traced throughout\n\n{}\n\
          | metric | at 1 min | at end | after the first minute | target |\n|---|---|---|---|---|\n",
         provenance(cmds)
@@ -153,36 +255,44 @@ fn render(minutes: u64, cmds: &str, s: &Soak) -> String {
     };
     let _ = writeln!(
         out,
-        "| agent RSS (VmRSS, MB) | {:.1} | {:.1} | {:+.1}% | ≤ +5% |",
+        "| slowtrace RSS (VmRSS, MB) | {:.1} | {:.1} | {:+.1}% | ≤ +5% |",
         one.rss_mb,
         end.rss_mb,
         rss_growth * 100.0
     );
     let _ = writeln!(
         out,
-        "| agent open fds | {} | {} | {fd_lo}–{fd_hi} | flat |",
+        "| slowtrace open fds | {} | {} | {fd_lo}–{fd_hi} | flat |",
         one.fds, end.fds
     );
     let _ = writeln!(
         out,
-        "| agent peak RSS (VmHWM, MB) | | {:.1} | | |",
+        "| slowtrace peak RSS (VmHWM, MB) | | {:.1} | | |",
         s.peak_mb
     );
     let _ = writeln!(
         out,
-        "| agent CPU over the soak (% of one core) | | {:.2}% | | |",
+        "| slowtrace CPU over the soak (% of one core) | | {:.2}% | | |",
         s.cpu_share * 100.0
     );
-    let recorded = s.recorded.map_or("?".to_owned(), |r| {
-        format!(
-            "{r} / {} ({:.1}%)",
-            s.wrk.requests,
-            r as f64 * 100.0 / s.wrk.requests.max(1) as f64
-        )
-    });
     let _ = writeln!(
         out,
-        "| requests recorded by slowtrace / completed by wrk | | {recorded} | | |"
+        "| requests served (gunicorn's access log) | | {} | | |",
+        s.served
+    );
+    let verdict = match s.counted {
+        Some(c) if c == s.served => format!("{c} (exact)"),
+        Some(c) => format!("{c} ({:+} vs the access log)", c as i64 - s.served as i64),
+        None => "? (no count found)".to_owned(),
+    };
+    let _ = writeln!(
+        out,
+        "| requests counted by slowtrace | | {verdict} | | = access log |"
+    );
+    let _ = writeln!(
+        out,
+        "| requests completed by wrk (req/s) | | {} ({:.0}/s) | | |",
+        s.wrk.requests, s.wrk.rps
     );
     let _ = writeln!(
         out,
@@ -205,10 +315,10 @@ fn render(minutes: u64, cmds: &str, s: &Soak) -> String {
         .collect();
     let _ = writeln!(
         out,
-        "\nSamples (every {} s; shown about once a minute): {}.\n\nslowtrace's own count at exit: `{}`",
+        "\nSamples (every {} s; shown about once a minute): {}.\n\nslowtrace's own line at exit: `{}`",
         SAMPLE_EVERY.as_secs(),
         per_minute.join(", "),
-        s.kernel_line
+        s.own_line
     );
     out
 }
@@ -233,6 +343,27 @@ mod tests {
         let (g, lo, hi) = growth(&v).unwrap();
         assert!((g - 0.05).abs() < 1e-9);
         assert_eq!((lo, hi), (25, 27));
+    }
+
+    #[test]
+    fn the_agents_count_is_the_sum_of_its_duration_counts() {
+        let m = "# HELP x\n\
+                 http_server_request_duration_seconds_count{http_route=\"/\"} 525804\n\
+                 http_server_request_duration_seconds_count{http_route=\"/b\"} 6\n\
+                 http_server_request_duration_seconds_sum{http_route=\"/\"} 41.5\n";
+        assert_eq!(requests_counted(m), Some(525_810));
+        assert_eq!(requests_counted("# nothing\n"), None);
+    }
+
+    #[test]
+    fn the_soak_section_is_replaced_in_place_or_appended() {
+        let doc = "# Reliability\n\n## Fuzzing\n\nx\n";
+        let once = replace_section(doc, "first");
+        assert!(once.starts_with("# Reliability\n\n## Fuzzing\n\nx\n\n## Soak\n\n"));
+        let twice = replace_section(&format!("{once}\n## Faults\n\ny\n"), "second");
+        assert!(twice.contains("second") && !twice.contains("first"));
+        assert!(twice.ends_with("## Faults\n\ny\n"), "{twice}");
+        assert_eq!(twice.matches("## Soak").count(), 1);
     }
 
     #[test]

@@ -59,6 +59,9 @@ enum Task {
         /// Only the fleet section (the agent with its exporters), to target/bench-fleet.md.
         #[arg(long, hide = true)]
         fleet_only: bool,
+        /// Only the soak (`--soak`, default 30 minutes), none of the overhead sections.
+        #[arg(long, hide = true)]
+        soak_only: bool,
     },
     /// Loopback TCP echo load for the bench's non-target measurement (prints round trips/s).
     #[command(hide = true)]
@@ -93,9 +96,11 @@ fn main() -> ExitCode {
             soak,
             smoke_secs,
             fleet_only,
+            soak_only,
         } => bench::run(&bench::Args {
             long,
             soak_minutes: soak,
+            soak_only,
             smoke_secs,
             fleet_only,
         }),
