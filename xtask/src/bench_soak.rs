@@ -57,13 +57,18 @@ struct Soak {
     own_line: String,
 }
 
-/// Both phases, as a markdown section for docs/reliability.md.
-pub(crate) fn run(minutes: u64) -> anyhow::Result<String> {
-    let agent_min = minutes.max(1);
-    let record_min = agent_min.min(RECORD_MINUTES);
-    let mut out = String::new();
-    out += &phase("agent", agent_min)?;
-    out += &phase("record", record_min)?;
+/// The phases asked for (`agent`, `record`; None: both), each as (name, markdown).
+pub(crate) fn run(minutes: u64, only: Option<&str>) -> anyhow::Result<Vec<(String, String)>> {
+    let minutes = minutes.max(1);
+    let mut out = Vec::new();
+    for (sub, m) in [("agent", minutes), ("record", minutes.min(RECORD_MINUTES))] {
+        if only.is_none_or(|o| o == sub) {
+            out.push((sub.to_owned(), phase(sub, m)?));
+        }
+    }
+    if out.is_empty() {
+        bail!("no soak phase {only:?}: agent or record");
+    }
     Ok(out)
 }
 
@@ -103,9 +108,13 @@ fn phase(sub: &str, minutes: u64) -> anyhow::Result<String> {
     let soak_secs = samples.last().map_or(secs as f64, |s| s.at_s);
     let cpu_share = (cpu_secs(pid) - cpu0) / soak_secs;
     let peak_mb = status_mb(pid, "VmHWM");
+    // wrk cancels its last requests, which the server may still serve (a worker forked just
+    // before, still importing the app, takes its first request late): slowtrace stops once
+    // the access log is quiet, so every request the server served is one it could see.
+    settle(&access);
     // The agent's count is what Prometheus would scrape, once the last records are drained.
     let scraped = (sub == "agent").then(|| {
-        std::thread::sleep(Duration::from_millis(1500));
+        std::thread::sleep(Duration::from_millis(500));
         requests_counted(&scrape(metrics_port))
     });
     let stopped = tracer.stop()?;
@@ -144,23 +153,34 @@ fn phase(sub: &str, minutes: u64) -> anyhow::Result<String> {
     };
     let cmds = format!(
         "`gunicorn --workers 2 --max-requests {MAX_REQUESTS} --access-logfile FILE \
-         wsgi_app:app`, `{}` and {how} for the whole time, SIGINT after wrk",
+         wsgi_app:app`, `{}` and {how} for the whole time, SIGINT once the access log is quiet after wrk",
         show(&wrk_cmd(&url, CONNS, secs))
     );
     Ok(render(sub, minutes, &cmds, &soak))
 }
 
-const BEGIN: &str =
-    "<!-- soak: written by `cargo xtask bench --soak N`; edits here are replaced -->";
-const END: &str = "<!-- soak end -->";
-
-/// `doc` with its soak section replaced by `body` (appended under `## Soak` if it has none).
-pub(crate) fn replace_section(doc: &str, body: &str) -> String {
-    let block = format!("{BEGIN}\n{body}\n{END}");
-    match (doc.find(BEGIN), doc.find(END)) {
-        (Some(b), Some(e)) if b < e => format!("{}{block}{}", &doc[..b], &doc[e + END.len()..]),
-        _ => format!("{}\n\n## Soak\n\n{block}\n", doc.trim_end()),
+/// `doc` with the block of soak phase `name` replaced by `body`; a block it does not have yet
+/// is added at the end of its `## Soak` section (made at the end of `doc` if missing).
+pub(crate) fn replace_section(doc: &str, name: &str, body: &str) -> String {
+    let (begin, end) = (
+        format!(
+            "<!-- soak {name}: written by `cargo xtask bench --soak N`; edits are replaced -->"
+        ),
+        format!("<!-- soak {name} end -->"),
+    );
+    let block = format!("{begin}\n{body}\n{end}");
+    if let (Some(b), Some(e)) = (doc.find(&begin), doc.find(&end)) {
+        if b < e {
+            return format!("{}{block}{}", &doc[..b], &doc[e + end.len()..]);
+        }
     }
+    let Some(soak) = doc.find("\n## Soak\n") else {
+        return format!("{}\n\n## Soak\n\n{block}\n", doc.trim_end());
+    };
+    // The end of the Soak section: the next `## ` heading, or the end of the file.
+    let after = soak + "\n## Soak\n".len();
+    let next = doc[after..].find("\n## ").map_or(doc.len(), |i| after + i);
+    format!("{}\n\n{block}\n{}", doc[..next].trim_end(), &doc[next..])
 }
 
 fn scrape(port: u16) -> String {
@@ -181,6 +201,21 @@ fn requests_counted(metrics: &str) -> Option<u64> {
         .map(|v| v as u64)
         .collect();
     (!counts.is_empty()).then(|| counts.iter().sum())
+}
+
+/// Wait (at most 15 s) until the access log has not grown for a second.
+fn settle(access: &Path) {
+    let size = || std::fs::metadata(access).map_or(0, |m| m.len());
+    let start = Instant::now();
+    let mut last = size();
+    while start.elapsed() < Duration::from_secs(15) {
+        std::thread::sleep(Duration::from_secs(1));
+        let now = size();
+        if now == last {
+            return;
+        }
+        last = now;
+    }
 }
 
 fn count_lines(path: &Path) -> anyhow::Result<u64> {
@@ -301,7 +336,7 @@ fn render(sub: &str, minutes: u64, cmds: &str, s: &Soak) -> String {
     );
     let _ = writeln!(
         out,
-        "| stop time after SIGINT, right after the load (s) | | {:.2} | | ≤ 0.5 s |",
+        "| stop time after SIGINT, once the server is quiet (s) | | {:.2} | | ≤ 0.5 s |",
         s.stop_s
     );
     // Every sixth 10 s sample is a minute mark; the last one is the end.
@@ -356,14 +391,24 @@ mod tests {
     }
 
     #[test]
-    fn the_soak_section_is_replaced_in_place_or_appended() {
+    fn soak_phases_are_replaced_in_place_or_added_to_the_soak_section() {
         let doc = "# Reliability\n\n## Fuzzing\n\nx\n";
-        let once = replace_section(doc, "first");
-        assert!(once.starts_with("# Reliability\n\n## Fuzzing\n\nx\n\n## Soak\n\n"));
-        let twice = replace_section(&format!("{once}\n## Faults\n\ny\n"), "second");
-        assert!(twice.contains("second") && !twice.contains("first"));
-        assert!(twice.ends_with("## Faults\n\ny\n"), "{twice}");
-        assert_eq!(twice.matches("## Soak").count(), 1);
+        let one = replace_section(doc, "agent", "A1");
+        assert!(one.starts_with("# Reliability\n\n## Fuzzing\n\nx\n\n## Soak\n\n<!-- soak agent"));
+        let with_faults = format!("{one}\n## Faults\n\ny\n");
+        let two = replace_section(&with_faults, "record", "R1");
+        let three = replace_section(&two, "agent", "A2");
+        assert!(three.contains("A2") && !three.contains("A1") && three.contains("R1"));
+        assert!(
+            three.find("A2") < three.find("R1"),
+            "agent stays first: {three}"
+        );
+        assert!(
+            three.find("R1") < three.find("## Faults"),
+            "inside Soak: {three}"
+        );
+        assert!(three.ends_with("## Faults\n\ny\n"), "{three}");
+        assert_eq!(three.matches("## Soak").count(), 1);
     }
 
     #[test]

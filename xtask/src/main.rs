@@ -62,6 +62,9 @@ enum Task {
         /// Only the soak (`--soak`, default 30 minutes), none of the overhead sections.
         #[arg(long, hide = true)]
         soak_only: bool,
+        /// Only this soak phase: agent or record.
+        #[arg(long, hide = true, value_name = "PHASE")]
+        soak_phase: Option<String>,
     },
     /// Loopback TCP echo load for the bench's non-target measurement (prints round trips/s).
     #[command(hide = true)]
@@ -97,10 +100,12 @@ fn main() -> ExitCode {
             smoke_secs,
             fleet_only,
             soak_only,
+            soak_phase,
         } => bench::run(&bench::Args {
             long,
             soak_minutes: soak,
             soak_only,
+            soak_phase,
             smoke_secs,
             fleet_only,
         }),
