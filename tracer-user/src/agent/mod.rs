@@ -717,7 +717,9 @@ impl Agent {
         if self.cgroup_watch.is_empty() {
             return;
         }
-        let found = self.cgroup_watch.poll();
+        let Some(found) = self.cgroup_watch.poll_due() else {
+            return;
+        };
         for &id in &found.new_ids {
             self.kernel.add_target_cgroup(id);
         }

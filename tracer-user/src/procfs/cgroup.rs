@@ -352,7 +352,12 @@ pub struct Watch {
     ids: HashSet<u64>,
     /// The processes in the targets at the last poll.
     pids: HashSet<u32>,
+    last: Option<std::time::Instant>,
 }
+
+/// How often the agent walks the target trees: the kernel marks arrivals at once, this is the
+/// backstop, and a tree can be large.
+pub const POLL_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What a poll found: cgroup ids to add to the kernel's map, and the processes in the targets
 /// that were not there at the last poll.
@@ -368,7 +373,16 @@ impl Watch {
             cgroups,
             ids: HashSet::new(),
             pids: HashSet::new(),
+            last: None,
         }
+    }
+
+    /// `poll`, unless the last one was less than `POLL_EVERY` ago.
+    pub fn poll_due(&mut self) -> Option<Found> {
+        if self.last.is_some_and(|t| t.elapsed() < POLL_EVERY) {
+            return None;
+        }
+        Some(self.poll())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -377,6 +391,7 @@ impl Watch {
 
     /// Walk the target trees now.
     pub fn poll(&mut self) -> Found {
+        self.last = Some(std::time::Instant::now());
         let mut found = Found::default();
         let mut now = HashSet::new();
         for cg in &self.cgroups {
@@ -465,6 +480,40 @@ mod tests {
         assert_eq!(l.container.as_deref(), Some(ID));
         let l = Label::from_path("/slowtrace-test").unwrap();
         assert_eq!((l.cgroup.as_str(), l.container), ("/slowtrace-test", None));
+    }
+
+    /// The watch on a tree shaped like cgroupfs (directories with cgroup.procs files).
+    #[test]
+    fn the_watch_reports_new_cgroups_and_new_processes_once() {
+        let root = tempfile::tempdir().unwrap();
+        let top = root.path().join("app.scope");
+        let sub = top.join("worker");
+        fs::create_dir_all(&sub).unwrap();
+        fs::write(top.join("cgroup.procs"), "10\n11\n").unwrap();
+        fs::write(sub.join("cgroup.procs"), "12\n").unwrap();
+        let cg = Cgroup {
+            dir: top.clone(),
+            path: "/app.scope".into(),
+            id: fs::metadata(&top).unwrap().ino(),
+        };
+        let mut w = Watch::new(vec![cg.clone()]);
+        let first = w.poll();
+        let mut ids = first.new_ids.clone();
+        ids.sort_unstable();
+        let mut want = vec![cg.id, fs::metadata(&sub).unwrap().ino()];
+        want.sort_unstable();
+        assert_eq!(ids, want);
+        assert_eq!(first.new_pids, vec![10, 11, 12]);
+        assert_eq!(w.poll(), Found::default(), "nothing new");
+        assert!(w.poll_due().is_none(), "polled less than a second ago");
+        fs::write(sub.join("cgroup.procs"), "12\n13\n").unwrap();
+        fs::create_dir(sub.join("late")).unwrap();
+        let later = w.poll();
+        assert_eq!(later.new_pids, vec![13]);
+        assert_eq!(
+            later.new_ids,
+            vec![fs::metadata(sub.join("late")).unwrap().ino()]
+        );
     }
 
     #[test]
