@@ -261,7 +261,8 @@ impl Agent {
         let mut cgroup_watch = crate::procfs::cgroup::Watch::new(cfg.targets.cgroups.clone());
         if !cgroup_watch.is_empty() {
             // The kernel catches later arrivals once it knows the ids; what is there now is
-            // listed after that, so nothing falls between.
+            // marked here. A process that moves in between this listing and its cgroup's id
+            // reaching the kernel is found by the next poll, a second later.
             probes.attach_cgroup_programs()?;
             let found = cgroup_watch.poll();
             for &id in &found.new_ids {
