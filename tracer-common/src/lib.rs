@@ -30,6 +30,8 @@ pub mod target {
     pub const FORKED: u8 = 2;
     /// Bound a `--port` that slowtrace watches.
     pub const PORT: u8 = 3;
+    /// Runs in a `--cgroup` (or `--container`) cgroup: moved there, or exec'd there, after attach.
+    pub const CGROUP: u8 = 4;
 }
 
 /// Offsets into the `sched_process_fork` tracepoint record, read from tracefs at start-up
@@ -47,6 +49,11 @@ pub struct TracepointOffsets {
     pub switch_next_pid: u32,
     /// `sched:sched_wakeup`: the woken task.
     pub wakeup_pid: u32,
+    /// `cgroup:cgroup_attach_task`: the destination hierarchy (0: cgroup v2), cgroup id (u64)
+    /// and the task moved (its thread-group leader when a whole process moves).
+    pub attach_dst_root: u32,
+    pub attach_dst_id: u32,
+    pub attach_pid: u32,
     pub _pad: u32,
 }
 

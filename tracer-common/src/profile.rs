@@ -72,6 +72,12 @@ pub struct PyProcLayout {
     /// 1 for 3.9/3.10 frame objects: every frame is its own eval-loop call (flagged as an entry).
     pub frame_objects: u32,
     pub _pad: u32,
+    /// The process's PID namespace (device and inode of /proc/PID/ns/pid) when it is not
+    /// slowtrace's own, else 0 and 0. Thread states record the TID the process itself sees
+    /// (`gettid()` inside a container), so the walker must compare them with the current
+    /// thread's TID in that namespace (`bpf_get_ns_current_pid_tgid`), not the host TID.
+    pub pidns_dev: u64,
+    pub pidns_ino: u64,
 }
 
 /// One Python frame as the kernel found it: resolved to function and line in user space.

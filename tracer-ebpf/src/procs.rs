@@ -1,8 +1,9 @@
 //! Which processes are traced: children of targets, and whoever binds a watched port.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
-    macros::tracepoint,
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_probe_read_user},
+    macros::{map, tracepoint},
+    maps::HashMap,
     programs::TracePointContext,
 };
 use tracer_common::{target, Counter, TracepointOffsets};
@@ -19,8 +20,17 @@ pub static OFFSETS: TracepointOffsets = TracepointOffsets {
     switch_prev_state: 32,
     switch_next_pid: 56,
     wakeup_pid: 24,
+    attach_dst_root: 8,
+    attach_dst_id: 16,
+    attach_pid: 24,
     _pad: 0,
 };
+
+/// `--cgroup`/`--container`: cgroup v2 ids (the directory's inode number) whose processes are
+/// targets, each target cgroup and its descendants → 1. Filled by user space before it reads
+/// the processes already there, so a process that arrives later is caught here.
+#[map]
+pub static TARGET_CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(4096, 0);
 
 /// A traced process forked: trace the child (gunicorn/uWSGI workers, nginx workers, respawns).
 /// Threads come through here too; their tids are harmless extra keys, removed at exit.
@@ -60,6 +70,50 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     let _ = crate::pywalk::PY_PROCS.remove(&tid);
     crate::profile::forget_thread(tid);
     let _ = crate::sched::THREADS.remove(&tid);
+    0
+}
+
+/// A process exec'd (attached only with `--cgroup`): a target if it runs in a target cgroup.
+/// This catches processes born in the cgroup without a migration (clone3's CLONE_INTO_CGROUP,
+/// as systemd starts services) and processes moved there before we attached whose parent is
+/// not traced. Execs are rare; untargeted processes pay one helper call and one lookup each.
+#[tracepoint]
+pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if is_target(tgid) {
+        return 0;
+    }
+    let cgroup = unsafe { bpf_get_current_cgroup_id() };
+    if unsafe { TARGET_CGROUPS.get(&cgroup) }.is_some() {
+        set_target(tgid, target::CGROUP);
+    }
+    0
+}
+
+/// A task was moved into a cgroup (attached only with `--cgroup`): a process moved into a
+/// target cgroup (how docker/runc and systemd-run put a container's first process in it)
+/// becomes a target at once; its children follow by fork. Fires once per migration, in the
+/// writer's context, for every hierarchy (v1 ids are another numbering: `dst_root` 0 is v2).
+#[tracepoint]
+pub fn cgroup_attach_task(ctx: TracePointContext) -> u32 {
+    let off = unsafe { core::ptr::read_volatile(&OFFSETS) };
+    let Ok(root) = (unsafe { ctx.read_at::<i32>(off.attach_dst_root as usize) }) else {
+        return 0;
+    };
+    if root != 0 {
+        return 0;
+    }
+    let Ok(id) = (unsafe { ctx.read_at::<u64>(off.attach_dst_id as usize) }) else {
+        return 0;
+    };
+    if unsafe { TARGET_CGROUPS.get(&id) }.is_none() {
+        return 0;
+    }
+    if let Ok(pid) = unsafe { ctx.read_at::<i32>(off.attach_pid as usize) } {
+        if pid > 0 && !is_target(pid as u32) {
+            set_target(pid as u32, target::CGROUP);
+        }
+    }
     0
 }
 

@@ -8,7 +8,10 @@
 //! reads at most `PY_FRAMES` frame headers, one `bpf_probe_read_user` each.
 
 use aya_ebpf::{
-    helpers::{bpf_probe_read_user, bpf_probe_read_user_buf},
+    bindings::bpf_pidns_info,
+    helpers::{
+        bpf_probe_read_user, bpf_probe_read_user_buf, generated::bpf_get_ns_current_pid_tgid,
+    },
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray},
 };
@@ -53,12 +56,12 @@ fn thread_of(l: &PyProcLayout, ts: u64) -> Option<u64> {
         .map(u64::from)
 }
 
-/// The thread state of `tid`, validated by its `native_thread_id` (a cached address may belong
-/// to a thread that exited).
+/// The thread state of host thread `tid`, whose TID in its own namespace is `own`, validated
+/// by its `native_thread_id` (a cached address may belong to a thread that exited).
 #[inline(always)]
-fn tstate(l: &PyProcLayout, tid: u32) -> Option<u64> {
+fn tstate(l: &PyProcLayout, tid: u32, own: u32) -> Option<u64> {
     if let Some(&ts) = unsafe { PY_TSTATE.get(&tid) } {
-        if thread_of(l, ts) == Some(tid as u64) {
+        if thread_of(l, ts) == Some(own as u64) {
             return Some(ts);
         }
     }
@@ -68,7 +71,7 @@ fn tstate(l: &PyProcLayout, tid: u32) -> Option<u64> {
         if ts == 0 {
             return None;
         }
-        if thread_of(l, ts) == Some(tid as u64) {
+        if thread_of(l, ts) == Some(own as u64) {
             let _ = PY_TSTATE.insert(&tid, &ts, 0);
             return Some(ts);
         }
@@ -90,6 +93,27 @@ fn field_u8(buf: &[u8; FRAME_READ], off: u32) -> u8 {
     unsafe { *buf.as_ptr().add(off) }
 }
 
+/// The TID the current thread has in the process's own PID namespace: what CPython recorded in
+/// its thread state. The host TID when the process shares ours (`pidns_ino` 0); None when the
+/// helper refuses (the namespace is not the current task's own: it cannot be, as the layout was
+/// registered for this process and its forks, which share it, unless a child unshared since).
+#[inline(always)]
+fn own_tid(l: &PyProcLayout, tid: u32) -> Option<u32> {
+    if l.pidns_ino == 0 {
+        return Some(tid);
+    }
+    let mut ns = bpf_pidns_info { pid: 0, tgid: 0 };
+    let r = unsafe {
+        bpf_get_ns_current_pid_tgid(
+            l.pidns_dev,
+            l.pidns_ino,
+            &mut ns,
+            core::mem::size_of::<bpf_pidns_info>() as u32,
+        )
+    };
+    (r == 0).then_some(ns.pid)
+}
+
 /// Fill `rec.py`, `rec.py_flags`, `rec.py_n` and `rec.py_status` for the current thread.
 #[inline(always)]
 pub fn walk(rec: &mut ProfileRecord, tgid: u32, tid: u32) {
@@ -99,7 +123,8 @@ pub fn walk(rec: &mut ProfileRecord, tgid: u32, tid: u32) {
         return;
     };
     let l = *l;
-    let Some(ts) = tstate(&l, tid) else {
+    // The cache stays keyed by the host TID; thread states are matched by the process's own.
+    let Some(ts) = own_tid(&l, tid).and_then(|own| tstate(&l, tid, own)) else {
         rec.py_status = py_status::NO_THREAD;
         return;
     };

@@ -127,6 +127,17 @@ pub struct TargetArgs {
     #[arg(long = "port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
     pub ports: Vec<u16>,
 
+    /// Trace every process in this cgroup v2 (and the cgroups below it), including processes
+    /// that arrive after attach. A directory under the cgroup2 mount, or a path as
+    /// /proc/PID/cgroup shows it (/system.slice/docker-ID.scope). Repeatable.
+    #[arg(long = "cgroup", value_name = "PATH")]
+    pub cgroups: Vec<String>,
+
+    /// Trace a container: its cgroup is the one whose name contains ID (docker-ID.scope,
+    /// libpod-ID.scope, cri-containerd-ID.scope; a unique prefix of the id is enough). Repeatable.
+    #[arg(long = "container", value_name = "ID")]
+    pub containers: Vec<String>,
+
     /// Launch this command and trace it (and its children) from its first instruction.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,

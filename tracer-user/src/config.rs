@@ -16,7 +16,7 @@ use crate::{
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error(
-        "nothing to trace: give --pid PID, --port PORT or -- COMMAND (see slowtrace record --help)"
+        "nothing to trace: give --pid PID, --port PORT or -- COMMAND (or --cgroup PATH, --container ID; see slowtrace record --help)"
     )]
     NoTarget,
     #[error("no process with pid {0}")]
@@ -27,6 +27,8 @@ pub enum ConfigError {
     PidExited(u32),
     #[error("command not found: {0}")]
     CommandNotFound(String),
+    #[error(transparent)]
+    Cgroup(#[from] crate::procfs::cgroup::CgroupError),
     #[error("output directory {}: {}", path.display(), crate::exit::bare(&source.to_string()))]
     OutputDir {
         path: PathBuf,
@@ -79,6 +81,8 @@ pub const SCAN_EVERY: Duration = Duration::from_millis(250);
 pub struct Targets {
     pub pids: Vec<u32>,
     pub ports: Vec<u16>,
+    /// `--cgroup` and `--container`, resolved to cgroup v2 directories.
+    pub cgroups: Vec<crate::procfs::cgroup::Cgroup>,
     /// Resolved program path and its arguments.
     pub command: Option<(PathBuf, Vec<String>)>,
 }
@@ -302,8 +306,20 @@ fn probe_options(a: &TraceArgs) -> Result<(Vec<Handler>, Option<Policy>), Config
 
 impl Targets {
     pub fn resolve(a: &TargetArgs) -> Result<Self, ConfigError> {
-        if a.pids.is_empty() && a.ports.is_empty() && a.command.is_empty() {
+        if a.pids.is_empty()
+            && a.ports.is_empty()
+            && a.command.is_empty()
+            && a.cgroups.is_empty()
+            && a.containers.is_empty()
+        {
             return Err(ConfigError::NoTarget);
+        }
+        let mut cgroups = Vec::new();
+        for path in &a.cgroups {
+            cgroups.push(crate::procfs::cgroup::resolve(path)?);
+        }
+        for id in &a.containers {
+            cgroups.push(crate::procfs::cgroup::find_container(id)?);
         }
         for &pid in &a.pids {
             if !crate::procfs::alive(pid) {
@@ -323,6 +339,7 @@ impl Targets {
         Ok(Self {
             pids: a.pids.clone(),
             ports: a.ports.clone(),
+            cgroups,
             command,
         })
     }
@@ -539,6 +556,7 @@ mod tests {
             pids,
             ports: vec![],
             command: command.into_iter().map(String::from).collect(),
+            ..TargetArgs::default()
         }
     }
 

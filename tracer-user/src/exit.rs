@@ -10,7 +10,7 @@ use std::io;
 use crate::{
     act::ActError, config::ConfigError, config_file::ConfigFileError, handlers::HandlerError,
     probes::preflight::PreflightError, probes::tracefs::TracefsError, probes::ProbeError,
-    python::PyError, sinks::otlp::settings::SettingsError,
+    procfs::cgroup::CgroupError, python::PyError, sinks::otlp::settings::SettingsError,
 };
 
 /// Bad flags or values, clap's own usage errors included.
@@ -94,7 +94,11 @@ fn config(e: &ConfigError) -> u8 {
     match e {
         ConfigError::PidNotFound(_)
         | ConfigError::PidExited(_)
-        | ConfigError::CommandNotFound(_) => NOINPUT,
+        | ConfigError::CommandNotFound(_)
+        | ConfigError::Cgroup(CgroupError::NotFound(_) | CgroupError::ContainerNotFound(_)) => {
+            NOINPUT
+        }
+        ConfigError::Cgroup(CgroupError::NoV2(_)) => UNAVAILABLE,
         ConfigError::OutputDir { .. } | ConfigError::PprofFile { .. } => CANTCREAT,
         ConfigError::Handler(h) => match h {
             HandlerError::Read { source, .. } if source.kind() == io::ErrorKind::NotFound => {

@@ -1,9 +1,42 @@
 //! What we ask /proc: does a process live, who listens on a port, which port a listening fd has.
 
+pub mod cgroup;
+
 use std::{
     collections::{HashMap, HashSet},
     fs,
+    os::unix::fs::MetadataExt as _,
 };
+
+/// The PID namespace of `pid` as the kernel's `bpf_get_ns_current_pid_tgid` wants it named:
+/// (device in the kernel's own encoding, inode) of /proc/PID/ns/pid. None when it is ours (or
+/// cannot be read: then we cannot do better than host TIDs anyway).
+pub fn foreign_pid_namespace(pid: u32) -> Option<(u64, u64)> {
+    let theirs = fs::metadata(format!("/proc/{pid}/ns/pid")).ok()?;
+    let ours = fs::metadata("/proc/self/ns/pid").ok()?;
+    if (theirs.dev(), theirs.ino()) == (ours.dev(), ours.ino()) {
+        return None;
+    }
+    Some((kernel_dev(theirs.dev()), theirs.ino()))
+}
+
+/// Whether `pid` sees another file system than we do (a container's mount namespace): then the
+/// paths in its /proc/PID/maps name files under /proc/PID/root, not ours. False when it cannot
+/// be told (the process is gone).
+pub fn foreign_mount_namespace(pid: u32) -> bool {
+    let ns = |p: &str| fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    match (ns(&format!("/proc/{pid}/ns/mnt")), ns("/proc/self/ns/mnt")) {
+        (Some(theirs), Some(ours)) => theirs != ours,
+        _ => false,
+    }
+}
+
+/// stat's `st_dev` (glibc's encoding) as the kernel's internal `dev_t` (major << 20 | minor),
+/// which is what the helper compares with.
+fn kernel_dev(st_dev: u64) -> u64 {
+    let (major, minor) = (libc::major(st_dev), libc::minor(st_dev));
+    (u64::from(major) << 20) | u64::from(minor)
+}
 
 /// Alive and not a zombie.
 pub fn alive(pid: u32) -> bool {
@@ -204,6 +237,15 @@ pub fn self_usage() -> Usage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn device_numbers_in_the_kernels_encoding() {
+        assert_eq!(kernel_dev(4), 4);
+        assert_eq!(kernel_dev(libc::makedev(8, 1)), (8 << 20) | 1);
+        assert_eq!(kernel_dev(libc::makedev(0, 300)), 300);
+        assert_eq!(foreign_pid_namespace(std::process::id()), None);
+        assert!(!foreign_mount_namespace(std::process::id()));
+    }
 
     #[test]
     fn parses_proc_net_tcp() {

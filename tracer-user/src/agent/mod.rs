@@ -148,6 +148,10 @@ pub struct Agent {
     due_ns: Option<u64>,
     /// When requests were last looked for (the scan, or `discover`).
     seen_ns: u64,
+    /// The cgroup (and container) of each process that served a request.
+    cgroup_labels: crate::procfs::cgroup::Labels,
+    /// `--cgroup`/`--container`: cgroups created and processes arriving after attach.
+    cgroup_watch: crate::procfs::cgroup::Watch,
     /// Capture pieces that could not be attached (said once at start).
     pub degraded: Vec<String>,
     /// "pid 12, port 8000 (pids [..])" for the user.
@@ -254,6 +258,38 @@ impl Agent {
             known.extend(&pids);
             described.push(format!("port {port} (pids {pids:?})"));
         }
+        let mut cgroup_watch = crate::procfs::cgroup::Watch::new(cfg.targets.cgroups.clone());
+        if !cgroup_watch.is_empty() {
+            // The kernel catches later arrivals once it knows the ids; what is there now is
+            // marked here. A process that moves in between this listing and its cgroup's id
+            // reaching the kernel is found by the next poll, a second later.
+            probes.attach_cgroup_programs()?;
+            let found = cgroup_watch.poll();
+            for &id in &found.new_ids {
+                probes.add_target_cgroup(id)?;
+            }
+            for &pid in &found.new_pids {
+                probes.add_cgroup_member(pid)?;
+                for port in procfs::listening_ports(pid) {
+                    probes.serve_port(port)?;
+                }
+                if let Some(p) = profiler.as_mut() {
+                    p.probe(pid);
+                }
+            }
+            known.extend(&found.new_pids);
+            let paths: Vec<&str> = cfg
+                .targets
+                .cgroups
+                .iter()
+                .map(|c| c.path.as_str())
+                .collect();
+            described.push(format!(
+                "cgroup {} (pids {:?})",
+                paths.join(" "),
+                found.new_pids
+            ));
+        }
         // Refuse before anything is launched when a running target would die of the signal.
         if let Some(a) = &cfg.act {
             for (_, sig) in [a.interrupt, a.dump].into_iter().flatten() {
@@ -290,6 +326,7 @@ impl Agent {
             signals: Some(signals),
         };
         let mut agent = Agent::assemble(Box::new(kernel), cfg, capturing, profiler);
+        agent.cgroup_watch = cgroup_watch;
         agent.child = child;
         agent.degraded = degraded;
         agent.described = described.join(", ");
@@ -329,6 +366,8 @@ impl Agent {
             open: Vec::new(),
             due_ns: None,
             seen_ns: 0,
+            cgroup_labels: crate::procfs::cgroup::Labels::default(),
+            cgroup_watch: crate::procfs::cgroup::Watch::new(Vec::new()),
             degraded: Vec::new(),
             described: String::new(),
             attach_mode: String::new(),
@@ -340,7 +379,12 @@ impl Agent {
             0 => self.ports.get(r.tgid, r.listen_fd),
             p => Some(p),
         };
-        Request::from_record(r, end, now_ns, port, &self.ctx)
+        let mut req = Request::from_record(r, end, now_ns, port, &self.ctx);
+        if let Some(l) = self.cgroup_labels.get(r.tgid) {
+            req.cgroup = Some(l.cgroup.clone());
+            req.container.clone_from(&l.container);
+        }
+        req
     }
 
     /// Every finished request goes through here: enriched (breakdown, downstream calls,
@@ -635,6 +679,7 @@ impl Agent {
             self.finish(rec, *why, now, out)?;
         }
         self.act(&scan.in_flight, now);
+        self.poll_cgroups();
         if let Some(p) = self.profiler.as_mut() {
             // Serving processes we have not looked at (forked, launched, bound a port later):
             // find their Python now rather than at their first sample.
@@ -665,6 +710,31 @@ impl Agent {
             in_flight,
             counters: self.counters(),
         })
+    }
+
+    /// `--cgroup`: cgroups created below a target since, and processes there the kernel did not
+    /// mark (it marks those that move in or exec there once it knows the cgroup's id).
+    fn poll_cgroups(&mut self) {
+        if self.cgroup_watch.is_empty() {
+            return;
+        }
+        let Some(found) = self.cgroup_watch.poll_due() else {
+            return;
+        };
+        for &id in &found.new_ids {
+            self.kernel.add_target_cgroup(id);
+        }
+        for &pid in &found.new_pids {
+            if self.kernel.adopt(pid) {
+                log::info!("pid {pid}: found in a --cgroup by user space");
+            }
+            for port in procfs::listening_ports(pid) {
+                self.kernel.serve_port(port);
+            }
+            if let Some(p) = self.profiler.as_mut() {
+                p.probe(pid);
+            }
+        }
     }
 
     /// Run until `duration`, a signal, the launched command's exit or `stop` being set. At the

@@ -14,8 +14,12 @@ impl Agent {
     /// every process any component holds something for that no longer exists. Called once per
     /// scan, after the scan's requests were finished (they still need their process's state).
     pub(super) fn reap(&mut self, scan: &Scan) {
-        let mut parts: Vec<&mut dyn PerProcess> =
-            vec![&mut self.tracker, &mut self.ports, &mut self.calls];
+        let mut parts: Vec<&mut dyn PerProcess> = vec![
+            &mut self.tracker,
+            &mut self.ports,
+            &mut self.calls,
+            &mut self.cgroup_labels,
+        ];
         if let Some(a) = self.actor.as_mut() {
             parts.push(a);
         }

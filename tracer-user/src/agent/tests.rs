@@ -134,6 +134,7 @@ fn config(capture: Option<CaptureConfig>) -> AgentConfig {
         targets: crate::config::Targets {
             pids: vec![],
             ports: vec![],
+            cgroups: vec![],
             command: None,
         },
         keep_query: false,

@@ -40,6 +40,13 @@ pub struct Request {
     pub pid: u32,
     pub tid: u32,
     pub comm: String,
+    /// The process's cgroup v2 path (/proc/PID/cgroup), absent for the root cgroup: which
+    /// container or service served it. Set by the agent, not from the kernel record.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    /// The container id in `cgroup` (its 64 hex digits: docker, podman, containerd, CRI-O).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
     pub fd: u32,
     pub local_port: Option<u16>,
     pub peer: Option<String>,
@@ -138,6 +145,8 @@ impl Request {
             pid: r.tgid,
             tid: r.tid,
             comm: cstr(&r.comm),
+            cgroup: None,
+            container: None,
             fd: r.fd,
             local_port,
             peer: peer(r),
@@ -234,6 +243,8 @@ pub fn test_request() -> Request {
         pid: 10,
         tid: 11,
         comm: "gunicorn".into(),
+        cgroup: None,
+        container: None,
         fd: 5,
         local_port: Some(8000),
         peer: Some("127.0.0.1:50000".into()),

@@ -44,6 +44,14 @@ pub trait Kernel {
     fn signal_note(&self, tid: u32) -> Option<SignalNote>;
     /// An fd that turns readable when request records pile up; None: drained on the timer only.
     fn wakeup_fd(&self) -> Option<BorrowedFd<'_>>;
+    /// `--cgroup`: processes arriving in cgroup `id` from now on are targets.
+    fn add_target_cgroup(&mut self, _id: u64) {}
+    /// Trace `tgid`, found in a target cgroup, unless it is traced already; true if it was not.
+    fn adopt(&mut self, _tgid: u32) -> bool {
+        false
+    }
+    /// Connections to local TCP port `port` are served ones.
+    fn serve_port(&mut self, _port: u16) {}
 }
 
 /// The kernel through aya: the loaded programs' maps and ring buffers.
@@ -117,5 +125,30 @@ impl Kernel for AyaKernel {
 
     fn wakeup_fd(&self) -> Option<BorrowedFd<'_>> {
         Some(self.requests.as_fd())
+    }
+
+    fn add_target_cgroup(&mut self, id: u64) {
+        if let Err(e) = self.probes.add_target_cgroup(id) {
+            log::warn!("cgroup id {id}: {e}");
+        }
+    }
+
+    fn adopt(&mut self, tgid: u32) -> bool {
+        if self.probes.is_target(tgid) {
+            return false;
+        }
+        match self.probes.add_cgroup_member(tgid) {
+            Ok(()) => true,
+            Err(e) => {
+                log::warn!("pid {tgid} (in a --cgroup): {e}");
+                false
+            }
+        }
+    }
+
+    fn serve_port(&mut self, port: u16) {
+        if let Err(e) = self.probes.serve_port(port) {
+            log::warn!("port {port}: {e}");
+        }
     }
 }

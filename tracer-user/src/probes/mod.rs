@@ -247,6 +247,7 @@ pub struct Probes {
     pub handler_events: Option<RingBuf<MapData>>,
     hstack: HashMap<MapData, u32, HandlerStack>,
     served_ports: HashMap<MapData, u16, u8>,
+    target_cgroups: HashMap<MapData, u64, u8>,
     links: Links,
     /// How the programs are attached, for the user.
     pub attach_mode: String,
@@ -368,6 +369,7 @@ impl Probes {
             ),
             hstack: typed(&mut ebpf, "HSTACK")?,
             served_ports: typed(&mut ebpf, "SERVED_PORTS")?,
+            target_cgroups: typed(&mut ebpf, "TARGET_CGROUPS")?,
             attach_mode: plan.describe(attached),
             links,
             _ebpf: ebpf,
@@ -436,6 +438,52 @@ impl Probes {
             }
         }
         Ok(())
+    }
+
+    /// `--cgroup`: attach the two programs that make later arrivals in a target cgroup targets
+    /// (a process moved there, a process exec'd there). Not attached otherwise: nothing else
+    /// pays for them.
+    pub fn attach_cgroup_programs(&mut self) -> Result<(), ProbeError> {
+        for (name, category, tracepoint) in [
+            ("cgroup_attach_task", "cgroup", "cgroup_attach_task"),
+            ("sched_process_exec", "sched", "sched_process_exec"),
+        ] {
+            let prog: &mut TracePoint = loaded(&mut self._ebpf, name)?;
+            let attach_error = |source| ProbeError::Attach {
+                name,
+                category,
+                tracepoint,
+                source: Box::new(source),
+            };
+            let id = prog.attach(category, tracepoint).map_err(attach_error)?;
+            self.links.keep(prog.take_link(id).map_err(attach_error)?);
+        }
+        Ok(())
+    }
+
+    /// Processes that arrive in cgroup `id` (v2) from now on are targets.
+    pub fn add_target_cgroup(&mut self, id: u64) -> Result<(), ProbeError> {
+        self.target_cgroups
+            .insert(id, 1, 0)
+            .map_err(|source| ProbeError::Map {
+                name: "TARGET_CGROUPS",
+                source: Box::new(source),
+            })
+    }
+
+    /// Whether `tgid` is traced now (for whatever reason).
+    pub fn is_target(&self, tgid: u32) -> bool {
+        self.targets.get(&tgid, 0).is_ok_and(|why| why != 0)
+    }
+
+    /// Trace `tgid`, found in a target cgroup by user space.
+    pub fn add_cgroup_member(&mut self, tgid: u32) -> Result<(), ProbeError> {
+        self.targets
+            .set(tgid, target::CGROUP, 0)
+            .map_err(|source| ProbeError::Map {
+                name: "TARGETS",
+                source: Box::new(source),
+            })
     }
 
     /// Handler calls in progress: (tid, stack).

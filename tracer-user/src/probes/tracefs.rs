@@ -65,7 +65,8 @@ pub fn find() -> Option<PathBuf> {
         .find(|p| p.join("events/syscalls").is_dir())
 }
 
-/// Offsets of the `sched_process_fork` fields we read, from its format file.
+/// Offsets of the tracepoint fields we read (`sched_process_fork`, `signal_generate`,
+/// `sched_switch`, `sched_wakeup`, `cgroup_attach_task`), from their format files.
 pub fn offsets(tracefs: &Path) -> Result<TracepointOffsets, TracefsError> {
     let path = tracefs.join("events/sched/sched_process_fork/format");
     if !path.exists() {
@@ -106,8 +107,16 @@ pub fn offsets(tracefs: &Path) -> Result<TracepointOffsets, TracefsError> {
         field: "pid",
         path: wk_path.clone(),
     })?;
+    // Only read with --cgroup; a kernel without the event (no cgroups) keeps the defaults and
+    // fails when that program is attached, with the tracepoint's name.
+    let at_path = tracefs.join("events/cgroup/cgroup_attach_task/format");
+    let at_text = fs::read_to_string(&at_path).unwrap_or_default();
+    let at_field = |field: &str, default: u32| field_offset(&at_text, field).unwrap_or(default);
     Ok(TracepointOffsets {
         wakeup_pid,
+        attach_dst_root: at_field("dst_root", 8),
+        attach_dst_id: at_field("dst_id", 16),
+        attach_pid: at_field("pid", 24),
         _pad: 0,
         switch_prev_state: sw_field("prev_state")?,
         switch_next_pid: sw_field("next_pid")?,

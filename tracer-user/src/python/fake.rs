@@ -333,6 +333,7 @@ impl Builder {
             threads: Threads::same_namespace(1),
             codes: CodeCache::default(),
             last_syscalls: 0,
+            pidns: None,
         }
     }
 }

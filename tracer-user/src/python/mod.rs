@@ -140,6 +140,9 @@ pub struct PythonProcess {
     threads: Threads,
     codes: CodeCache,
     last_syscalls: u32,
+    /// The process's PID namespace when it is not ours (`procfs::foreign_pid_namespace`): the
+    /// kernel walker then matches thread states by the TID the process sees.
+    pidns: Option<(u64, u64)>,
 }
 
 impl PythonProcess {
@@ -215,6 +218,7 @@ impl PythonProcess {
             threads: Threads::new(pid)?,
             codes: CodeCache::default(),
             last_syscalls: 0,
+            pidns: crate::procfs::foreign_pid_namespace(pid),
         }))
     }
 
@@ -279,6 +283,8 @@ impl PythonProcess {
             },
             frame_objects: u32::from(objects),
             _pad: 0,
+            pidns_dev: self.pidns.map_or(0, |n| n.0),
+            pidns_ino: self.pidns.map_or(0, |n| n.1),
         }
     }
 

@@ -203,6 +203,7 @@ impl Recording {
             threads: Threads::same_namespace(self.tid),
             codes: CodeCache::default(),
             last_syscalls: 0,
+            pidns: None,
         }
     }
 }

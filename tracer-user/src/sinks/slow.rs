@@ -94,6 +94,16 @@ pub fn report(s: &SlowRequest) -> String {
     );
     let _ = writeln!(o, "Host: {}", r.host.as_deref().unwrap_or("-"));
     let _ = writeln!(o, "Process: pid {} tid {} ({})", r.pid, r.tid, r.comm);
+    if let Some(cg) = &r.cgroup {
+        match &r.container {
+            Some(id) => {
+                let _ = writeln!(o, "Cgroup: {cg} (container {id})");
+            }
+            None => {
+                let _ = writeln!(o, "Cgroup: {cg}");
+            }
+        }
+    }
     let _ = writeln!(o, "Started: {}", r.start);
     let _ = writeln!(
         o,

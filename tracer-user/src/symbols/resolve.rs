@@ -51,6 +51,34 @@ pub struct Resolver {
     /// where a frame-pointer walk went astray (see `native`).
     exec: Bounded<u32, (Instant, Vec<ExecMap>)>,
     kernel_cache: Bounded<u64, Frame>,
+    rooted: Rooted,
+}
+
+/// Files of processes in another mount namespace, reached through /proc/PID/root: the path in
+/// their maps may not exist here, or be another file here (the host's libc is not the
+/// container's). One path per file (device, inode), through the first process seen mapping it,
+/// so that a container's workers share the parsed file and its cached symbols; a path that
+/// stopped working (that process exited and the symbolizer let the file go) is replaced.
+#[derive(Default)]
+struct Rooted(HashMap<(Rc<str>, u64), Rc<str>>);
+
+/// Distinct container files remembered at most (cleared beyond: they are re-derived).
+const MAX_ROOTED: usize = 4096;
+
+impl Rooted {
+    fn path(&mut self, pid: u32, id: &(Rc<str>, u64), path: &str) -> Rc<str> {
+        if let Some(p) = self.0.get(id) {
+            if Path::new(&**p).exists() {
+                return Rc::clone(p);
+            }
+        }
+        if self.0.len() >= MAX_ROOTED {
+            self.0.clear();
+        }
+        let p: Rc<str> = Rc::from(format!("/proc/{pid}/root{path}"));
+        self.0.insert(id.clone(), Rc::clone(&p));
+        p
+    }
 }
 
 impl Resolver {
@@ -63,6 +91,7 @@ impl Resolver {
             anon_syms: Bounded::new(MAX_ANON_SYMBOLS, Some(&STATS.symbols)),
             exec: Bounded::new(MAX_MAPS, Some(&STATS.maps)),
             kernel_cache: Bounded::new(MAX_KERNEL_SYMBOLS, Some(&STATS.symbols)),
+            rooted: Rooted::default(),
         }
     }
 
@@ -179,7 +208,15 @@ impl Resolver {
             .is_none_or(|(at, m)| !in_ranges(m, leaf) && at.elapsed() >= REREAD_MAPS);
         if stale {
             let text = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
-            self.exec.insert(pid, (Instant::now(), exec_ranges(&text)));
+            let mut maps = exec_ranges(&text);
+            if crate::procfs::foreign_mount_namespace(pid) {
+                for m in &mut maps {
+                    if let Some(p) = m.path.take() {
+                        m.path = Some(self.rooted.path(pid, &m.file_id, &p));
+                    }
+                }
+            }
+            self.exec.insert(pid, (Instant::now(), maps));
         }
         self.exec
             .peek(&pid)
@@ -312,6 +349,8 @@ struct ExecMap {
     offset: u64,
     /// The ELF file, when the mapping is one that still exists (not `[vdso]`, not deleted).
     path: Option<Rc<str>>,
+    /// The file's device and inode as maps gives them ("fe:01", 1053).
+    file_id: (Rc<str>, u64),
 }
 
 /// Executable mappings of a /proc/PID/maps text, sorted.
@@ -324,8 +363,8 @@ fn exec_ranges(maps: &str) -> Vec<ExecMap> {
             let (start, end) = it.next()?.split_once('-')?;
             it.next()?.contains('x').then_some(())?;
             let offset = u64::from_str_radix(it.next()?, 16).ok()?;
-            let _dev = it.next()?;
-            let _inode = it.next()?;
+            let dev = it.next()?;
+            let inode = it.next()?.parse().ok()?;
             let path = it.next().map(str::trim).unwrap_or_default();
             let file = path.starts_with('/') && !path.ends_with(" (deleted)");
             Some(ExecMap {
@@ -333,6 +372,7 @@ fn exec_ranges(maps: &str) -> Vec<ExecMap> {
                 end: u64::from_str_radix(end, 16).ok()?,
                 offset,
                 path: file.then(|| Rc::from(path)),
+                file_id: (Rc::from(dev), inode),
             })
         })
         .collect();
@@ -456,6 +496,21 @@ mod tests {
             names.iter().all(|n| n.contains("marker_function")),
             "{names:?}"
         );
+    }
+
+    #[test]
+    fn container_files_get_one_path_each_while_it_works() {
+        let mut r = Rooted::default();
+        let me = std::process::id();
+        let id: (Rc<str>, u64) = (Rc::from("fe:01"), 1053);
+        let bin = "/bin/sh";
+        let first = r.path(me, &id, bin);
+        assert_eq!(&*first, format!("/proc/{me}/root/bin/sh"));
+        // Another process mapping the same file shares the first path while it exists.
+        assert_eq!(r.path(1, &id, bin), first);
+        // A path that stopped working is replaced by the asking process's.
+        r.0.insert(id.clone(), Rc::from("/proc/999999999/root/bin/sh"));
+        assert_eq!(&*r.path(me, &id, bin), format!("/proc/{me}/root/bin/sh"));
     }
 
     #[test]
