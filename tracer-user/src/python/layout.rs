@@ -334,12 +334,12 @@ pub fn from_debug_offsets(raw: &[u8]) -> Result<FromDebugOffsets, PyError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     /// 3.13.0's whole `_Py_DebugOffsets`, dumped from a live pyenv 3.13.0 with
     /// `(ctypes.c_char * 584).in_dll(ctypes.pythonapi, "_PyRuntime")`.
-    fn raw_313() -> Vec<u8> {
+    pub fn raw_313() -> Vec<u8> {
         let words: [u64; 72] = [
             51183856, 0, // version 0x030d00f0, free_threaded
             283320, 608, 632, // runtime_state
