@@ -273,8 +273,9 @@ pub fn from_debug_offsets(raw: &[u8]) -> Result<FromDebugOffsets, PyError> {
         },
         tstate_datastack_chunk: datastack_chunk,
         // Not published, but declared right after datastack_chunk in every version since 3.11.
-        tstate_datastack_top: datastack_chunk + 8,
-        tstate_datastack_limit: datastack_chunk + 16,
+        // Saturating: a garbage offset must reach the sanity check below, not overflow.
+        tstate_datastack_top: datastack_chunk.saturating_add(8),
+        tstate_datastack_limit: datastack_chunk.saturating_add(16),
         frames: Frames::Interpreter,
         frame_previous: w(dbg313::FRAME_PREVIOUS)?,
         frame_code: w(dbg313::FRAME_EXECUTABLE)?,
@@ -295,7 +296,7 @@ pub fn from_debug_offsets(raw: &[u8]) -> Result<FromDebugOffsets, PyError> {
         unicode_state: w(dbg313::UNICODE_STATE)?,
         ascii_size,
         // PyCompactUnicodeObject = PyASCIIObject + utf8_length + utf8 (3.12+).
-        compact_size: ascii_size + 16,
+        compact_size: ascii_size.saturating_add(16),
     };
     // Sanity: a corrupted or foreign table must not send us reading megabytes per field.
     let small = [
@@ -390,6 +391,12 @@ pub(super) mod tests {
         let mut raw = raw_313();
         raw[dbg313::CODE_QUALNAME * 8..][..8].copy_from_slice(&u64::MAX.to_le_bytes());
         assert!(from_debug_offsets(&raw).is_err(), "implausible");
+        // Offsets the layout adds to (found by fuzzing: an overflow before the check).
+        for word in [dbg313::TSTATE_DATASTACK_CHUNK, dbg313::UNICODE_ASCII_SIZE] {
+            let mut raw = raw_313();
+            raw[word * 8..][..8].copy_from_slice(&(u64::MAX - 3).to_le_bytes());
+            assert!(from_debug_offsets(&raw).is_err(), "word {word}");
+        }
         assert!(from_debug_offsets(&raw_313()[..100]).is_err(), "short");
     }
 
