@@ -299,7 +299,14 @@ pub fn from_debug_offsets(raw: &[u8]) -> Result<FromDebugOffsets, PyError> {
         compact_size: ascii_size.saturating_add(16),
     };
     // Sanity: a corrupted or foreign table must not send us reading megabytes per field.
+    let current_frame = match l.current_frame {
+        CurrentFrame::Direct {
+            tstate_current_frame,
+        } => tstate_current_frame,
+        CurrentFrame::ViaCFrame { tstate_cframe, .. } => tstate_cframe,
+    };
     let small = [
+        current_frame,
         l.interp_next,
         l.interp_threads_head,
         l.tstate_next,
@@ -392,7 +399,12 @@ pub(super) mod tests {
         raw[dbg313::CODE_QUALNAME * 8..][..8].copy_from_slice(&u64::MAX.to_le_bytes());
         assert!(from_debug_offsets(&raw).is_err(), "implausible");
         // Offsets the layout adds to (found by fuzzing: an overflow before the check).
-        for word in [dbg313::TSTATE_DATASTACK_CHUNK, dbg313::UNICODE_ASCII_SIZE] {
+        // And one the check forgot: the thread state's size (one read of it) grew without bound.
+        for word in [
+            dbg313::TSTATE_DATASTACK_CHUNK,
+            dbg313::UNICODE_ASCII_SIZE,
+            dbg313::TSTATE_CURRENT_FRAME,
+        ] {
             let mut raw = raw_313();
             raw[word * 8..][..8].copy_from_slice(&(u64::MAX - 3).to_le_bytes());
             assert!(from_debug_offsets(&raw).is_err(), "word {word}");
