@@ -10,7 +10,7 @@
 
 use std::{
     fs,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -218,7 +218,7 @@ mod tests {
             let seeds = root.join("fuzz/corpus").join(t);
             let n = fs::read_dir(&seeds).map(|d| d.count()).unwrap_or(0);
             assert!(n > 0, "{} has no seeds", seeds.display());
-            let src = Path::new("fuzz/fuzz_targets").join(format!("{t}.rs"));
+            let src = std::path::Path::new("fuzz/fuzz_targets").join(format!("{t}.rs"));
             assert!(root.join(&src).is_file(), "{}", src.display());
         }
     }
