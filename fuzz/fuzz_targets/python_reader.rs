@@ -4,4 +4,6 @@
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| slowtrace::python::fuzz::image(data));
+fuzz_target!(|data: &[u8]| {
+    slowtrace::python::fuzz::image(data);
+});

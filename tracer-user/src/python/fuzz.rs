@@ -79,7 +79,9 @@ pub struct Image {
     /// 3.9/3.10: the libc's `_thread_db_pthread_tid` descriptor.
     pub pthread_desc: [u8; 12],
     pub regions: BTreeMap<u64, Vec<u8>>,
-    /// Changes to make, now or between two reads (raw op bytes, see [`Op`]).
+    /// What to do to the image and with it (see [`image`]): the count of changes to make, now
+    /// or between two reads, then each ([`Op`]); the count of more threads to read, then their
+    /// ids; then (code object, instruction) pairs to resolve as the kernel's walker hands them.
     pub ops: Vec<u8>,
 }
 
@@ -313,17 +315,16 @@ fn layout_of(version: (u8, u8), img: &Image, mem: &mut ImageMemory) -> Option<La
     }
 }
 
-/// Read an image built from `data` the way slowtrace reads a live process. Panics only when
-/// the reader breaks a promise (more than [`MAX_FRAMES`] frames, an unbounded string).
-pub fn image(data: &[u8]) {
+/// Read an image built from `data` the way slowtrace reads a live process; returns the frames
+/// read in all (the tests check the seeds reach that deep). Panics only when the reader breaks
+/// a promise (more than [`MAX_FRAMES`] frames, an unbounded string).
+pub fn image(data: &[u8]) -> usize {
     let img = decode(data);
     let mut regions = img.regions.clone();
     let mut ops = Input { data: &img.ops };
     let mut later = Vec::new();
-    for _ in 0..MAX_OPS {
-        if ops.data.is_empty() {
-            break;
-        }
+    // The op section: a count, the ops; a count, the thread ids; (code, instruction) pairs.
+    for _ in 0..usize::from(ops.u8()) % (MAX_OPS + 1) {
         // Bit 7 of the first byte: now, or after a later read (batch, read index).
         let when = ops.u8();
         let op = Op::read(&mut ops);
@@ -338,10 +339,7 @@ pub fn image(data: &[u8]) {
         }
     }
     let mut tids = vec![img.tid];
-    for _ in 0..MAX_TIDS {
-        if ops.data.is_empty() {
-            break;
-        }
+    for _ in 0..usize::from(ops.u8()) % (MAX_TIDS + 1) {
         tids.push(ops.u32());
     }
     // Kernel-walked frames to resolve: (code object, instruction) pairs at places of the image.
@@ -358,7 +356,7 @@ pub fn image(data: &[u8]) {
         batches: 0,
     };
     let Some(layout) = layout_of(version, &img, &mut mem) else {
-        return;
+        return 0;
     };
     let mut p = PythonProcess {
         version,
@@ -372,16 +370,19 @@ pub fn image(data: &[u8]) {
         last_syscalls: 0,
     };
     let _ = p.kernel_layout();
+    let mut read = 0;
     for &tid in &tids {
         for _ in 0..2 {
             if let Ok(frames) = p.stack(tid) {
                 check(&frames);
+                read += frames.len();
             }
         }
     }
     let resolved = p.resolve(&kernel_frames);
     assert_eq!(resolved.len(), kernel_frames.len());
     check(&resolved.into_iter().flatten().collect::<Vec<_>>());
+    read
 }
 
 fn check(frames: &[super::PyFrame]) {
@@ -467,7 +468,8 @@ mod tests {
             tid: 100,
             pthread_desc: [0; 12],
             regions,
-            ops: 101u32.to_le_bytes().to_vec(),
+            // No change; one more thread: 101.
+            ops: [&[0u8, 1][..], &101u32.to_le_bytes()].concat(),
         }
     }
 
@@ -501,7 +503,8 @@ mod tests {
         for v in VERSIONS {
             let img = built(v);
             assert_eq!(decode(&encode(&img)), img);
-            image(&encode(&img));
+            // Threads 100 (2 frames) and 101 (12), each read twice.
+            assert_eq!(image(&encode(&img)), 2 * (2 + 12), "{v:?}");
         }
     }
 
@@ -509,17 +512,25 @@ mod tests {
     /// without the fuzzer).
     #[test]
     fn the_committed_corpus_replays() {
-        for (target, run) in [
-            ("python_reader", image as fn(&[u8])),
-            ("linetable", linetable as fn(&[u8])),
-        ] {
+        let files = |target: &str| {
             let dir = corpus(target);
-            let mut n = 0;
-            for entry in std::fs::read_dir(&dir).unwrap() {
-                run(&std::fs::read(entry.unwrap().path()).unwrap());
-                n += 1;
+            let files: Vec<_> = std::fs::read_dir(&dir)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
+            assert!(!files.is_empty(), "{} is empty", dir.display());
+            files
+        };
+        for path in files("python_reader") {
+            let frames = image(&std::fs::read(&path).unwrap());
+            // The recorded stacks are 7 frames deep, read twice.
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if name.starts_with("recorded-") {
+                assert_eq!(frames, 14, "{name}");
             }
-            assert!(n > 0, "{} is empty", dir.display());
+        }
+        for path in files("linetable") {
+            linetable(&std::fs::read(path).unwrap());
         }
     }
 
