@@ -43,6 +43,10 @@ impl<K: Hash + Eq, V> Bounded<K, V> {
         self.young.len() + self.old.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.young.is_empty() && self.old.is_empty()
+    }
+
     pub fn contains_key<Q>(&self, k: &Q) -> bool
     where
         K: Borrow<Q>,

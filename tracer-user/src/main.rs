@@ -1,29 +1,8 @@
-//! slowtrace: the binary. Thin glue; each stage of the pipeline lives in its own module:
-//! probes (kernel side) → events (decoding) → model (requests, stats) → sinks (files, summary).
+//! slowtrace: the binary. Thin glue over the library (lib.rs), where each stage of the pipeline
+//! lives in its own module: probes (kernel side) → events (decoding) → model (requests, stats) →
+//! sinks (files, summary).
 
-mod act;
-mod agent;
-mod bounded;
-mod capture;
-mod cli;
-mod config;
-mod config_file;
-mod doctor;
-mod events;
-mod exit;
-mod handlers;
-mod headless;
-mod launch;
-mod model;
-mod probes;
-mod procfs;
-mod profile;
-mod python;
-mod reaper;
-mod record;
-mod sinks;
-mod symbols;
-mod tui;
+use slowtrace::{cli, config, config_file, doctor, exit, headless, one_line, python, record, tui};
 
 use std::process::ExitCode;
 
@@ -125,23 +104,6 @@ fn one_line_panics(verbose: bool) {
             eprintln!("{}", std::backtrace::Backtrace::force_capture());
         }
     }));
-}
-
-/// The error and its causes on one line, each said once: many of our errors name their cause
-/// in their own message too (`output directory X: No such file…`), and `{:#}` would repeat it.
-pub fn one_line(err: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in err.chain() {
-        let text = exit::bare(&cause.to_string());
-        if out.contains(&text) {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push_str(": ");
-        }
-        out.push_str(&text);
-    }
-    out
 }
 
 #[cfg(test)]

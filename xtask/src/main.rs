@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | build | test | demo`.
+//! Project tasks: `cargo xtask setup | build | test | demo | bench | fuzz`.
 //!
 //! Every task installs what it needs first (idempotently), so a fresh machine needs nothing but
 //! this repository and rustup.
@@ -12,6 +12,7 @@ mod bpf_stats;
 mod compare;
 mod demo;
 mod echo_load;
+mod fuzz;
 mod setup;
 mod test;
 mod util;
@@ -85,6 +86,15 @@ enum Task {
         #[arg(long, default_value = "20s")]
         duration: String,
     },
+    /// Setup, then build the fuzz targets (fuzz/, nightly cargo-fuzz) and run each for
+    /// --seconds, one after the other; fails on any crash, hang or memory blow-up.
+    Fuzz {
+        /// Seconds per target (not in all).
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only these targets (default: all).
+        targets: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -94,6 +104,9 @@ fn main() -> ExitCode {
         Task::Build => setup::run(false).and_then(|()| util::build_release()),
         Task::Test { args } => test::run(&args),
         Task::Demo { duration } => demo::run(&duration),
+        Task::Fuzz { seconds, targets } => setup::run(false)
+            .and_then(|()| fuzz::run(seconds, &targets))
+            .map(drop),
         Task::Bench {
             long,
             soak,

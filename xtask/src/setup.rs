@@ -3,7 +3,8 @@
 //! * rust-src for the nightly toolchain (the eBPF crate is built with `-Z build-std=core`);
 //! * bpf-linker built against the nightly's own libLLVM, because the linker must read the bitcode
 //!   that exact LLVM wrote; the LLVM major and library file name come from the installed nightly;
-//! * Debian packages and a Python venv for the tests and the demo.
+//! * Debian packages and a Python venv for the tests and the demo;
+//! * cargo-fuzz, for the fuzz targets (`cargo xtask fuzz`, and a short run in `cargo xtask test`).
 
 use std::{
     fs,
@@ -17,6 +18,9 @@ use anyhow::{bail, Context as _};
 use crate::util::{self, output};
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// The newest cargo-fuzz; it builds with the stable toolchain (`cargo xtask fuzz` runs it with
+/// the nightly).
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// nginx, wrk and curl for the request tests; tmux for the dashboard test; PostgreSQL, Redis and
 /// memcached as the downstream servers of the downstream-call tests (started by the tests
 /// themselves on free ports, never as system services); protoc decodes the pprof test's profile
@@ -46,8 +50,30 @@ pub fn run(with_test_packages: bool) -> anyhow::Result<()> {
     if with_test_packages {
         debian(DEBIAN_PACKAGES)?;
         python_venv()?;
+        cargo_fuzz()?;
     }
     Ok(())
+}
+
+/// cargo-fuzz, for `cargo xtask fuzz` and the fuzz smoke run of `cargo xtask test`.
+pub fn cargo_fuzz() -> anyhow::Result<()> {
+    let installed = output(
+        Command::new("cargo")
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .args(["fuzz", "--version"]),
+    )
+    .is_some_and(|v| v.contains(CARGO_FUZZ_VERSION));
+    if installed {
+        return Ok(());
+    }
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.env_remove("RUSTUP_TOOLCHAIN").args([
+        "install",
+        &format!("cargo-fuzz@{CARGO_FUZZ_VERSION}"),
+        "--locked",
+        "--force",
+    ]);
+    util::run(&mut cmd)
 }
 
 fn rustup() -> Command {

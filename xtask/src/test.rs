@@ -1,11 +1,14 @@
-//! `cargo xtask test`: unit tests (no root), then the root tests that load eBPF and trace real
-//! servers on 127.0.0.1. Integration tests run one at a time: they time real requests on a
+//! `cargo xtask test`: unit tests (no root), a short fuzz run (every target of fuzz/ for a few
+//! seconds), then the root tests that load eBPF and trace real servers on 127.0.0.1. Integration tests run one at a time: they time real requests on a
 //! 2-core machine and must not compete with each other. The root tests are `#[ignore]`d, so that
 //! a plain `cargo test` without root reports them as ignored rather than passed; here, as root,
 //! `--include-ignored` runs them all. The exact-count suites then run once more on the fallback
 //! (syscall-tracepoint) kernel path.
 
 use crate::{setup, util};
+
+/// Seconds per fuzz target in the smoke run.
+const FUZZ_SMOKE_SECONDS: u64 = 6;
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     setup::run(true)?;
@@ -25,6 +28,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             ])
             .args(args),
     )?;
+    // Every fuzz target for a few seconds (10 targets, ~60 s in all) from the committed corpus:
+    // the decoders of untrusted bytes still hold on what once broke them and on fresh mutations.
+    crate::fuzz::run(FUZZ_SMOKE_SECONDS, &[])?;
     integration(&[], args, false)?;
     // The syscall-tracepoint path is what kernels without the socket tracepoints (< 6.3) or BTF
     // get: the exact-count suites again on it, forced.

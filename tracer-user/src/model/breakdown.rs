@@ -32,14 +32,19 @@ impl Breakdown {
         // The thread is on CPU at the end (it writes the response): its last segment runs from
         // its last return to the CPU (or the start) to the end.
         let ran_from = r.sched_last_in.max(r.start_ns).max(r.sched_last_out);
-        let on_cpu_ns = s[sched::ON_CPU] + end_ns.saturating_sub(ran_from);
-        let parts_ns = on_cpu_ns
-            + s[sched::RUNQUEUE]
-            + s[sched::DOWNSTREAM]
-            + s[sched::DISK]
-            + s[sched::LOCK]
-            + s[sched::SLEEP]
-            + s[sched::OTHER];
+        // Saturating: the sums come from a record, and a torn or corrupt one (the fuzzer's) must
+        // not overflow (a panic in debug builds, wrapped nonsense in release).
+        let on_cpu_ns = s[sched::ON_CPU].saturating_add(end_ns.saturating_sub(ran_from));
+        let parts_ns = [
+            sched::RUNQUEUE,
+            sched::DOWNSTREAM,
+            sched::DISK,
+            sched::LOCK,
+            sched::SLEEP,
+            sched::OTHER,
+        ]
+        .iter()
+        .fold(on_cpu_ns, |sum, &part| sum.saturating_add(s[part]));
         let duration_ns = end_ns.saturating_sub(r.start_ns);
         Self {
             on_cpu_us: on_cpu_ns / 1000,
@@ -49,7 +54,7 @@ impl Breakdown {
             lock_us: s[sched::LOCK] / 1000,
             sleep_us: s[sched::SLEEP] / 1000,
             other_us: s[sched::OTHER] / 1000,
-            unaccounted_us: (duration_ns as i64 - parts_ns as i64) / 1000,
+            unaccounted_us: ((i128::from(duration_ns) - i128::from(parts_ns)) / 1000) as i64,
             switches: s[sched::SWITCHES],
         }
     }
@@ -115,6 +120,18 @@ mod tests {
         );
         let f = b.for_findings(11_000);
         assert_eq!(f.lock_ns, 5_000_000);
+    }
+
+    /// Found by fuzzing (fuzz/fuzz_targets/records.rs): parts summing past u64::MAX overflowed.
+    #[test]
+    fn a_corrupt_record_saturates_instead_of_overflowing() {
+        let mut r = RequestRecord::zeroed();
+        r.start_ns = 100;
+        r.sched[sched::ON_CPU] = u64::MAX - 5;
+        r.sched[sched::LOCK] = u64::MAX;
+        let b = Breakdown::from_record(&r, 3_000_100);
+        assert_eq!(b.lock_us, u64::MAX / 1000);
+        assert!(b.unaccounted_us < 0, "{}", b.unaccounted_us);
     }
 
     #[test]

@@ -10,6 +10,9 @@ use super::{
     route,
 };
 
+/// 9999-12-31T23:59:59.999999Z, the last time RFC 3339 can write, in µs since the epoch.
+const MAX_RFC3339_US: u64 = 253_402_300_799_999_999;
+
 /// How records become requests.
 #[derive(Debug, Clone, Copy)]
 pub struct Context {
@@ -22,8 +25,9 @@ impl Context {
     /// A kernel (monotonic) timestamp as Unix µs and RFC 3339.
     pub fn unix_time(&self, mono_ns: u64) -> (u64, String) {
         let us = u64::try_from((i128::from(mono_ns) + self.mono_to_unix_ns) / 1000).unwrap_or(0);
+        // humantime's Display fails (and `to_string` panics) past the year 9999.
         let text = humantime::format_rfc3339_micros(
-            std::time::UNIX_EPOCH + std::time::Duration::from_micros(us),
+            std::time::UNIX_EPOCH + std::time::Duration::from_micros(us.min(MAX_RFC3339_US)),
         )
         .to_string();
         (us, text)
@@ -274,6 +278,18 @@ pub fn test_request() -> Request {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by fuzzing (records.rs): a time past the year 9999 made `unix_time` panic.
+    #[test]
+    fn times_past_rfc3339_are_written_as_its_last_moment() {
+        let ctx = Context {
+            keep_query: false,
+            mono_to_unix_ns: i128::from(i64::MAX) * 64,
+        };
+        let (us, text) = ctx.unix_time(u64::MAX);
+        assert!(us > MAX_RFC3339_US);
+        assert_eq!(text, "9999-12-31T23:59:59.999999Z");
+    }
 
     pub(crate) fn record(req: &[u8], resp: &[u8], start: u64, end: u64) -> RequestRecord {
         let mut r = RequestRecord::zeroed();

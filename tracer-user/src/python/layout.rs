@@ -273,8 +273,9 @@ pub fn from_debug_offsets(raw: &[u8]) -> Result<FromDebugOffsets, PyError> {
         },
         tstate_datastack_chunk: datastack_chunk,
         // Not published, but declared right after datastack_chunk in every version since 3.11.
-        tstate_datastack_top: datastack_chunk + 8,
-        tstate_datastack_limit: datastack_chunk + 16,
+        // Saturating: a garbage offset must reach the sanity check below, not overflow.
+        tstate_datastack_top: datastack_chunk.saturating_add(8),
+        tstate_datastack_limit: datastack_chunk.saturating_add(16),
         frames: Frames::Interpreter,
         frame_previous: w(dbg313::FRAME_PREVIOUS)?,
         frame_code: w(dbg313::FRAME_EXECUTABLE)?,
@@ -295,10 +296,17 @@ pub fn from_debug_offsets(raw: &[u8]) -> Result<FromDebugOffsets, PyError> {
         unicode_state: w(dbg313::UNICODE_STATE)?,
         ascii_size,
         // PyCompactUnicodeObject = PyASCIIObject + utf8_length + utf8 (3.12+).
-        compact_size: ascii_size + 16,
+        compact_size: ascii_size.saturating_add(16),
     };
     // Sanity: a corrupted or foreign table must not send us reading megabytes per field.
+    let current_frame = match l.current_frame {
+        CurrentFrame::Direct {
+            tstate_current_frame,
+        } => tstate_current_frame,
+        CurrentFrame::ViaCFrame { tstate_cframe, .. } => tstate_cframe,
+    };
     let small = [
+        current_frame,
         l.interp_next,
         l.interp_threads_head,
         l.tstate_next,
@@ -334,12 +342,12 @@ pub fn from_debug_offsets(raw: &[u8]) -> Result<FromDebugOffsets, PyError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     /// 3.13.0's whole `_Py_DebugOffsets`, dumped from a live pyenv 3.13.0 with
     /// `(ctypes.c_char * 584).in_dll(ctypes.pythonapi, "_PyRuntime")`.
-    fn raw_313() -> Vec<u8> {
+    pub fn raw_313() -> Vec<u8> {
         let words: [u64; 72] = [
             51183856, 0, // version 0x030d00f0, free_threaded
             283320, 608, 632, // runtime_state
@@ -390,6 +398,17 @@ mod tests {
         let mut raw = raw_313();
         raw[dbg313::CODE_QUALNAME * 8..][..8].copy_from_slice(&u64::MAX.to_le_bytes());
         assert!(from_debug_offsets(&raw).is_err(), "implausible");
+        // Offsets the layout adds to (found by fuzzing: an overflow before the check).
+        // And one the check forgot: the thread state's size (one read of it) grew without bound.
+        for word in [
+            dbg313::TSTATE_DATASTACK_CHUNK,
+            dbg313::UNICODE_ASCII_SIZE,
+            dbg313::TSTATE_CURRENT_FRAME,
+        ] {
+            let mut raw = raw_313();
+            raw[word * 8..][..8].copy_from_slice(&(u64::MAX - 3).to_le_bytes());
+            assert!(from_debug_offsets(&raw).is_err(), "word {word}");
+        }
         assert!(from_debug_offsets(&raw_313()[..100]).is_err(), "short");
     }
 

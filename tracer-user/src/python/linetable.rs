@@ -178,8 +178,9 @@ fn push_range(ranges: &mut Vec<(u32, Option<u32>)>, end: u32, line: Option<u32>)
 /// Line of the instruction at code unit `unit`, like `PyCode_Addr2Line(code, unit * 2)`:
 /// a negative unit (a frame that has not started, 3.11/3.12 `prev_instr` one before the code)
 /// is the first line; past the table or a no-location entry is `None`. The reference [`Lines`]
-/// is tested against; the reader uses [`Lines`], decoded once per code object.
-#[cfg(test)]
+/// is tested against (and fuzzed against, fuzz.rs); the reader uses [`Lines`], decoded once per
+/// code object.
+#[cfg(any(test, fuzzing))]
 pub fn line_at(table: &[u8], firstlineno: i32, unit: i64) -> Option<u32> {
     if unit < 0 {
         return u32::try_from(firstlineno).ok();

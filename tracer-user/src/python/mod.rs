@@ -32,6 +32,8 @@ mod codes;
 mod discover;
 #[cfg(test)]
 mod fake;
+#[cfg(any(test, fuzzing))]
+pub mod fuzz;
 mod layout;
 mod linetable;
 mod memory;

@@ -472,3 +472,30 @@ fn old_pythons_refuse_a_chain_into_freed_frames() {
         );
     }
 }
+
+/// Found by fuzzing (fuzz/fuzz_targets/python_reader.rs): addresses read from the target near
+/// the top of the address space overflowed when a field offset was added (a panic with overflow
+/// checks on; `cargo test` without --release shows it). They are just unreadable addresses.
+#[test]
+fn pointers_at_the_top_of_the_address_space_are_unreadable_not_overflows() {
+    for v in VERSIONS {
+        let mut b = Builder::new(v);
+        let (ts, _) = three_frames(&mut b);
+        let l = b.layout;
+        // An interpreter list pointing at the last bytes.
+        b.write_u64(b.runtime + l.runtime_interpreters_head, u64::MAX - 7);
+        let mut p = b.process(None);
+        assert!(matches!(p.stack(100), Err(PyError::Torn(_))), "{v:?}");
+        // A cframe there (3.11/3.12), or a chunk whose older chunk is there (3.11+).
+        let mut b = Builder::new(v);
+        let (ts2, _) = three_frames(&mut b);
+        if let super::layout::CurrentFrame::ViaCFrame { tstate_cframe, .. } = l.current_frame {
+            b.write_u64(ts2 + tstate_cframe, u64::MAX - 3);
+        }
+        if l.frames == super::layout::Frames::Interpreter {
+            b.write_u64(b.last_chunk, u64::MAX - 15);
+        }
+        let _ = b.process(None).stack(100);
+        let _ = ts;
+    }
+}

@@ -172,15 +172,16 @@ impl Threads {
         runtime: u64,
     ) -> Result<(), PyError> {
         self.tstates.clear();
-        let mut interp = mem.read_u64(runtime + layout.runtime_interpreters_head)?;
+        // Addresses from the target are only numbers to read at: wrapping, never overflowing.
+        let mut interp = mem.read_u64(runtime.wrapping_add(layout.runtime_interpreters_head))?;
         let mut interps = 0;
         let mut threads = 0;
         while interp != 0 && interps < MAX_INTERPRETERS {
             interps += 1;
             let (mut next_interp, mut head) = ([0u8; 8], [0u8; 8]);
             let mut reads = [
-                Read::new(interp + layout.interp_next, &mut next_interp),
-                Read::new(interp + layout.interp_threads_head, &mut head),
+                Read::new(interp.wrapping_add(layout.interp_next), &mut next_interp),
+                Read::new(interp.wrapping_add(layout.interp_threads_head), &mut head),
             ];
             mem.read_batch(&mut reads)?;
             if !reads.iter().all(Read::complete) {

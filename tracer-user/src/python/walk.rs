@@ -61,7 +61,7 @@ impl Chunks {
         let size = size.min(MAX_CHUNK) as usize;
         if size > buf.len() {
             buf.resize(size, 0);
-            mem.read_exact(addr + got as u64, &mut buf[got..])
+            mem.read_exact(addr.wrapping_add(got as u64), &mut buf[got..])
                 .map_err(|_| PyError::Torn("data-stack chunk unreadable"))?;
         } else {
             buf.truncate(size);
@@ -225,7 +225,7 @@ fn snapshot(
             {
                 // The cframe lives on the thread's C stack; one that was just unwound reads as
                 // stale data, which the walk's checks catch.
-                reads.push(Read::new(c + cframe_current, cur));
+                reads.push(Read::new(c.wrapping_add(cframe_current), cur));
             }
         }
         mem.read_batch(&mut reads)?;
@@ -334,7 +334,7 @@ fn settle(
             if let (Some(c), CurrentFrame::ViaCFrame { cframe_current, .. }) =
                 (snap.cframe, l.current_frame)
             {
-                reads.push(Read::new(c + cframe_current, &mut current));
+                reads.push(Read::new(c.wrapping_add(cframe_current), &mut current));
             }
             mem.read_batch(&mut reads)?;
             if !reads.iter().all(Read::complete) {

@@ -1,0 +1,7 @@
+//! The http recognizer and command decoder (model/downstream/http.rs) on arbitrary bytes.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use slowtrace::model::downstream::Protocol;
+
+fuzz_target!(|data: &[u8]| slowtrace_fuzz::downstream(Protocol::Http, data));
