@@ -368,6 +368,7 @@ pub fn image(data: &[u8]) -> usize {
         threads: Threads::same_namespace(u32::MAX),
         codes: CodeCache::with_cap(64),
         last_syscalls: 0,
+        pidns: None,
     };
     let _ = p.kernel_layout();
     let mut read = 0;
