@@ -205,7 +205,9 @@ pub struct Usage {
     pub rss_bytes: u64,
 }
 
-/// From /proc/self/stat (utime, stime in clock ticks; rss in pages). Zeros if unreadable.
+/// CPU from /proc/self/stat (utime, stime in clock ticks), memory from /proc/self/status's
+/// VmRSS: stat's rss field is the kernel's per-CPU approximation, which read 11 MB for a
+/// process whose VmRSS was 23.5 MB (30-minute soak). Zeros if unreadable.
 pub fn self_usage() -> Usage {
     let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
         return Usage::default();
@@ -228,15 +230,36 @@ pub fn self_usage() -> Usage {
             libc::sysconf(libc::_SC_PAGESIZE).max(1) as u64,
         )
     };
+    let vm_rss_kb = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| status_kb(&s, "VmRSS:"));
     Usage {
         cpu_secs: (field(14) + field(15)) as f64 / tick,
-        rss_bytes: field(24) * page,
+        rss_bytes: vm_rss_kb.map_or(field(24) * page, |kb| kb * 1024),
     }
+}
+
+/// A `Key:   N kB` line of /proc/PID/status, in kB.
+fn status_kb(status: &str, key: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_lines_give_their_kilobytes() {
+        let s = "Name:\tslowtrace\nVmHWM:\t   30000 kB\nVmRSS:\t   24064 kB\n";
+        assert_eq!(status_kb(s, "VmRSS:"), Some(24064));
+        assert_eq!(status_kb(s, "VmSwap:"), None);
+    }
 
     #[test]
     fn device_numbers_in_the_kernels_encoding() {
