@@ -135,7 +135,10 @@ pub fn run(cfg: RecordConfig) -> anyhow::Result<ExitCode> {
                 .replacen("ENDPOINT", "HANDLER ", 1),
         );
     }
-    footer.extend(findings::summary(&rec.stats, rec.files.findings.out.written));
+    footer.extend(findings::summary(
+        &rec.stats,
+        rec.files.findings.out.written,
+    ));
     footer.extend(downstream_report(&done.counters));
     if let Some(p) = &done.profile {
         // The whole run's flamegraphs are written here, by the output, from the profile the

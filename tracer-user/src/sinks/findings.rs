@@ -51,14 +51,14 @@ impl FindingsSink {
             return Ok(());
         }
         self.out.line(&Line {
-                start: &r.start,
-                pid: r.pid,
-                tid: r.tid,
-                endpoint: &r.endpoint,
-                duration_us: r.duration_us,
-                breakdown: Some(b),
-                findings: &r.findings,
-                site: r.downstream.as_ref().and_then(|d| d.site.as_deref()),
+            start: &r.start,
+            pid: r.pid,
+            tid: r.tid,
+            endpoint: &r.endpoint,
+            duration_us: r.duration_us,
+            breakdown: Some(b),
+            findings: &r.findings,
+            site: r.downstream.as_ref().and_then(|d| d.site.as_deref()),
         })
     }
 

@@ -260,7 +260,7 @@ mod tests {
             ..Default::default()
         };
         let mut f = LineFile::new(&mut disk, Path::new("x"));
-        let big = "x".repeat(FLUSH_AT / 3);
+        let big = "x".repeat(FLUSH_AT / 4);
         for _ in 0..4 {
             f.line(&big).unwrap();
         }
@@ -287,7 +287,10 @@ mod tests {
         f.flush();
         f.line(&3).unwrap();
         assert_eq!((f.written, f.lost), (1, 2));
-        assert!(f.take_warning().unwrap().contains("removed while slowtrace"));
+        assert!(f
+            .take_warning()
+            .unwrap()
+            .contains("removed while slowtrace"));
     }
 
     #[test]

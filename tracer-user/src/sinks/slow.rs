@@ -65,8 +65,8 @@ impl SlowSink {
             n += 1;
             path = self.dir.join(format!("{base}-{n}.txt"));
         }
-        let written = super::create_private(&path)
-            .and_then(|mut f| f.write_all(report(s).as_bytes()));
+        let written =
+            super::create_private(&path).and_then(|mut f| f.write_all(report(s).as_bytes()));
         match written {
             Ok(()) => Ok(Some(path)),
             Err(e) => {
