@@ -282,7 +282,8 @@ pub fn loss_report(c: &Counters) -> Vec<String> {
         "user space: {} malformed records, {} capture jobs dropped (capture thread busy), {} \
          profile samples dropped (profiler busy), {} downstream calls outside any request, {} \
          requests' downstream calls forgotten (too many open), {} fd numbers reused without a \
-         close seen, {} socket transfers by io_uring or kernel callers not traced",
+         close seen, {} socket transfers by io_uring or kernel callers not traced, {} targets \
+         traced again after an exec",
         c.malformed,
         c.capture_overflow,
         c.profile_overflow,
@@ -290,6 +291,7 @@ pub fn loss_report(c: &Counters) -> Vec<String> {
         c.downstream_dropped_requests,
         c.get(Counter::FdReused),
         c.get(Counter::SockOtherSyscall),
+        c.retargeted,
     ));
     if dropped > 0 || c.get(Counter::ArgsMapFull) > 0 || c.malformed > 0 {
         lines.push(format!(

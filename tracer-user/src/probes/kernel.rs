@@ -44,6 +44,8 @@ pub trait Kernel {
     fn signal_note(&self, tid: u32) -> Option<SignalNote>;
     /// An fd that turns readable when request records pile up; None: drained on the timer only.
     fn wakeup_fd(&self) -> Option<BorrowedFd<'_>>;
+    /// Mark `tgid` a target again if the kernel has unmarked it; whether it had.
+    fn remark(&mut self, tgid: u32) -> bool;
 }
 
 /// The kernel through aya: the loaded programs' maps and ring buffers.
@@ -108,6 +110,19 @@ impl Kernel for AyaKernel {
         // A full watch map or a thread gone already: the capture falls back to /proc.
         if let Err(e) = done {
             log::debug!("watching tid {tid} ({on}): {e}");
+        }
+    }
+
+    fn remark(&mut self, tgid: u32) -> bool {
+        if self.probes.is_target(tgid) {
+            return false;
+        }
+        match self.probes.add_target(tgid) {
+            Ok(()) => true,
+            Err(e) => {
+                log::debug!("marking {tgid} again: {e}");
+                false
+            }
         }
     }
 
