@@ -2,6 +2,7 @@
 //! binary loading real eBPF. `cargo xtask test` sets SLOWTRACE_BIN and SLOWTRACE_VENV.
 
 pub mod backends;
+pub mod faults;
 pub mod receivers;
 pub mod tmux;
 
@@ -269,6 +270,8 @@ pub fn free_port() -> u16 {
 pub struct Trace {
     proc: Proc,
     pub dir: tempfile::TempDir,
+    /// The output directory: `dir` unless started with `start_out`.
+    out: PathBuf,
     stderr: mpsc::Receiver<String>,
 }
 
@@ -282,6 +285,7 @@ pub struct Finished {
     pub stdout: String,
     pub stderr: String,
     pub success: bool,
+    pub status: std::process::ExitStatus,
 }
 
 impl Finished {
@@ -296,23 +300,30 @@ impl Finished {
 impl Trace {
     /// Start `slowtrace record ARGS -o TMP` and wait until it says it is tracing.
     pub fn start(args: &[&str]) -> Trace {
-        Self::start_sub("record", args)
+        Self::start_sub("record", args, None)
+    }
+
+    /// Start `slowtrace record ARGS -o OUT` (an output directory the test provides: a small
+    /// tmpfs, one it removes).
+    pub fn start_out(args: &[&str], out: &Path) -> Trace {
+        Self::start_sub("record", args, Some(out))
     }
 
     /// Start `slowtrace agent ARGS -o TMP` (the headless agent, with the per-request files on so
     /// that tests can compare its exports with them).
     pub fn start_agent(args: &[&str]) -> Trace {
-        Self::start_sub("agent", args)
+        Self::start_sub("agent", args, None)
     }
 
-    fn start_sub(sub: &str, args: &[&str]) -> Trace {
+    fn start_sub(sub: &str, args: &[&str], out: Option<&Path>) -> Trace {
         let dir = tempfile::tempdir().unwrap();
+        let out = out.unwrap_or(dir.path()).to_owned();
         let mut proc = Proc::spawn(
             Command::new(slowtrace_bin())
                 .arg(sub)
                 .args(args)
                 .arg("-o")
-                .arg(dir.path())
+                .arg(&out)
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped()),
         );
@@ -343,12 +354,18 @@ impl Trace {
         Trace {
             proc,
             dir,
+            out,
             stderr: rx,
         }
     }
 
     pub fn requests_path(&self) -> PathBuf {
-        self.dir.path().join("requests.jsonl")
+        self.out.join("requests.jsonl")
+    }
+
+    /// The output directory.
+    pub fn out(&self) -> &Path {
+        &self.out
     }
 
     /// Records written so far (the file is flushed every 250 ms).
@@ -359,7 +376,7 @@ impl Trace {
     /// The complete records in `file` of the output directory so far: a line still being written
     /// (a flush can take more than one write) is left for the next look.
     pub fn records_in(&self, file: &str) -> Vec<Value> {
-        let text = std::fs::read_to_string(self.dir.path().join(file)).unwrap_or_default();
+        let text = std::fs::read_to_string(self.out.join(file)).unwrap_or_default();
         let complete = text.rfind('\n').map_or("", |end| &text[..end]);
         parse_records(complete)
     }
@@ -400,13 +417,19 @@ impl Trace {
             .read_to_string(&mut stdout)
             .unwrap();
         let status = self.proc.child.wait().unwrap();
-        let stderr: Vec<String> = self.stderr.try_iter().collect();
+        // Every line, up to the reader thread's end at EOF (a launched command that outlives
+        // us may hold the pipe open: then what came within a few seconds).
+        let mut stderr = Vec::new();
+        while let Ok(line) = self.stderr.recv_timeout(Duration::from_secs(5)) {
+            stderr.push(line);
+        }
         Finished {
-            dir: self.dir.path().to_owned(),
+            dir: self.out.clone(),
             records: read_records(&self.requests_path()),
             stdout,
             stderr: stderr.join("\n"),
             success: status.success(),
+            status,
             _keep: self.dir,
         }
     }

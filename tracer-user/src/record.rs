@@ -23,22 +23,37 @@ struct Recorder {
     handler_stats: Endpoints,
 }
 
+impl Recorder {
+    /// A file given up (disk full, directory removed) is said once, as it happens; tracing
+    /// goes on and the summary counts what was lost.
+    fn warn(&mut self) {
+        for w in self.files.take_warnings() {
+            eprintln!("slowtrace: WARNING: {w}");
+        }
+    }
+}
+
 impl Consumer for Recorder {
     fn on_event(&mut self, ev: AgentEvent) -> anyhow::Result<()> {
         if let AgentEvent::Request(req) = &ev {
             self.stats.add(req);
         }
-        self.files.on_event(ev)
+        self.files.on_event(ev)?;
+        self.warn();
+        Ok(())
     }
 
     fn on_handler(&mut self, call: &HandlerCall) -> anyhow::Result<()> {
         self.handler_stats
             .sample(&call.handler, call.duration_us, false);
-        self.files.handler(call)
+        self.files.handler(call)?;
+        self.warn();
+        Ok(())
     }
 
     fn on_slow(&mut self, slow: &SlowRequest) -> anyhow::Result<()> {
         self.files.slow(slow)?;
+        self.warn();
         let Some(path) = &self.files.last_report else {
             return Ok(());
         };
@@ -94,6 +109,7 @@ pub fn run(cfg: RecordConfig) -> anyhow::Result<ExitCode> {
     let done = agent.run(&mut rec, cfg.duration, Arc::new(AtomicBool::new(false)))?;
     let elapsed = started.elapsed();
     rec.files.flush()?;
+    rec.warn();
 
     let mut footer = vec![format!(
         "\nstopped by {}; {} records written to {}",
@@ -119,7 +135,10 @@ pub fn run(cfg: RecordConfig) -> anyhow::Result<ExitCode> {
                 .replacen("ENDPOINT", "HANDLER ", 1),
         );
     }
-    footer.extend(findings::summary(&rec.stats, rec.files.findings.written));
+    footer.extend(findings::summary(
+        &rec.stats,
+        rec.files.findings.out.written,
+    ));
     footer.extend(downstream_report(&done.counters));
     if let Some(p) = &done.profile {
         // The whole run's flamegraphs are written here, by the output, from the profile the
@@ -154,10 +173,15 @@ pub fn run(cfg: RecordConfig) -> anyhow::Result<ExitCode> {
         footer.extend(exports);
     }
     footer.extend(loss_report(&done.counters));
+    let lost = rec.files.losses();
+    footer.extend(lost.iter().map(|l| format!("WARNING: output lost: {l}")));
     footer.extend(crate::reaper::STATS.report());
     print!("{}", summary::render(&rec.stats, elapsed, &footer));
     Ok(match done.command_status {
         Some(code) if code != 0 => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        // The run went on to its end, but its files are incomplete: a script must not take
+        // them for the whole run (docs/errors.md).
+        _ if !lost.is_empty() => ExitCode::from(crate::exit::IOERR),
         _ => ExitCode::SUCCESS,
     })
 }
@@ -258,7 +282,8 @@ pub fn loss_report(c: &Counters) -> Vec<String> {
         "user space: {} malformed records, {} capture jobs dropped (capture thread busy), {} \
          profile samples dropped (profiler busy), {} downstream calls outside any request, {} \
          requests' downstream calls forgotten (too many open), {} fd numbers reused without a \
-         close seen, {} socket transfers by io_uring or kernel callers not traced",
+         close seen, {} socket transfers by io_uring or kernel callers not traced, {} targets \
+         traced again after an exec",
         c.malformed,
         c.capture_overflow,
         c.profile_overflow,
@@ -266,6 +291,7 @@ pub fn loss_report(c: &Counters) -> Vec<String> {
         c.downstream_dropped_requests,
         c.get(Counter::FdReused),
         c.get(Counter::SockOtherSyscall),
+        c.retargeted,
     ));
     if dropped > 0 || c.get(Counter::ArgsMapFull) > 0 || c.malformed > 0 {
         lines.push(format!(

@@ -20,6 +20,7 @@ mod capturing;
 mod explain;
 mod profiles;
 mod reaper;
+mod retarget;
 
 use capturing::{start_capture, Capturing, Finish};
 
@@ -72,6 +73,8 @@ pub struct Counters {
     pub downstream_outside: u64,
     /// Requests whose downstream calls were forgotten (too many requests open at once).
     pub downstream_dropped_requests: u64,
+    /// Explicit targets the kernel had unmarked while they lived on (an exec): marked again.
+    pub retargeted: u64,
 }
 
 impl Counters {
@@ -157,6 +160,8 @@ pub struct Agent {
     /// "pid 12, port 8000 (pids [..])" for the user.
     pub described: String,
     pub attach_mode: String,
+    /// `--pid` targets and the launched command, marked again if the kernel forgets them.
+    retarget: retarget::Retarget,
 }
 
 /// Kernel monotonic clock, the one bpf_ktime_get_ns uses.
@@ -214,7 +219,7 @@ impl Agent {
         let degraded = maps.degraded.clone();
         let (watch, signals) = (maps.watch, maps.signals);
         let capturing = match cfg.capture {
-            Some(c) => Some(start_capture(c, maps.stack_maps, stacks)?),
+            Some(c) => Some(start_capture(c, maps.stack_maps, stacks.clone())?),
             None => None,
         };
 
@@ -327,6 +332,13 @@ impl Agent {
         };
         let mut agent = Agent::assemble(Box::new(kernel), cfg, capturing, profiler);
         agent.cgroup_watch = cgroup_watch;
+        agent.retarget.stacks = Some(stacks);
+        for &pid in &cfg.targets.pids {
+            agent.retarget.add(pid);
+        }
+        if let Some(c) = &child {
+            agent.retarget.add(c.id());
+        }
         agent.child = child;
         agent.degraded = degraded;
         agent.described = described.join(", ");
@@ -371,6 +383,7 @@ impl Agent {
             degraded: Vec::new(),
             described: String::new(),
             attach_mode: String::new(),
+            retarget: retarget::Retarget::default(),
         }
     }
 
@@ -650,6 +663,7 @@ impl Agent {
             capture_overflow: self.capturing.as_ref().map_or(0, |c| c.worker.overflow()),
             downstream_outside: self.calls.outside,
             downstream_dropped_requests: self.calls.dropped_requests,
+            retargeted: self.retarget.remarked,
         }
     }
 
@@ -673,6 +687,12 @@ impl Agent {
     fn scan(&mut self, out: &mut dyn Consumer) -> anyhow::Result<()> {
         // Handler calls that returned collect their captures before planning forgets them.
         self.drain_handlers(out)?;
+        for pid in self.retarget.check(self.kernel.as_mut()) {
+            // A new image under the same pid: its Python, if any, is looked for again.
+            if let Some(p) = self.profiler.as_mut() {
+                p.probe(pid);
+            }
+        }
         let now = mono_ns();
         let scan = self.tracker.scan(self.kernel.conns(), now, procfs::alive);
         for (rec, why) in &scan.finished {

@@ -36,6 +36,10 @@ struct FakeState {
 struct FakeKernel(Rc<RefCell<FakeState>>);
 
 impl Kernel for FakeKernel {
+    fn remark(&mut self, _tgid: u32) -> bool {
+        false
+    }
+
     fn next_request(&mut self) -> Option<Result<RequestRecord, ShortRecord>> {
         let bytes = self.0.borrow_mut().requests.pop_front()?;
         Some(events::decode(&bytes))

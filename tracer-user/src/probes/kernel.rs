@@ -52,6 +52,8 @@ pub trait Kernel {
     }
     /// Connections to local TCP port `port` are served ones.
     fn serve_port(&mut self, _port: u16) {}
+    /// Mark `tgid` a target again if the kernel has unmarked it; whether it had.
+    fn remark(&mut self, tgid: u32) -> bool;
 }
 
 /// The kernel through aya: the loaded programs' maps and ring buffers.
@@ -116,6 +118,19 @@ impl Kernel for AyaKernel {
         // A full watch map or a thread gone already: the capture falls back to /proc.
         if let Err(e) = done {
             log::debug!("watching tid {tid} ({on}): {e}");
+        }
+    }
+
+    fn remark(&mut self, tgid: u32) -> bool {
+        if self.probes.is_target(tgid) {
+            return false;
+        }
+        match self.probes.add_target(tgid) {
+            Ok(()) => true,
+            Err(e) => {
+                log::debug!("marking {tgid} again: {e}");
+                false
+            }
         }
     }
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
-use super::{findings::FindingsSink, flame, jsonl::JsonlSink, slow::SlowSink, Sink as _};
+use super::{findings::FindingsSink, flame, jsonl::JsonlSink, slow::SlowSink};
 use crate::{
     agent::{AgentEvent, Consumer},
     model::{handler::HandlerCall, profile::Metric, slow::SlowRequest, Request},
@@ -61,12 +61,16 @@ impl Files {
 
     pub fn request(&mut self, req: &Request) -> anyhow::Result<()> {
         self.findings.add(req).context("writing findings.jsonl")?;
-        self.requests.request(req).context("writing requests.jsonl")
+        self.requests.line(req).context("writing requests.jsonl")
     }
 
     pub fn slow(&mut self, slow: &SlowRequest) -> anyhow::Result<()> {
         if let Some(sink) = self.slow.as_mut() {
-            let path = sink.write(slow).context("writing a slow-request report")?;
+            // A report that fails leaves no path behind to be announced as this one's.
+            self.last_report = None;
+            let Some(path) = sink.write(slow).context("writing slow.jsonl")? else {
+                return Ok(());
+            };
             if let (true, Some(p)) = (self.slow_flamegraphs, &slow.profile) {
                 // Wall-clock (where the time went, blocked or not) when there is any.
                 let (lines, m) = if p.wall.is_empty() {
@@ -97,15 +101,45 @@ impl Files {
 
     /// Everything written so far on disk (every scan: a request is there within 250 ms).
     pub fn flush(&mut self) -> anyhow::Result<()> {
-        self.requests.flush().context("writing requests.jsonl")?;
+        // Write failures do not end the run: the files count what they lose (take_warnings).
+        self.requests.flush();
         self.findings.flush().context("writing findings.jsonl")?;
         if let Some(s) = self.slow.as_mut() {
             s.flush().context("writing slow.jsonl")?;
         }
         if let Some(h) = self.handlers.as_mut() {
-            h.flush().context("writing handlers.jsonl")?;
+            h.flush();
         }
         Ok(())
+    }
+
+    /// One warning per file given up (disk full, removed) or per kind of failed report, the
+    /// first time each happens: the caller prints them while the run goes on.
+    pub fn take_warnings(&mut self) -> Vec<String> {
+        let mut v: Vec<String> = [Some(&mut self.requests), Some(&mut self.findings.out)]
+            .into_iter()
+            .chain([self.handlers.as_mut()])
+            .flatten()
+            .filter_map(|f| f.take_warning())
+            .collect();
+        if let Some(s) = self.slow.as_mut() {
+            v.extend(s.take_warnings());
+        }
+        v
+    }
+
+    /// What the files lost, for the exit summary (empty when nothing was).
+    pub fn losses(&self) -> Vec<String> {
+        let mut v: Vec<String> = [Some(&self.requests), Some(&self.findings.out)]
+            .into_iter()
+            .chain([self.handlers.as_ref()])
+            .flatten()
+            .filter_map(|f| f.loss())
+            .collect();
+        if let Some(s) = self.slow.as_ref() {
+            v.extend(s.losses());
+        }
+        v
     }
 }
 

@@ -2,14 +2,11 @@
 //! each endpoint's time went and what its findings say (read from the shared per-endpoint
 //! aggregate, `model::endpoints`).
 
-use std::{
-    io::{self, BufWriter, Write as _},
-    path::Path,
-};
+use std::{io, path::Path};
 
 use serde::Serialize;
 
-use super::create_private;
+use super::lines::LineFile;
 use crate::model::{
     breakdown::Breakdown,
     downstream::findings::Finding,
@@ -33,15 +30,14 @@ struct Line<'a> {
 }
 
 pub struct FindingsSink {
-    out: BufWriter<std::fs::File>,
-    pub written: u64,
+    /// Whole lines only; `out.written` lines are on disk.
+    pub out: LineFile,
 }
 
 impl FindingsSink {
     pub fn create(dir: &Path) -> io::Result<Self> {
         Ok(Self {
-            out: BufWriter::new(create_private(&dir.join("findings.jsonl"))?),
-            written: 0,
+            out: LineFile::create(&dir.join("findings.jsonl"))?,
         })
     }
 
@@ -54,26 +50,21 @@ impl FindingsSink {
         if r.findings.is_empty() {
             return Ok(());
         }
-        serde_json::to_writer(
-            &mut self.out,
-            &Line {
-                start: &r.start,
-                pid: r.pid,
-                tid: r.tid,
-                endpoint: &r.endpoint,
-                duration_us: r.duration_us,
-                breakdown: Some(b),
-                findings: &r.findings,
-                site: r.downstream.as_ref().and_then(|d| d.site.as_deref()),
-            },
-        )?;
-        self.out.write_all(b"\n")?;
-        self.written += 1;
-        Ok(())
+        self.out.line(&Line {
+            start: &r.start,
+            pid: r.pid,
+            tid: r.tid,
+            endpoint: &r.endpoint,
+            duration_us: r.duration_us,
+            breakdown: Some(b),
+            findings: &r.findings,
+            site: r.downstream.as_ref().and_then(|d| d.site.as_deref()),
+        })
     }
 
     pub fn flush(&mut self) -> io::Result<()> {
-        self.out.flush()
+        self.out.flush();
+        Ok(())
     }
 }
 
@@ -208,7 +199,7 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
         assert_eq!(v["findings"][0]["kind"], "n_plus_one");
         assert_eq!(v["breakdown"]["downstream_us"], 9000);
-        let sum = summary(&endpoints, s.written).join("\n");
+        let sum = summary(&endpoints, s.out.written).join("\n");
         assert!(
             sum.contains("GET /a") && sum.contains("downstream 90%"),
             "{sum}"

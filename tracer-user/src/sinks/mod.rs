@@ -4,6 +4,7 @@ pub mod files;
 pub mod findings;
 pub mod flame;
 pub mod jsonl;
+pub mod lines;
 pub mod metrics;
 pub mod otlp;
 pub mod pprof;
@@ -11,13 +12,6 @@ pub mod prometheus;
 pub mod pyroscope;
 pub mod slow;
 pub mod summary;
-
-use crate::model::Request;
-
-pub trait Sink {
-    fn request(&mut self, r: &Request) -> std::io::Result<()>;
-    fn flush(&mut self) -> std::io::Result<()>;
-}
 
 /// Create a file only the owner can read: traces name paths and peers. A symbolic link in its
 /// place is refused, not followed (O_NOFOLLOW): in a shared directory another user could plant

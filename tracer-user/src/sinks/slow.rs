@@ -2,8 +2,7 @@
 
 use std::{
     fmt::Write as _,
-    fs::File,
-    io::{BufWriter, Write as _},
+    io::Write as _,
     path::{Path, PathBuf},
 };
 
@@ -14,10 +13,16 @@ use crate::{
 };
 
 pub struct SlowSink {
-    jsonl: BufWriter<File>,
+    /// slow.jsonl, whole lines only.
+    pub jsonl: super::lines::LineFile,
     dir: PathBuf,
     pub slow: u64,
     pub killed: u64,
+    /// Reports that could not be written (disk full, slow/ removed): counted, the first
+    /// failure's reason kept for one warning and the summary.
+    pub reports_lost: u64,
+    pub report_failure: Option<String>,
+    report_warned: bool,
 }
 
 impl SlowSink {
@@ -34,16 +39,20 @@ impl SlowSink {
         }
         std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
         Ok(Self {
-            jsonl: BufWriter::new(super::create_private(&out_dir.join("slow.jsonl"))?),
+            jsonl: super::lines::LineFile::create(&out_dir.join("slow.jsonl"))?,
             dir,
             slow: 0,
             killed: 0,
+            reports_lost: 0,
+            report_failure: None,
+            report_warned: false,
         })
     }
 
-    pub fn write(&mut self, s: &SlowRequest) -> std::io::Result<PathBuf> {
-        serde_json::to_writer(&mut self.jsonl, s)?;
-        self.jsonl.write_all(b"\n")?;
+    /// The line in slow.jsonl and the report in slow/; the report's path, unless it could not
+    /// be written (then it is counted in `reports_lost` and the run goes on).
+    pub fn write(&mut self, s: &SlowRequest) -> std::io::Result<Option<PathBuf>> {
+        self.jsonl.line(s)?;
         if s.killed.is_some() {
             self.killed += 1;
         } else {
@@ -56,13 +65,52 @@ impl SlowSink {
             n += 1;
             path = self.dir.join(format!("{base}-{n}.txt"));
         }
-        let mut f = super::create_private(&path)?;
-        f.write_all(report(s).as_bytes())?;
-        Ok(path)
+        let written =
+            super::create_private(&path).and_then(|mut f| f.write_all(report(s).as_bytes()));
+        match written {
+            Ok(()) => Ok(Some(path)),
+            Err(e) => {
+                // A half-written report would read as a whole one.
+                let _ = std::fs::remove_file(&path);
+                self.reports_lost += 1;
+                self.report_failure
+                    .get_or_insert_with(|| crate::exit::bare(&e.to_string()));
+                Ok(None)
+            }
+        }
     }
 
     pub fn flush(&mut self) -> std::io::Result<()> {
-        self.jsonl.flush()
+        self.jsonl.flush();
+        Ok(())
+    }
+
+    /// Warnings not given yet: slow.jsonl given up, reports failing (once each).
+    pub fn take_warnings(&mut self) -> Vec<String> {
+        let mut v: Vec<String> = self.jsonl.take_warning().into_iter().collect();
+        if let Some(why) = &self.report_failure {
+            if !std::mem::replace(&mut self.report_warned, true) {
+                v.push(format!(
+                    "{}: writing a slow-request report failed: {why}; failed reports are counted \
+                     as lost (tracing goes on)",
+                    self.dir.display()
+                ));
+            }
+        }
+        v
+    }
+
+    /// For the exit summary: what slow.jsonl and slow/ lost.
+    pub fn losses(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.jsonl.loss().into_iter().collect();
+        if let Some(why) = &self.report_failure {
+            v.push(format!(
+                "{}: {} reports not written ({why})",
+                self.dir.display(),
+                self.reports_lost
+            ));
+        }
+        v
     }
 }
 

@@ -178,7 +178,7 @@ impl Feed {
                     written: f.requests.written,
                     slow: f.slow.as_ref().map(|s| (s.slow, s.killed)),
                     handler_calls: f.handlers.as_ref().map_or(0, |h| h.written),
-                    findings: f.findings.written,
+                    findings: f.findings.out.written,
                 })
             })
             .context("starting the tracing thread")?;
