@@ -377,11 +377,6 @@ impl Probes {
         Ok((probes, events, capture, profile_maps))
     }
 
-    /// Whether the kernel has `tgid` marked as a target.
-    pub fn is_target(&self, tgid: u32) -> bool {
-        self.targets.get(&tgid, 0).is_ok_and(|v| v != 0)
-    }
-
     pub fn add_target(&mut self, tgid: u32) -> Result<(), ProbeError> {
         self.targets
             .set(tgid, target::EXPLICIT, 0)
