@@ -315,6 +315,11 @@ impl Trace {
         Self::start_sub("agent", args, None)
     }
 
+    /// Start `slowtrace agent ARGS -o OUT` with an output directory the test provides.
+    pub fn start_agent_out(args: &[&str], out: &Path) -> Trace {
+        Self::start_sub("agent", args, Some(out))
+    }
+
     fn start_sub(sub: &str, args: &[&str], out: Option<&Path>) -> Trace {
         let dir = tempfile::tempdir().unwrap();
         let out = out.unwrap_or(dir.path()).to_owned();

@@ -352,9 +352,11 @@ fn python_frames_changing_under_the_reader() {
 }
 
 /// (lines written, lines lost) of `file` from the summary's "WARNING: output lost: …" line.
-fn output_lost(stdout: &str, file: &str) -> Option<(usize, usize)> {
-    let line = stdout
+fn output_lost(text: &str, file: &str) -> Option<(usize, usize)> {
+    // record prints it in its summary (stdout), the agent on stderr after "slowtrace: ".
+    let line = text
         .lines()
+        .map(|l| l.strip_prefix("slowtrace: ").unwrap_or(l))
         .find(|l| l.starts_with("WARNING: output lost: ") && l.contains(file))?;
     let (_, rest) = line.split_once(&format!("{file}: "))?;
     let words: Vec<&str> = rest.split_whitespace().collect();
@@ -406,6 +408,48 @@ fn a_full_output_disk() {
     assert_eq!(written + lost, 400, "every request written or counted lost");
     assert!(written > 0 && lost > 0, "{written} written, {lost} lost");
     assert!(done.stdout.contains("\n400 requests in"), "{}", done.stdout);
+    unharmed(&mut app, port, "/hello", &before);
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn the_agent_goes_on_when_its_output_disk_fills() {
+    require_root();
+    let (mut app, port) = fault_app(&[]);
+    let before = get(port, "/hello").unwrap();
+    let disk = Tmpfs::mount("2m");
+    let out = disk.path().join("out");
+    let trace = Trace::start_agent_out(
+        &["--pid", &app.pid().to_string(), "--metrics-addr", "off"],
+        &out,
+    );
+    let held = held_by(trace.pid());
+    disk.fill_leaving(24 * 1024);
+    let got = clients(4, 50, port, |i| format!("/users/{i}"));
+    assert!(got.iter().all(|s| *s == Some(200)), "{got:?}");
+    let done = trace.stop();
+    after_exit(&done, &held);
+    assert_eq!(done.status.code(), Some(74), "{}", done.stderr);
+    let warnings = done
+        .stderr
+        .lines()
+        .filter(|l| l.contains("WARNING") && l.contains("requests.jsonl") && !l.contains("lost:"))
+        .count();
+    assert_eq!(warnings, 1, "one warning as it happens: {}", done.stderr);
+    let (written, lost) = output_lost(&done.stderr, "requests.jsonl")
+        .unwrap_or_else(|| panic!("no loss line for requests.jsonl:\n{}", done.stderr));
+    assert_eq!(
+        done.records.len(),
+        written,
+        "the lines on disk are the ones said written"
+    );
+    assert_eq!(written + lost, 200, "every request written or counted lost");
+    // The agent's own count (its status line) is not touched by the files' losses.
+    assert!(
+        done.stderr.contains(": 200 requests;"),
+        "the status line counts every request: {}",
+        done.stderr
+    );
     unharmed(&mut app, port, "/hello", &before);
 }
 

@@ -65,9 +65,11 @@ impl Consumer for Headless {
             }
         }
         match &mut self.files {
-            Some(f) => f.on_event(ev),
-            None => Ok(()),
+            Some(f) => f.on_event(ev)?,
+            None => return Ok(()),
         }
+        self.warn_files();
+        Ok(())
     }
 
     fn on_slow(&mut self, slow: &SlowRequest) -> anyhow::Result<()> {
@@ -76,20 +78,34 @@ impl Consumer for Headless {
             o.slow(slow);
         }
         match &mut self.files {
-            Some(f) => f.slow(slow),
-            None => Ok(()),
+            Some(f) => f.slow(slow)?,
+            None => return Ok(()),
         }
+        self.warn_files();
+        Ok(())
     }
 
     fn on_handler(&mut self, call: &HandlerCall) -> anyhow::Result<()> {
         match &mut self.files {
-            Some(f) => f.handler(call),
-            None => Ok(()),
+            Some(f) => f.handler(call)?,
+            None => return Ok(()),
         }
+        self.warn_files();
+        Ok(())
     }
 }
 
 impl Headless {
+    /// `-o DIR`: a file given up (disk full, directory removed) is said once, as in `record`;
+    /// the agent goes on.
+    fn warn_files(&mut self) {
+        if let Some(f) = self.files.as_mut() {
+            for w in f.take_warnings() {
+                eprintln!("slowtrace: WARNING: {w}");
+            }
+        }
+    }
+
     /// One line: what was seen, sent and dropped, and what the agent costs.
     fn status(&self) -> String {
         let (requests, counters) = self.metrics.totals();
@@ -224,13 +240,23 @@ pub fn run(cfg: HeadlessConfig) -> anyhow::Result<ExitCode> {
     if let Some(f) = out.files.as_mut() {
         f.flush()?;
     }
+    out.warn_files();
+    let lost = out.files.as_ref().map(Files::losses).unwrap_or_default();
+    for l in &lost {
+        eprintln!("slowtrace: WARNING: output lost: {l}");
+    }
     if let Some(o) = out.otlp.take() {
         o.finish(EXPORT_GRACE);
     }
     eprintln!("{}", out.status());
     eprintln!("slowtrace: agent stopped by {}", done.stop);
     drop(server);
-    Ok(ExitCode::SUCCESS)
+    // As `record`: the files are incomplete, and a script must not take them for the whole run.
+    Ok(if lost.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(crate::exit::IOERR)
+    })
 }
 
 fn ratio(r: f64) -> String {
