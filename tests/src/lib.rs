@@ -261,6 +261,41 @@ pub fn build_native_server(dir: &Path) -> PathBuf {
 }
 
 /// A free TCP port on 127.0.0.1 (for servers that need one up front).
+/// nginx (master + 2 workers, in the foreground) on a free port, serving `dir`/www (an
+/// index.html and a 700-byte static/app.css); with `access_log`, its own count of what it served
+/// goes to `dir`/access.log.
+pub fn nginx(dir: &Path, access_log: bool) -> (Proc, u16) {
+    let port = free_port();
+    let www = dir.join("www");
+    std::fs::create_dir_all(www.join("static")).unwrap();
+    std::fs::write(www.join("index.html"), "<h1>hi</h1>\n").unwrap();
+    std::fs::write(www.join("static/app.css"), "body{}\n".repeat(100)).unwrap();
+    let mut conf = std::fs::read_to_string(server_script("nginx.conf.in")).unwrap();
+    if access_log {
+        conf = conf.replace(
+            "access_log off;",
+            &format!("access_log {}/access.log;", dir.display()),
+        );
+    }
+    let conf = conf
+        .replace("{workers}", "2")
+        .replace("{dir}", &dir.display().to_string())
+        .replace("{www}", &www.display().to_string())
+        .replace("{port}", &port.to_string());
+    std::fs::create_dir_all(dir.join("tmp")).unwrap();
+    let conf_path = dir.join("nginx.conf");
+    std::fs::write(&conf_path, conf).unwrap();
+    let p = Proc::spawn(
+        Command::new("/usr/sbin/nginx")
+            .arg("-c")
+            .arg(&conf_path)
+            .arg("-p")
+            .arg(dir),
+    );
+    wait_port(port);
+    (p, port)
+}
+
 pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()

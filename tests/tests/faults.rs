@@ -507,36 +507,6 @@ fn the_output_directory_removed_while_running() {
     unharmed(&mut app, port, "/hello", &before);
 }
 
-/// nginx (master + 2 workers) with an access log: the server's own count of what it served.
-fn nginx_logging(dir: &std::path::Path) -> (Proc, u16) {
-    let port = free_port();
-    let www = dir.join("www");
-    std::fs::create_dir_all(&www).unwrap();
-    std::fs::write(www.join("index.html"), "<h1>hi</h1>\n").unwrap();
-    let conf = std::fs::read_to_string(server_script("nginx.conf.in"))
-        .unwrap()
-        .replace(
-            "access_log off;",
-            &format!("access_log {}/access.log;", dir.display()),
-        )
-        .replace("{workers}", "2")
-        .replace("{dir}", &dir.display().to_string())
-        .replace("{www}", &www.display().to_string())
-        .replace("{port}", &port.to_string());
-    std::fs::create_dir_all(dir.join("tmp")).unwrap();
-    let conf_path = dir.join("nginx.conf");
-    std::fs::write(&conf_path, conf).unwrap();
-    let p = Proc::spawn(
-        Command::new("/usr/sbin/nginx")
-            .arg("-c")
-            .arg(&conf_path)
-            .arg("-p")
-            .arg(dir),
-    );
-    wait_port(port);
-    (p, port)
-}
-
 /// A number from the summary's "kernel: …" line: the word before `label`.
 fn kernel_count(stdout: &str, label: &str) -> u64 {
     let line = stdout
@@ -558,7 +528,7 @@ fn kernel_count(stdout: &str, label: &str) -> u64 {
 fn a_burst_bigger_than_the_ring_buffer() {
     require_root();
     let dir = tempfile::tempdir().unwrap();
-    let (mut nginx, port) = nginx_logging(dir.path());
+    let (mut nginx, port) = nginx(dir.path(), true);
     let before = get(port, "/index.html").unwrap();
     let trace = Trace::start(&[
         "--port",

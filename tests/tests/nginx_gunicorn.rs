@@ -2,7 +2,6 @@
 //! including workers forked after slowtrace attached.
 
 use std::{
-    path::Path,
     process::{Command, Stdio},
     time::Duration,
 };
@@ -13,39 +12,12 @@ fn url(port: u16, path: &str) -> String {
     format!("http://127.0.0.1:{port}{path}")
 }
 
-/// nginx on a free port, serving files from a temp dir; master + 2 workers, in the foreground.
-fn nginx(dir: &Path) -> (Proc, u16) {
-    let port = free_port();
-    let www = dir.join("www");
-    std::fs::create_dir_all(www.join("static")).unwrap();
-    std::fs::write(www.join("index.html"), "<h1>hi</h1>\n").unwrap();
-    std::fs::write(www.join("static/app.css"), "body{}\n".repeat(100)).unwrap();
-    let conf = std::fs::read_to_string(server_script("nginx.conf.in"))
-        .unwrap()
-        .replace("{workers}", "2")
-        .replace("{dir}", &dir.display().to_string())
-        .replace("{www}", &www.display().to_string())
-        .replace("{port}", &port.to_string());
-    std::fs::create_dir_all(dir.join("tmp")).unwrap();
-    let conf_path = dir.join("nginx.conf");
-    std::fs::write(&conf_path, conf).unwrap();
-    let p = Proc::spawn(
-        Command::new("/usr/sbin/nginx")
-            .arg("-c")
-            .arg(&conf_path)
-            .arg("-p")
-            .arg(dir),
-    );
-    wait_port(port);
-    (p, port)
-}
-
 #[test]
 #[ignore = "needs root: run with cargo xtask test"]
 fn nginx_keepalive_pipelining_and_wrk() {
     require_root();
     let dir = tempfile::tempdir().unwrap();
-    let (_nginx, port) = nginx(dir.path());
+    let (_nginx, port) = nginx(dir.path(), false);
     let trace = Trace::start(&["--port", &port.to_string()]);
 
     // One curl, five URLs: one keep-alive connection.

@@ -59,7 +59,8 @@ fn metric(text: &str, prefix: &str) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-fn scrape(port: u16) -> String {
+/// The agent's /metrics text (empty when it does not answer).
+pub(crate) fn scrape(port: u16) -> String {
     Command::new("curl")
         .args(["-s", "--max-time", "5"])
         .arg(format!("http://127.0.0.1:{port}/metrics"))

@@ -17,7 +17,7 @@ use std::{
     fmt::Write as _,
     io::Read as _,
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     time::{Duration, Instant},
 };
 
@@ -115,7 +115,7 @@ fn phase(sub: &str, minutes: u64) -> anyhow::Result<String> {
     // The agent's count is what Prometheus would scrape, once the last records are drained.
     let scraped = (sub == "agent").then(|| {
         std::thread::sleep(Duration::from_millis(500));
-        requests_counted(&scrape(metrics_port))
+        requests_counted(&crate::bench_fleet::scrape(metrics_port))
     });
     let stopped = tracer.stop()?;
     // The server's own count: its access log, complete once it has stopped.
@@ -181,15 +181,6 @@ pub(crate) fn replace_section(doc: &str, name: &str, body: &str) -> String {
     let after = soak + "\n## Soak\n".len();
     let next = doc[after..].find("\n## ").map_or(doc.len(), |i| after + i);
     format!("{}\n\n{block}\n{}", doc[..next].trim_end(), &doc[next..])
-}
-
-fn scrape(port: u16) -> String {
-    Command::new("curl")
-        .args(["-s", "--max-time", "5"])
-        .arg(format!("http://127.0.0.1:{port}/metrics"))
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default()
 }
 
 /// The requests in an exposition: the sum of every duration histogram's `_count` series.

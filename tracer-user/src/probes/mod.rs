@@ -378,8 +378,13 @@ impl Probes {
     }
 
     pub fn add_target(&mut self, tgid: u32) -> Result<(), ProbeError> {
+        self.mark(tgid, target::EXPLICIT)
+    }
+
+    /// Mark `tgid` a target in the kernel, for reason `why` (`tracer_common::target`).
+    fn mark(&mut self, tgid: u32, why: u8) -> Result<(), ProbeError> {
         self.targets
-            .set(tgid, target::EXPLICIT, 0)
+            .set(tgid, why, 0)
             .map_err(|source| ProbeError::Map {
                 name: "TARGETS",
                 source: Box::new(source),
@@ -478,12 +483,7 @@ impl Probes {
 
     /// Trace `tgid`, found in a target cgroup by user space.
     pub fn add_cgroup_member(&mut self, tgid: u32) -> Result<(), ProbeError> {
-        self.targets
-            .set(tgid, target::CGROUP, 0)
-            .map_err(|source| ProbeError::Map {
-                name: "TARGETS",
-                source: Box::new(source),
-            })
+        self.mark(tgid, target::CGROUP)
     }
 
     /// Handler calls in progress: (tid, stack).
